@@ -1,0 +1,256 @@
+"""The `tuneforge` command. Each command parses its arguments and calls the library; nothing else lives here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from tuneforge.errors import TuneforgeError
+from tuneforge.ui import console, error_console, key_value_table
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Config-driven fine-tuning on Ray Train: train, plan, generate, and more. Add --debug for tracebacks.",
+)
+DEBUG = {"on": False}
+
+SetOption = typer.Option(None, "--set", "-s", help="override a config key: --set learning_rate=3e-4 (repeatable)")
+
+
+@app.callback()
+def options(debug: bool = typer.Option(False, "--debug", help="show tracebacks and Ray's logs on errors")) -> None:
+    DEBUG["on"] = debug
+
+
+def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Bad input ends in one red line and exit code 2; Ctrl-C in exit code 130. `--debug` shows tracebacks."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except TuneforgeError as exc:
+            if DEBUG["on"]:
+                raise
+            error_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            error_console.print("[yellow]interrupted[/yellow]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def show_notes(notes: list[str]) -> None:
+    for note in notes:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# train / plan
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def train(
+    config: Optional[Path] = typer.Argument(None, help="the run's YAML config"),
+    set_: Optional[list[str]] = SetOption,
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue RUN from its latest checkpoint"),
+    name: Optional[str] = typer.Option(None, "--name", help="run name (directory under output_dir)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run of the same name"),
+    address: Optional[str] = typer.Option(None, "--address", help="join a Ray cluster (e.g. auto, ray://host:10001)"),
+    dashboard: bool = typer.Option(False, "--dashboard", help="start Ray's dashboard on 127.0.0.1"),
+) -> None:
+    """Fine-tune a model as CONFIG describes (or continue a run with --resume RUN)."""
+    from tuneforge.cluster import dashboard_url
+    from tuneforge.config import load_config
+    from tuneforge.train import resume as resume_run
+    from tuneforge.train import train as train_run
+    from tuneforge.ui import RichReporter
+
+    overrides = list(set_ or []) + ([f"run_name={name}"] if name else [])
+    with RichReporter() as reporter:
+        if resume:
+            result = resume_run(resume, overrides=overrides, address=address, dashboard=dashboard, reporter=reporter,
+                                debug=DEBUG["on"])
+        else:
+            if config is None:
+                raise TuneforgeError("give a CONFIG file, or --resume RUN to continue a run")
+            loaded = load_config(config, overrides)
+            show_notes(loaded.notes)
+            result = train_run(loaded, address=address, dashboard=dashboard, overwrite=overwrite, reporter=reporter,
+                               debug=DEBUG["on"])
+    show_run_summary(result)
+    if dashboard_url():
+        console.print(f"Ray dashboard: {dashboard_url()}")
+
+
+def show_run_summary(result: Any) -> None:
+    results = result.results
+    best = results.get("best_metrics") or {}
+    rows = [
+        ("run", result.run_dir),
+        ("best checkpoint", results.get("best_checkpoint")),
+        (f"best {results.get('best_metric')}", best.get(results.get("best_metric"), "n/a")),
+        ("best at step", best.get("step", "n/a")),
+        ("train loss first → last", f"{results.get('first_train_loss') or 0:.4f} → {results.get('last_train_loss') or 0:.4f}"),
+        ("tokens/s (mean)", results.get("tokens_per_second")),
+        ("wall time", f"{results.get('train_seconds')} s"),
+    ]
+    console.print(key_value_table("run complete", rows))
+    console.print(f"TensorBoard: [bold]tensorboard --logdir {result.run_dir}[/bold]")
+    if results.get("task") == "causal_lm":
+        console.print(f"Try it:      [bold]tuneforge generate {result.run_dir} --prompt \"...\"[/bold]")
+
+
+@app.command()
+@friendly
+def plan(
+    config: Path = typer.Argument(..., help="the run's YAML config"),
+    set_: Optional[list[str]] = SetOption,
+    png: Optional[Path] = typer.Option(None, "--png", help="where to write the learning-rate plot"),
+) -> None:
+    """Show what a run will do before it trains: data statistics, steps, epochs, checkpoint events, LR plot."""
+    from tuneforge.config import load_config
+    from tuneforge.plan import plot_learning_rates
+    from tuneforge.train import prepare_run
+
+    loaded = load_config(config, list(set_ or []))
+    show_notes(loaded.notes)
+    prepared = prepare_run(loaded)
+    show_notes(prepared.data.notes)
+    console.print(key_value_table("data", data_rows(prepared)))
+    console.print(key_value_table("schedule", schedule_rows(prepared)))
+    target = png or Path(prepared.config.output_dir) / "plans" / f"{loaded.source_name}-lr_schedule.png"
+    plot_learning_rates(prepared.config, prepared.plan, target)
+    console.print(f"learning-rate schedule: {target}")
+
+
+def data_rows(prepared: Any) -> list[tuple[str, Any]]:
+    data = prepared.data
+    rows: list[tuple[str, Any]] = [("shape", data.shape), ("context_length", data.context_length)]
+    for name, stats in data.stats.items():
+        rows.append((f"{name} rows", stats.rows))
+        rows.append((f"{name} tokens p50 / p95 / max", f"{stats.p50} / {stats.p95} / {stats.max}"))
+        rows.append((f"{name} truncated by context_length", stats.truncated))
+    if data.labels:
+        rows.append(("labels", data.labels))
+    return rows
+
+
+def schedule_rows(prepared: Any) -> list[tuple[str, Any]]:
+    plan_ = prepared.plan
+    return [
+        ("rows per optimizer step", plan_.global_batch_size),
+        ("steps per epoch", plan_.steps_per_epoch),
+        ("epochs", plan_.num_epochs),
+        ("total steps", plan_.total_steps),
+        ("warm-up steps", plan_.warmup_steps),
+        ("validation + checkpoint at steps", plan_.event_steps),
+        ("... at epochs", plan_.event_epochs()),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# generate
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def generate(
+    run: Path = typer.Argument(..., help="a run directory (uses best/) or a checkpoint directory"),
+    prompt: Optional[list[str]] = typer.Option(None, "--prompt", "-p", help="prompt text (repeatable)"),
+    input_file: Optional[Path] = typer.Option(None, "--input", help="JSONL of chat `messages` or `prompt` rows"),
+    output: Optional[Path] = typer.Option(None, "--output", help="write one JSON line per input row here"),
+    system: Optional[str] = typer.Option(None, "--system", help="system message for chat models"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (default)"),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    compare_base: bool = typer.Option(False, "--compare-base", help="also answer with the base model (adapter off)"),
+) -> None:
+    """Complete prompts with a fine-tuned model (base + adapter, unmerged; stops at the trained end-of-turn)."""
+    from tuneforge.generate import GenerationSettings, Generator, read_prompt_rows
+
+    if not prompt and not input_file:
+        raise TuneforgeError("give --prompt TEXT or --input FILE")
+    settings = GenerationSettings(max_new_tokens, temperature, top_p, batch_size)
+    console.print(f"[dim]· loading {run}[/dim]")
+    generator = Generator.from_path(run)
+    if input_file:
+        pairs = read_prompt_rows(input_file)
+        generate_rows(generator, pairs, settings, system, output, compare_base)
+        return
+    for text in prompt or []:
+        if compare_base:
+            show_comparison(generator, [(text, {"prompt": text})], settings, system)
+            continue
+        console.print(f"[bold cyan]> {text}[/bold cyan]")
+        for piece in generator.stream(text, settings, system=system):
+            console.out(piece, end="", highlight=False)
+        console.out("")
+
+
+def generate_rows(generator: Any, pairs: list[tuple[Any, dict[str, Any]]], settings: Any, system: str | None,
+                  output: Path | None, compare_base: bool) -> None:
+    from tuneforge.io import write_text
+
+    prompts = [prompt for prompt, _ in pairs]
+    completions = generator.complete(prompts, settings, system=system)
+    base = generator.complete(prompts, settings, system=system, use_base=True) if compare_base else None
+    lines = []
+    for index, ((_, row), completion) in enumerate(zip(pairs, completions, strict=True)):
+        record = {**row, "completion": completion.text, "finish_reason": completion.finish_reason}
+        if base:
+            record["base_completion"] = base[index].text
+        lines.append(json.dumps(record, ensure_ascii=False))
+    if output:
+        write_text(output, "\n".join(lines) + "\n")
+        console.print(f"wrote {len(lines)} completions to {output}")
+    if compare_base and base:
+        print_comparison(pairs, base, completions)
+    elif not output:
+        sys.stdout.write("\n".join(lines) + "\n")
+
+
+def show_comparison(generator: Any, pairs: list[tuple[Any, dict[str, Any]]], settings: Any, system: str | None) -> None:
+    prompts = [prompt for prompt, _ in pairs]
+    tuned = generator.complete(prompts, settings, system=system)
+    base = generator.complete(prompts, settings, system=system, use_base=True)
+    print_comparison(pairs, base, tuned)
+
+
+def print_comparison(pairs: list[tuple[Any, dict[str, Any]]], base: list[Any], tuned: list[Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title="before → after fine-tuning", show_lines=True, title_justify="left", title_style="bold")
+    table.add_column("prompt", ratio=2)
+    table.add_column("base model (before)", ratio=3)
+    table.add_column("fine-tuned (after)", ratio=3)
+    for (prompt, _), before, after in zip(pairs, base, tuned, strict=True):
+        shown = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+        table.add_row(shown, mark_finish(before), mark_finish(after))
+    console.print(table)
+
+
+def mark_finish(completion: Any) -> str:
+    suffix = "" if completion.finish_reason == "stop" else " [dim](… did not stop: max_new_tokens reached)[/dim]"
+    return completion.text.replace("[", "\\[") + suffix
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""The one YAML config: schema, loading with file:line errors, `--set` overrides.
+
+Keys follow the Anyscale fine-tuning config (`model_id`, `train_path`, `num_devices`, `learning_rate`,
+`lora_config`, `num_checkpoints_to_keep`, ...) so existing files load. LLMForge keys that tuneforge has no use for
+are accepted with a note; any other unknown key is an error that names the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from tuneforge.errors import ConfigError
+
+BUNDLED_MODEL_ALIASES = ("smollm2-135m-instruct", "minilm-l6")
+
+# LLMForge keys that only make sense on Anyscale's own stack (DeepSpeed, flash-attn kernels, their serving
+# prompt formats). Users' files carry them; refusing the file would be unfriendly, silently dropping them is not.
+ANYSCALE_ONLY_KEYS = frozenset(
+    {
+        "deepspeed",
+        "flash_attention_2",
+        "generation_config",
+        "prompt_format",
+        "trainer_resources",
+        "dataset_size_scaling_factor",
+        "embedding_scaling_technique",
+        "classifier_config",
+        "liger_kernel",
+        "logger",
+        "optimizer_config",
+        "preference_tuning_config",
+        "checkpoint_and_evaluation_frequency",
+        "initial_adapter_model_ckpt_path",
+        "initial_base_model_ckpt_path",
+    }
+)
+
+
+class TuneSettings(BaseModel):
+    """How a hyperparameter search runs (`tuneforge tune`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    search_alg: Literal["basic", "optuna", "hyperopt"] = "basic"
+    points_to_evaluate: list[dict[str, Any]] | None = None
+    scheduler: Literal["fifo", "asha", "pbt"] = "fifo"
+    grace_period: int = Field(1, ge=1, description="ASHA: evaluations before a trial may be stopped")
+    reduction_factor: float = Field(2.0, gt=1)
+    max_t: int | None = Field(None, ge=1, description="ASHA: most evaluations a trial runs (default: all)")
+    perturbation_interval: int = Field(1, ge=1, description="PBT: evaluations between exploit/explore steps")
+    hyperparam_mutations: dict[str, Any] | None = None
+    num_samples: int = Field(1, ge=1)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    metric: str | None = None
+    mode: Literal["min", "max"] | None = None
+    time_budget_s: float | None = Field(None, gt=0)
+    experiment_name: str | None = None
+
+
+class TrainConfig(BaseModel):
+    """Everything one training run needs. Field descriptions double as the reference in the README."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- what to train -------------------------------------------------------------------------------------
+    task: Literal["causal_lm", "classification"] = Field("causal_lm", description="causal_lm or classification")
+    model_id: str = Field(description="local HF dir, hub id, or bundled alias (smollm2-135m-instruct, minilm-l6)")
+    trust_remote_code: bool = Field(False, description="let the model's repo run its own Python code")
+    load_in_4bit: bool = Field(False, description="QLoRA: load the base in 4-bit NF4 (bitsandbytes)")
+
+    # --- data ------------------------------------------------------------------------------------------------
+    train_path: str
+    valid_path: str | None = None
+    valid_split: float = Field(0.1, ge=0, lt=1, description="held-out share of train when valid_path is absent")
+    context_length: int | None = Field(None, gt=0, description="default: longest row, capped at the model's limit")
+    truncation: Literal["truncate", "refuse"] = Field("truncate", description="rows longer than context_length")
+    padding: Literal["longest", "max_length"] = "longest"
+    pad_to_multiple_of: int | None = Field(None, gt=0)
+    group_by_length: bool = Field(True, description="batch rows of similar length together (less padding)")
+    train_on_inputs: bool = Field(False, description="also compute loss on prompt/user/system tokens")
+    text_fields: list[str] | None = Field(None, description="classification: columns joined into the input text")
+    label_field: str | None = Field(None, description="classification: the label column")
+    class_weights: Literal["balanced"] | None = None
+
+    # --- scale -----------------------------------------------------------------------------------------------
+    num_devices: int = Field(1, ge=1, description="Ray Train workers (one per GPU, or CPU slices)")
+    worker_resources: dict[str, float] | None = Field(None, description="Ray resources per worker, e.g. {CPU: 4}")
+
+    # --- schedule --------------------------------------------------------------------------------------------
+    num_epochs: int | None = Field(None, ge=1, description="default: ceil(min_update_steps / steps_per_epoch)")
+    min_update_steps: int = Field(100, ge=1)
+    train_batch_size_per_device: int = Field(8, ge=1)
+    eval_batch_size_per_device: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(1e-4, ge=0)
+    lr_scheduler_type: Literal["cosine", "linear", "constant"] = "cosine"
+    num_warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast where the hardware has bf16, else fp32"
+    )
+    no_gradient_checkpoint: bool | None = Field(
+        None, description="default: checkpointing on GPU (memory-bound), off on CPU (compute-bound)"
+    )
+    lora_config: dict[str, Any] | None = Field(None, description="any PEFT LoraConfig field; absent = full FT")
+
+    # --- validation and checkpoints ----------------------------------------------------------------------------
+    checkpoint_every_n_epochs: int | None = Field(None, ge=1)
+    max_num_checkpoints: int = Field(10, ge=1, description="validation+checkpoint events spread over training")
+    num_checkpoints_to_keep: int = Field(1, ge=1, description="best checkpoints kept (the latest is kept too)")
+    best_metric: str = Field("eval_loss", description="validation metric that ranks checkpoints")
+    best_metric_mode: Literal["min", "max"] | None = Field(None, description="default: min for losses, else max")
+
+    # --- output ----------------------------------------------------------------------------------------------
+    output_dir: str = "runs"
+    run_name: str | None = Field(None, description="default: the config file name (plus a timestamp if taken)")
+    seed: int = 42
+    logging_steps: int = Field(1, ge=1)
+
+    # --- hyperparameter search (tuneforge tune) -------------------------------------------------------------------
+    search_space: dict[str, Any] | None = None
+    tune: TuneSettings | None = None
+
+    _notes: list[str] = PrivateAttr(default_factory=list)
+    _source_name: str = PrivateAttr("run")
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_alias(cls, value: Any) -> Any:
+        return "causal_lm" if value == "instruction_tuning" else value
+
+    @field_validator("lora_config")
+    @classmethod
+    def _check_lora_keys(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        known = lora_config_fields()
+        for key in value:
+            if key not in known:
+                raise ValueError(f"unknown lora_config key '{key}'{suggest(key, known)}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_task_fields(self) -> TrainConfig:
+        if self.task == "classification":
+            if not self.text_fields:
+                raise ValueError("classification needs text_fields (the columns that make the input text)")
+            if not self.label_field:
+                raise ValueError("classification needs label_field (the column holding the label)")
+        return self
+
+    @property
+    def notes(self) -> list[str]:
+        """Non-fatal remarks made while loading (ignored Anyscale keys)."""
+        return self._notes
+
+    @property
+    def source_name(self) -> str:
+        """Stem of the YAML file this came from: the default run name."""
+        return self._source_name
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.lora_config is not None
+
+    @property
+    def best_mode(self) -> Literal["min", "max"]:
+        if self.best_metric_mode:
+            return self.best_metric_mode
+        return "min" if "loss" in self.best_metric or "perplexity" in self.best_metric else "max"
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", exclude_none=True)
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+@lru_cache(maxsize=1)
+def lora_config_fields() -> frozenset[str]:
+    from peft import LoraConfig  # heavy import, only needed when a lora_config is given
+
+    return frozenset(f.name for f in dataclasses.fields(LoraConfig) if f.init)
+
+
+def suggest(word: str, candidates: Any) -> str:
+    """' — did you mean 'x'?' for the closest candidate, or ''."""
+    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def config_keys() -> list[str]:
+    return list(TrainConfig.model_fields)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Loading
+# ------------------------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read, override and validate a YAML config. Relative data paths are resolved against the working
+    directory first, then the config file's directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    raw, lines = parse_yaml_with_lines(text, path)
+    sources = {key: f"{path}:{line}" for key, line in lines.items()}
+    for override in overrides or []:
+        key = apply_override(raw, override)
+        sources[tuple(key.split("."))] = f"--set {override}"
+    config = validate_config(raw, sources, default_source=str(path))
+    config._source_name = path.stem
+    resolve_data_paths(config, path.parent)
+    return config
+
+
+def parse_yaml_with_lines(text: str, path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    """The YAML mapping, and the 1-based line of every key path (for error messages)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{line}: invalid YAML: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{path}: config file is empty; it needs at least model_id and train_path")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: config must be a mapping of key: value, got {type(data).__name__}")
+    lines: dict[tuple[str, ...], int] = {}
+    collect_key_lines(node, (), lines)
+    return data, lines
+
+
+def collect_key_lines(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*prefix, str(key_node.value))
+            out[key] = key_node.start_mark.line + 1
+            collect_key_lines(value_node, key, out)
+
+
+def apply_override(raw: dict[str, Any], override: str) -> str:
+    """Apply one `key.sub=value` override in place (value parsed as YAML). Returns the dotted key."""
+    key, sep, value_text = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {override}: expected KEY=VALUE, e.g. --set learning_rate=3e-4")
+    value = yaml.safe_load(value_text) if value_text.strip() else None
+    *parents, leaf = key.split(".")
+    target = raw
+    for part in parents:
+        child = target.get(part)
+        if child is None:
+            child = target[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {override}: '{part}' is not a mapping, cannot set '{leaf}' inside it")
+        target = child
+    target[leaf] = value
+    return key
+
+
+def validate_config(
+    raw: dict[str, Any], sources: dict[tuple[str, ...], str], default_source: str
+) -> TrainConfig:
+    notes = []
+    cleaned = dict(raw)
+    for key in sorted(ANYSCALE_ONLY_KEYS & cleaned.keys()):
+        del cleaned[key]
+        notes.append(f"{sources.get((key,), default_source)}: '{key}' is an Anyscale LLMForge key tuneforge does not use; ignored")
+    try:
+        config = TrainConfig.model_validate(cleaned)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, sources, default_source)) from None
+    config._notes.extend(notes)
+    return config
+
+
+def describe_validation_error(exc: ValidationError, sources: dict[tuple[str, ...], str], default_source: str) -> str:
+    """One line for the first error: where (file:line or --set), which key, what is wrong, how to fix."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = tuple(str(part) for part in first["loc"])
+    where = nearest_source(loc, sources, default_source)
+    key = ".".join(loc) or "config"
+    if first["type"] == "extra_forbidden":
+        candidates = config_keys() if len(loc) == 1 else list(TuneSettings.model_fields)
+        message = f"unknown key '{key}'{suggest(loc[-1], candidates)}"
+    elif first["type"] == "missing":
+        message = f"missing required key '{key}'"
+    else:
+        detail = first["msg"].removeprefix("Value error, ")
+        value = first.get("input")
+        shown = f" (got {value!r})" if value is not None and not isinstance(value, dict) else ""
+        message = f"{key}: {detail}{shown}"
+    more = f" [and {len(errors) - 1} more problem(s)]" if len(errors) > 1 else ""
+    return f"{where}: {message}{more}"
+
+
+def nearest_source(loc: tuple[str, ...], sources: dict[tuple[str, ...], str], default: str) -> str:
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in sources:
+            return sources[loc[:end]]
+    return default
+
+
+def resolve_data_paths(config: TrainConfig, config_dir: Path) -> None:
+    for field in ("train_path", "valid_path"):
+        value = getattr(config, field)
+        if value is not None:
+            setattr(config, field, str(resolve_path(value, config_dir)))
+
+
+def resolve_path(value: str, config_dir: Path) -> Path:
+    """CWD-relative first (how Anyscale files are written), then relative to the config file."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or path.exists():
+        return path.resolve()
+    beside_config = config_dir / path
+    return beside_config.resolve() if beside_config.exists() else path.resolve()

@@ -1,0 +1,1 @@
+"""Data: reading row files, validating their shape, tokenizing with loss masks, collating batches."""

@@ -1,0 +1,62 @@
+"""Rows -> padded tensors. Training pads on the right; the masks decide what is attended to and trained."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+
+
+def padded_length(lengths: list[int], padding: str, context_length: int, multiple_of: int | None) -> int:
+    length = context_length if padding == "max_length" else max(lengths)
+    if multiple_of:
+        length = -(-length // multiple_of) * multiple_of
+    return length
+
+
+def collate_causal(
+    examples: list[Any], pad_id: int, *, padding: str = "longest", context_length: int, multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
+    width = padded_length([len(e) for e in examples], padding, context_length, multiple_of)
+    input_ids = np.full((len(examples), width), pad_id, dtype=np.int64)
+    attention = np.zeros((len(examples), width), dtype=np.int64)
+    labels = np.full((len(examples), width), IGNORE_INDEX, dtype=np.int64)
+    for row, example in enumerate(examples):
+        n = len(example)
+        input_ids[row, :n] = example.input_ids
+        attention[row, :n] = 1
+        labels[row, :n] = np.where(example.target_mask, example.input_ids, IGNORE_INDEX)
+    return {
+        "input_ids": torch.from_numpy(input_ids),
+        "attention_mask": torch.from_numpy(attention),
+        "labels": torch.from_numpy(labels),
+    }
+
+
+def count_real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    return int(batch["attention_mask"].sum())
+
+
+def collate_classification(
+    examples: list[Any], pad_id: int, *, padding: str = "longest", context_length: int, multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
+    width = padded_length([len(e) for e in examples], padding, context_length, multiple_of)
+    input_ids = np.full((len(examples), width), pad_id, dtype=np.int64)
+    attention = np.zeros((len(examples), width), dtype=np.int64)
+    for row, example in enumerate(examples):
+        input_ids[row, : len(example)] = example.input_ids
+        attention[row, : len(example)] = 1
+    return {
+        "input_ids": torch.from_numpy(input_ids),
+        "attention_mask": torch.from_numpy(attention),
+        "labels": torch.tensor([example.label for example in examples], dtype=torch.long),
+    }
+
+
+def collate_batch(examples: list[Any], *, task: str, pad_id: int, padding: str, context_length: int,
+                  multiple_of: int | None) -> dict[str, torch.Tensor]:
+    collate = collate_classification if task == "classification" else collate_causal
+    return collate(examples, pad_id, padding=padding, context_length=context_length, multiple_of=multiple_of)

@@ -1,0 +1,132 @@
+"""From config to tokenized train/validation sets, with the statistics `tuneforge plan` prints."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuneforge.config import TrainConfig
+from tuneforge.data import causal
+from tuneforge.data.records import Record, read_records
+from tuneforge.errors import DataError
+
+
+@dataclass
+class LengthStats:
+    rows: int
+    p50: int
+    p95: int
+    max: int
+    truncated: int
+    tokens: int
+    target_tokens: int
+
+    @classmethod
+    def of(cls, lengths: list[int], target_tokens: int, truncated: int) -> LengthStats:
+        array = np.asarray(lengths or [0])
+        return cls(
+            rows=len(lengths),
+            p50=int(np.percentile(array, 50)),
+            p95=int(np.percentile(array, 95)),
+            max=int(array.max()),
+            truncated=truncated,
+            tokens=int(array.sum()),
+            target_tokens=target_tokens,
+        )
+
+
+@dataclass
+class PreparedData:
+    """Tokenized rows ready for the training loop, plus what the plan reports about them."""
+
+    shape: str  # chat | prompt_completion | text | classification
+    train: list[Any]
+    valid: list[Any]
+    context_length: int
+    stats: dict[str, LengthStats]
+    labels: list[str] = field(default_factory=list)  # classification only
+    notes: list[str] = field(default_factory=list)
+
+
+def split_records(records: list[Record], share: float, seed: int, path: Path) -> tuple[list[Record], list[Record]]:
+    """Seeded random hold-out of `share` of the rows (at least one, never all)."""
+    if share == 0:
+        return records, []
+    if len(records) < 2:
+        raise DataError(f"{path}: only {len(records)} row; a validation split needs at least 2 (or give valid_path)")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_valid = min(len(records) - 1, max(1, round(len(records) * share)))
+    held_out = set(order[:n_valid])
+    train = [r for i, r in enumerate(records) if i not in held_out]
+    valid = [r for i, r in enumerate(records) if i in held_out]
+    return train, valid
+
+
+def prepare_causal(config: TrainConfig, tokenizer: Any, model_max_length: int | None) -> PreparedData:
+    train_path = Path(config.train_path)
+    train_records = read_records(train_path, "train_path")
+    shape = causal.detect_shape(train_records, train_path)
+    causal.validate_rows(train_records, train_path, shape)
+    if config.valid_path:
+        valid_path = Path(config.valid_path)
+        valid_records = read_records(valid_path, "valid_path")
+        valid_shape = causal.detect_shape(valid_records, valid_path)
+        if valid_shape != shape:
+            raise DataError(f"{valid_path}: rows are {valid_shape} but train_path's rows are {shape}; use one shape")
+        causal.validate_rows(valid_records, valid_path, shape)
+    else:
+        valid_path = train_path
+        train_records, valid_records = split_records(train_records, config.valid_split, config.seed, train_path)
+
+    train = causal.tokenize_records(train_records, train_path, shape, tokenizer, config.train_on_inputs)
+    valid = causal.tokenize_records(valid_records, valid_path, shape, tokenizer, config.train_on_inputs)
+    context_length = choose_context_length(config.context_length, train + valid, model_max_length)
+    notes: list[str] = []
+    stats = {}
+    kept = {}
+    for name, examples in (("train", train), ("valid", valid)):
+        lengths = [len(example) for example in examples]
+        kept[name], truncated = fit_to_context(examples, context_length, config.truncation)
+        dropped = len(examples) - len(kept[name])
+        if dropped:
+            notes.append(f"{name}: {dropped} row(s) dropped: no target tokens left within context_length {context_length}")
+        if truncated:
+            notes.append(f"{name}: {truncated} row(s) truncated to context_length {context_length}")
+        target_tokens = int(sum(example.target_mask.sum() for example in kept[name]))
+        stats[name] = LengthStats.of(lengths, target_tokens, truncated)
+    if not kept["train"]:
+        raise DataError(f"{train_path}: no row has target tokens within context_length {context_length}")
+    return PreparedData(shape, kept["train"], kept["valid"], context_length, stats, notes=notes)
+
+
+def choose_context_length(configured: int | None, examples: list[Any], model_max_length: int | None) -> int:
+    """The configured length, or the longest row capped at what the model supports."""
+    if configured:
+        return configured
+    longest = max((len(example) for example in examples), default=1)
+    return min(longest, model_max_length) if model_max_length else longest
+
+
+def fit_to_context(examples: list[causal.Example], context_length: int, policy: str) -> tuple[list[causal.Example], int]:
+    """Truncate (or refuse) rows longer than the context; drop rows left with nothing to learn."""
+    too_long = [example for example in examples if len(example) > context_length]
+    if too_long and policy == "refuse":
+        first = too_long[0]
+        others = f" (and {len(too_long) - 1} more row(s))" if len(too_long) > 1 else ""
+        raise DataError(
+            f"{first.source}: row is {len(first)} tokens, longer than context_length {context_length}{others}; "
+            "raise context_length or set truncation: truncate"
+        )
+    kept = []
+    for example in examples:
+        if len(example) > context_length:
+            example = causal.Example(example.input_ids[:context_length], example.target_mask[:context_length], example.source)
+        # A target at position 0 has no preceding token to be predicted from, so it does not count.
+        if example.target_mask[1:].any():
+            kept.append(example)
+    return kept, len(too_long)

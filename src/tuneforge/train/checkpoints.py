@@ -1,0 +1,78 @@
+"""What a checkpoint holds, and finding one from a run directory.
+
+A checkpoint directory is self-describing:
+- LoRA: `adapter_model.safetensors` + `adapter_config.json` (the adapter only, never the base);
+  full fine-tuning: `model.safetensors` + `config.json`;
+- the tokenizer (with the pad token training used);
+- `tuneforge.json`: task, base model, data shape, labels, stop tokens, step and validation metrics;
+- `training_state.pt`: optimizer, LR schedule, RNG and step, for `--resume` (tensors and plain types only, loaded
+  with `weights_only=True`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tuneforge.errors import TuneforgeError
+
+META_FILE = "tuneforge.json"
+STATE_FILE = "training_state.pt"
+
+
+class CheckpointError(TuneforgeError):
+    """A path that is not a usable run or checkpoint."""
+
+
+def save_checkpoint(directory: Path, model: torch.nn.Module, tokenizer: Any, meta: dict[str, Any], state: dict[str, Any]) -> None:
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(directory, safe_serialization=True, save_embedding_layers=False)
+    else:
+        model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    torch.save(state, directory / STATE_FILE)
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def load_training_state(directory: Path) -> dict[str, Any] | None:
+    path = directory / STATE_FILE
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: not a tuneforge checkpoint (no {META_FILE})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / META_FILE).is_file()
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a run directory (its best checkpoint, else its latest) or a checkpoint path."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run or checkpoint directory")
+    if is_checkpoint(path):
+        return path
+    if is_checkpoint(path / "best"):
+        return path / "best"
+    found = list_checkpoints(path)
+    if found:
+        return found[-1]
+    raise CheckpointError(f"{path}: this run has no checkpoint yet (nothing under {path / 'checkpoints'})")
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoints, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and is_checkpoint(p))

@@ -1,0 +1,387 @@
+"""The one training loop, run by every Ray Train worker, for both tasks and any number of workers.
+
+Read it top to bottom: `setup()` builds the model, optimizer, schedule and data; `train()` steps through the plan;
+at each planned event it validates, saves a checkpoint and reports both to Ray Train, which keeps the best
+`num_checkpoints_to_keep` (plus the latest, for resuming). Rank 0 also streams progress events to the driver.
+
+Supports: LoRA / QLoRA / full fine-tuning; bf16 or fp16 autocast (fp32 master weights); gradient accumulation with
+every target token weighted equally across micro-batches and workers; gradient checkpointing; DDP over gloo (CPU)
+or nccl (GPU); exact resume (optimizer, schedule, RNG and position in the epoch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from tuneforge.config import TrainConfig
+from tuneforge.data.collate import count_real_tokens
+from tuneforge.plan import TrainingPlan, make_scheduler
+from tuneforge.train import checkpoints
+from tuneforge.train.batching import epoch_batches, eval_batches
+from tuneforge.train.hardware import autocast_context, make_grad_scaler, resolve_precision
+
+
+def train_loop_per_worker(inputs: dict[str, Any]) -> None:
+    """Ray Train entry point."""
+    TrainingLoop(inputs).run()
+
+
+class TrainingLoop:
+    def __init__(self, inputs: dict[str, Any]):
+        import ray
+        import ray.train
+
+        self.config = TrainConfig.model_validate(inputs["config"])
+        self.plan = TrainingPlan(**inputs["plan"])
+        self.model_source: str = inputs["model_source"]
+        self.run_meta: dict[str, Any] = inputs["run_meta"]
+        self.events = inputs.get("events")
+        payload = ray.get(inputs["payload"])
+        self.data, self.tokenizer = payload["data"], payload["tokenizer"]
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        torch.set_num_threads(max(1, int(inputs.get("threads") or 1)))
+
+    # ----------------------------------------------------------------------------------------------------------
+    # setup
+    # ----------------------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.setup()
+        self.train()
+
+    def setup(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        seed_everything(self.config.seed + self.rank)
+        self.device = ray.train.torch.get_device()
+        self.precision = resolve_precision(self.config.precision, self.device)
+        resume_from = ray.train.get_checkpoint()
+        self.start_step = 0
+        state = None
+        with contextlib.ExitStack() as stack:
+            resume_dir = Path(stack.enter_context(resume_from.as_directory())) if resume_from else None
+            self.model = self.build_model(resume_dir)
+            self.objective = self.build_objective()
+            self.prepared = ray.train.torch.prepare_model(self.objective, parallel_strategy_kwargs=self.ddp_kwargs())
+            self.optimizer = build_optimizer(self.model, self.config)
+            self.scheduler = make_scheduler(self.optimizer, self.config, self.plan)
+            if resume_dir:
+                state = checkpoints.load_training_state(resume_dir)
+        self.scaler = make_grad_scaler(self.precision, self.device)
+        if state:
+            self.restore(state)
+        self.train_lengths = [len(example) for example in self.data.train]
+        self.valid_lengths = [len(example) for example in self.data.valid]
+
+    def build_model(self, resume_dir: Path | None) -> torch.nn.Module:
+        from tuneforge.models import load_model_for_training
+
+        return load_model_for_training(
+            self.config,
+            self.model_source,
+            self.tokenizer,
+            labels=self.data.labels,
+            device=self.device,
+            precision=self.precision,
+            resume_dir=resume_dir,
+        )
+
+    def build_objective(self) -> torch.nn.Module:
+        from tuneforge.train.objectives import CausalLMObjective, ClassificationObjective
+
+        if self.config.task == "classification":
+            return ClassificationObjective(self.model, self.run_meta.get("class_weights"))
+        return CausalLMObjective(self.model)
+
+    def ddp_kwargs(self) -> dict[str, Any]:
+        # Frozen base weights never receive gradients; DDP must not wait for them.
+        return {"find_unused_parameters": False, "static_graph": not self.gradient_checkpointing_on}
+
+    @property
+    def gradient_checkpointing_on(self) -> bool:
+        return bool(getattr(self.model, "is_gradient_checkpointing", False))
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_step = int(state["step"])
+        rng = state.get("rng", {}).get(self.rank)
+        if rng:
+            restore_rng(rng)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # training
+    # ----------------------------------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        plan, accumulation = self.plan, self.config.gradient_accumulation_steps
+        self.emit({"type": "start", "step": self.start_step, "total_steps": plan.total_steps, "precision": self.precision,
+                   "world_size": self.world_size, "device": str(self.device), "trainable": trainable_counts(self.model)})
+        window = Window()
+        epoch_cache: tuple[int, list[list[int]]] | None = None
+        self.prepared.train()
+        for step in range(self.start_step, plan.total_steps):
+            epoch, step_in_epoch = divmod(step, plan.steps_per_epoch)
+            if epoch_cache is None or epoch_cache[0] != epoch:
+                epoch_cache = (epoch, self.batches_for_epoch(epoch))
+            micro_batches = epoch_cache[1][step_in_epoch * accumulation : (step_in_epoch + 1) * accumulation]
+            started = time.perf_counter()
+            loss_sum, targets, real_tokens, grad_norm = self.optimizer_step(micro_batches)
+            window.add(loss_sum, targets, real_tokens, time.perf_counter() - started)
+            done = step + 1
+            if done % self.config.logging_steps == 0 or done in plan.event_steps:
+                self.emit(window.event(done, plan, self.scheduler.get_last_lr()[0], grad_norm))
+            if done in plan.event_steps:
+                self.checkpoint_event(done, window.take_event_loss())
+
+    def batches_for_epoch(self, epoch: int) -> list[list[int]]:
+        return epoch_batches(
+            self.train_lengths,
+            batch_size=self.config.train_batch_size_per_device,
+            world_size=self.world_size,
+            rank=self.rank,
+            batches_per_rank=self.plan.steps_per_epoch * self.config.gradient_accumulation_steps,
+            seed=self.config.seed,
+            epoch=epoch,
+            group_by_length=self.config.group_by_length,
+        )
+
+    def optimizer_step(self, micro_batches: list[list[int]]) -> tuple[float, float, float, float]:
+        batches = [self.collate(indices) for indices in micro_batches]
+        local_targets = sum(self.objective.target_count(batch) for batch in batches)
+        step_targets = all_reduce_sum([local_targets], self.device)[0]
+        # DDP averages gradients over workers; scaling by world_size turns that average into a sum over all
+        # target tokens of the step, which is then divided by their count.
+        scale = self.world_size / max(step_targets, 1.0)
+        loss_total, real_tokens = 0.0, 0
+        for index, batch in enumerate(batches):
+            last = index == len(batches) - 1
+            sync = contextlib.nullcontext() if last or self.world_size == 1 else self.prepared.no_sync()
+            with sync:
+                with autocast_context(self.precision, self.device):
+                    loss_sum, _ = self.prepared(**self.to_device(batch))
+                scaled = loss_sum * scale
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss_total += float(loss_sum.detach())
+            real_tokens += count_real_tokens(batch)
+        grad_norm = self.clip_and_step()
+        loss_total, real_total = all_reduce_sum([loss_total, float(real_tokens)], self.device)
+        return loss_total, step_targets, real_total, grad_norm
+
+    def clip_and_step(self) -> float:
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.config.max_grad_norm or float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm)) if parameters else 0.0
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def collate(self, indices: list[int], rows: list[Any] | None = None) -> dict[str, torch.Tensor]:
+        from tuneforge.data.collate import collate_batch
+
+        rows = self.data.train if rows is None else rows
+        return collate_batch(
+            [rows[i] for i in indices],
+            task=self.config.task,
+            pad_id=self.tokenizer.pad_token_id,
+            padding=self.config.padding,
+            context_length=self.data.context_length,
+            multiple_of=self.config.pad_to_multiple_of,
+        )
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+
+    # ----------------------------------------------------------------------------------------------------------
+    # validation and checkpoints
+    # ----------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics over all workers' shares. Runs the unwrapped objective: DDP's forward would sync
+        buffers, and ranks may have different numbers of validation batches."""
+        if not self.data.valid:
+            return {}
+        objective = self.objective
+        objective.eval()
+        loss_sum, count = 0.0, 0.0
+        extra: dict[str, list[int]] = {"y_true": [], "y_pred": []}
+        for indices in eval_batches(self.valid_lengths, batch_size=self.config.eval_batch_size_per_device,
+                                    world_size=self.world_size, rank=self.rank):
+            batch = self.to_device(self.collate(indices, self.data.valid))
+            with autocast_context(self.precision, self.device):
+                batch_loss, batch_count, predictions = objective.eval_batch(batch)
+            if predictions is not None:
+                extra["y_pred"].extend(predictions.tolist())
+                extra["y_true"].extend(batch["labels"].tolist())
+            loss_sum += float(batch_loss)
+            count += float(batch_count)
+        objective.train()
+        loss_sum, count = all_reduce_sum([loss_sum, count], self.device)
+        if self.config.task == "classification":
+            extra = gather_lists(extra)
+        return objective.summarize(loss_sum, count, extra)
+
+    def checkpoint_event(self, step: int, train_loss: float | None) -> None:
+        import ray.train
+
+        metrics = {"step": step, "epoch": round(step / self.plan.steps_per_epoch, 4)}
+        if train_loss is not None:
+            metrics["train_loss"] = train_loss
+        started = time.perf_counter()
+        metrics.update(self.evaluate())
+        metrics["eval_seconds"] = round(time.perf_counter() - started, 3)
+        state = self.training_state(step)
+        with tempfile.TemporaryDirectory(prefix="tuneforge-ckpt-") as tmp:
+            checkpoint = None
+            if self.rank == 0:
+                meta = {**self.run_meta, "step": step, "epoch": metrics["epoch"], "metrics": metrics,
+                        "context_length": self.data.context_length, "precision": self.precision}
+                checkpoints.save_checkpoint(Path(tmp), self.model, self.tokenizer, meta, state)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            self.emit({"type": "eval", **metrics})
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step-{step:06d}")
+
+    def training_state(self, step: int) -> dict[str, Any]:
+        rng_states = gather_objects(capture_rng())
+        return {
+            "step": step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng": dict(enumerate(rng_states)),
+        }
+
+    def emit(self, event: dict[str, Any]) -> None:
+        if self.rank == 0 and self.events is not None:
+            self.events.put({**event, "time": time.time()})
+
+
+class Window:
+    """Running sums between log lines, and the train loss since the last checkpoint event."""
+
+    def __init__(self) -> None:
+        self.loss = self.targets = self.tokens = self.seconds = 0.0
+        self.epoch_loss = self.epoch_targets = 0.0
+
+    def add(self, loss_sum: float, targets: float, tokens: float, seconds: float) -> None:
+        self.loss += loss_sum
+        self.targets += targets
+        self.tokens += tokens
+        self.seconds += seconds
+        self.epoch_loss += loss_sum
+        self.epoch_targets += targets
+
+    def event(self, step: int, plan: TrainingPlan, lr: float, grad_norm: float) -> dict[str, Any]:
+        event = {
+            "type": "step",
+            "step": step,
+            "epoch": round(step / plan.steps_per_epoch, 4),
+            "loss": self.loss / max(self.targets, 1.0),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_second": self.tokens / max(self.seconds, 1e-9),
+            "tokens": self.tokens,
+            "step_seconds": self.seconds,
+        }
+        self.loss = self.targets = self.tokens = self.seconds = 0.0
+        return event
+
+    def take_event_loss(self) -> float | None:
+        loss = self.epoch_loss / self.epoch_targets if self.epoch_targets else None
+        self.epoch_loss = self.epoch_targets = 0.0
+        return loss
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; biases and norm weights (1-D tensors) are exempt from weight decay."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim < 2 else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate)
+
+
+def trainable_counts(model: torch.nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "total": total}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng() -> dict[str, Any]:
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached]  # loadable weights-only
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    if not distributed():
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def gather_objects(value: Any) -> list[Any]:
+    if not distributed():
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def gather_lists(values: dict[str, list[int]]) -> dict[str, list[int]]:
+    merged: dict[str, list[int]] = {key: [] for key in values}
+    for part in gather_objects(values):
+        for key, items in part.items():
+            merged[key].extend(items)
+    return merged
+

@@ -1,0 +1,103 @@
+"""The task-specific part of the one training loop: how a batch becomes a loss, and what validation reports.
+
+An objective is an `nn.Module` around the model so that DDP wraps it (gradient sync hooks are armed in DDP's
+forward). It returns a loss *sum* and the number of targets it covers; the loop divides by the targets of the whole
+optimizer step across all workers, so gradient accumulation and uneven batches weigh every target equally.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tuneforge.data.collate import IGNORE_INDEX
+
+# Architectures whose logits are exactly lm_head(final hidden state): for these the loss is computed on target
+# positions only, skipping the vocabulary projection of every prompt and pad token.
+PLAIN_HEAD_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "gemma", "gpt2",
+     "gpt_neox", "olmo", "olmo2", "starcoder2", "smollm3", "stablelm"}
+)
+
+
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class CausalLMObjective(nn.Module):
+    """Next-token cross-entropy on target positions."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        hf_model = unwrap_peft(model)
+        self.plain_head = (
+            getattr(hf_model.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
+            and hf_model.get_output_embeddings() is not None
+        )
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        targets = labels[:, 1:]
+        selected = targets != IGNORE_INDEX
+        if self.plain_head:
+            hf_model = unwrap_peft(self.model)
+            hidden = hf_model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+            logits = hf_model.get_output_embeddings()(hidden[:, :-1][selected])
+        else:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1][selected]
+        loss_sum = F.cross_entropy(logits.float(), targets[selected], reduction="sum")
+        return loss_sum, selected.sum()
+
+    def eval_batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, None]:
+        loss_sum, count = self(**batch)
+        return loss_sum, count, None
+
+    @staticmethod
+    def target_count(batch: dict[str, torch.Tensor]) -> float:
+        return float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+    @staticmethod
+    def summarize(loss_sum: float, count: float, _extra: dict[str, Any]) -> dict[str, float]:
+        loss = loss_sum / max(count, 1.0)
+        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
+
+
+class ClassificationObjective(nn.Module):
+    """Cross-entropy over classes, optionally class-weighted; validation adds accuracy and weighted P/R/F1."""
+
+    def __init__(self, model: nn.Module, class_weights: list[float] | None = None):
+        super().__init__()
+        self.model = model
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, **extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss_sum, count, _ = self.scored(input_ids, attention_mask, labels, **extra)
+        return loss_sum, count
+
+    def scored(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, **extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+        losses = F.cross_entropy(logits.float(), labels, reduction="none")
+        weights = self.class_weights[labels] if self.class_weights is not None else torch.ones_like(losses)
+        return (losses * weights).sum(), weights.sum(), logits
+
+    def eval_batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        loss_sum, count, logits = self.scored(**batch)
+        return loss_sum, count, logits.argmax(-1)
+
+    def target_count(self, batch: dict[str, torch.Tensor]) -> float:
+        if self.class_weights is None:
+            return float(batch["labels"].numel())
+        return float(self.class_weights.cpu()[batch["labels"]].sum())
+
+    @staticmethod
+    def summarize(loss_sum: float, count: float, extra: dict[str, Any]) -> dict[str, float]:
+        from tuneforge.evaluate import classification_summary
+
+        metrics = {"eval_loss": loss_sum / max(count, 1.0)}
+        metrics.update(classification_summary(extra["y_true"], extra["y_pred"], prefix="eval_"))
+        return metrics

@@ -1,0 +1,57 @@
+"""What a run records as it trains: `metrics.jsonl` (one JSON object per log line or validation) and TensorBoard
+event files. The driver writes both from the workers' event stream, so they land in the run directory wherever the
+workers run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+TRAIN_SCALARS = {"loss": "train/loss", "lr": "train/learning_rate", "grad_norm": "train/grad_norm",
+                 "tokens_per_second": "train/tokens_per_second"}
+
+
+class Tracker:
+    def __init__(self, run_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.metrics_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def record(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind not in ("step", "eval"):
+            return
+        self.metrics_file.write(json.dumps(event, default=float) + "\n")
+        self.metrics_file.flush()
+        step = int(event["step"])
+        if kind == "step":
+            for key, tag in TRAIN_SCALARS.items():
+                self.writer.add_scalar(tag, event[key], step)
+            self.writer.add_scalar("train/perplexity", math.exp(min(event["loss"], 50.0)), step)
+        else:
+            for key, value in event.items():
+                if key.startswith("eval_") and isinstance(value, (int, float)) and key != "eval_seconds":
+                    self.writer.add_scalar(f"eval/{key.removeprefix('eval_')}", value, step)
+            if event.get("train_loss") is not None:
+                self.writer.add_scalar("train/loss_since_last_eval", event["train_loss"], step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.metrics_file.close()
+        self.writer.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+    return rows

@@ -1,0 +1,100 @@
+"""Terminal display for the CLI: a live progress bar for training (loss, tokens/s, time left) and Rich tables."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console()
+error_console = Console(stderr=True)
+
+PLAIN_LOG_EVERY_S = 30.0  # without a live terminal, a progress line at most this often
+
+
+class RichReporter:
+    """Shows a run's progress. Workers' events arrive on a background thread; Rich's Progress is thread-safe."""
+
+    def __init__(self, title: str = "training"):
+        self.title = title
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(bar_width=28),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task_id: Any = None
+        self.last_plain = 0.0
+
+    def __enter__(self) -> RichReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def phase(self, message: str) -> None:
+        if self.task_id is None:
+            console.print(f"[dim]· {message}[/dim]")
+
+    def event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "start":
+            self.start(event)
+        elif kind == "step" and self.task_id is not None:
+            self.step(event)
+        elif kind == "eval":
+            self.evaluation(event)
+
+    def start(self, event: dict[str, Any]) -> None:
+        counts = event.get("trainable", {})
+        share = 100 * counts.get("trainable", 0) / max(counts.get("total", 1), 1)
+        console.print(
+            f"[dim]· {event['world_size']} worker(s) on {event['device']}, {event['precision']}, "
+            f"{counts.get('trainable', 0):,} trainable parameters ({share:.2f}%)[/dim]"
+        )
+        if event.get("step"):
+            console.print(f"[dim]· resuming at step {event['step']}[/dim]")
+        self.task_id = self.progress.add_task(self.title, total=event["total_steps"], completed=event.get("step", 0),
+                                              stats="")
+
+    def step(self, event: dict[str, Any]) -> None:
+        stats = f"loss {event['loss']:.4f} · {event['tokens_per_second']:,.0f} tok/s · lr {event['lr']:.2e}"
+        self.progress.update(self.task_id, completed=event["step"], stats=stats)
+        if not console.is_terminal and time.monotonic() - self.last_plain > PLAIN_LOG_EVERY_S:
+            self.last_plain = time.monotonic()
+            total = self.progress.tasks[0].total if self.progress.tasks else "?"
+            console.print(f"step {event['step']}/{total} · {stats}")
+
+    def evaluation(self, event: dict[str, Any]) -> None:
+        shown = [f"{key.removeprefix('eval_')} {value:.4f}" for key, value in event.items()
+                 if key.startswith("eval_") and key != "eval_seconds" and isinstance(value, (int, float))]
+        train_loss = f"train_loss {event['train_loss']:.4f} · " if event.get("train_loss") is not None else ""
+        console.print(f"[cyan]step {event['step']} (epoch {event['epoch']:.2f})[/cyan] {train_loss}" + " · ".join(shown)
+                      + " · checkpoint saved")
+
+
+def key_value_table(title: str, rows: list[tuple[str, Any]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left", title_style="bold")
+    table.add_column(style="dim")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, format_value(value))
+    return table
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(format_value(v) for v in value)
+    return str(value)
