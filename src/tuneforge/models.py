@@ -151,6 +151,16 @@ def ensure_distinct_pad(tokenizer: Any) -> bool:
     return True
 
 
+def use_pad_token(model: Any, tokenizer: Any) -> None:
+    """Point the model at the tokenizer's (distinct) pad token. Models whose config says pad = EOS build their
+    embedding with padding_idx = EOS, which silently freezes the EOS row in full fine-tuning: the model could
+    never get better at stopping."""
+    model.config.pad_token_id = tokenizer.pad_token_id
+    embedding = model.get_input_embeddings()
+    if getattr(embedding, "padding_idx", None) is not None:
+        embedding.padding_idx = tokenizer.pad_token_id
+
+
 def match_vocab(model: Any, tokenizer: Any) -> None:
     """Grow the embeddings for tokens the tokenizer added (the pad token). Pad rows are masked out everywhere,
     so they are zero-filled rather than randomly initialised: reloading a checkpoint gives identical weights."""
@@ -208,7 +218,7 @@ def load_model_for_training(
     kwargs["dtype"] = torch.bfloat16 if frozen_bf16 else torch.float32
     model = load_pretrained(config.task, str(resume_dir) if full_resume else source, labels, kwargs)
     match_vocab(model, tokenizer)
-    model.config.pad_token_id = tokenizer.pad_token_id
+    use_pad_token(model, tokenizer)
     checkpointing = gradient_checkpointing_wanted(config.no_gradient_checkpoint, device)
     if config.load_in_4bit:
         from peft import prepare_model_for_kbit_training
@@ -219,7 +229,22 @@ def load_model_for_training(
         model.config.use_cache = False
     if config.uses_lora:
         model = attach_lora(model, config, resume_dir)
+        if precision == "bf16" and not config.load_in_4bit:
+            freeze_linears_in_bf16(model)
     return model.to(device) if not config.load_in_4bit else model
+
+
+def freeze_linears_in_bf16(model: Any) -> None:
+    """Store frozen Linear weights in bf16. Under bf16 autocast every matmul casts its weight to bf16 anyway, so
+    the arithmetic is unchanged; what goes is a cast per layer per step and half the weights' memory. Embeddings,
+    norms and the (tied) output layer stay fp32."""
+    import torch
+
+    output = model.get_output_embeddings()
+    for module in model.modules():
+        if (isinstance(module, torch.nn.Linear) and module is not output and not module.weight.requires_grad
+                and module.weight.dtype == torch.float32):
+            module.to(torch.bfloat16)
 
 
 def load_pretrained(task: str, source: str, labels: list[str], kwargs: dict[str, Any]) -> Any:

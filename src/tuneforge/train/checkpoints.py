@@ -21,6 +21,7 @@ from tuneforge.errors import TuneforgeError
 
 META_FILE = "tuneforge.json"
 STATE_FILE = "training_state.pt"
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
 
 
 class CheckpointError(TuneforgeError):
@@ -64,15 +65,39 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     if is_checkpoint(path / "best"):
         return path / "best"
-    found = list_checkpoints(path)
-    if found:
-        return found[-1]
+    latest = latest_checkpoint(path)
+    if latest is not None:
+        return latest
     raise CheckpointError(f"{path}: this run has no checkpoint yet (nothing under {path / 'checkpoints'})")
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """The run's checkpoints, oldest first."""
+    """The run's registered checkpoints, oldest first. Ray Train's snapshot is the authority: a directory a crash
+    left behind before Ray registered it is not a checkpoint of the run."""
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and is_checkpoint(p))
+    registered, _ = read_snapshot(folder)
+    candidates = [folder / name for name in registered] if registered is not None else folder.iterdir()
+    return sorted(p for p in candidates if p.is_dir() and is_checkpoint(p))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a resumed run continues from."""
+    folder = Path(run_dir) / "checkpoints"
+    _, latest = read_snapshot(folder)
+    if latest and is_checkpoint(folder / latest):
+        return folder / latest
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def read_snapshot(folder: Path) -> tuple[list[str] | None, str | None]:
+    """(registered checkpoint names, latest name) from Ray Train's checkpoint-manager snapshot, if readable."""
+    try:
+        snapshot = json.loads((folder / RAY_SNAPSHOT).read_text(encoding="utf-8"))
+        names = [entry["checkpoint_dir_name"] for entry in snapshot["checkpoint_results"]]
+        latest = (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+        return names, latest
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None

@@ -251,6 +251,7 @@ class TrainingLoop:
         started = time.perf_counter()
         metrics.update(self.evaluate())
         metrics["eval_seconds"] = round(time.perf_counter() - started, 3)
+        metrics["peak_rss_mb"] = peak_rss_mb()
         state = self.training_state(step)
         with tempfile.TemporaryDirectory(prefix="tuneforge-ckpt-") as tmp:
             checkpoint = None
@@ -356,6 +357,13 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def peak_rss_mb() -> float:
+    """This worker process's peak resident memory (Linux reports KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def distributed() -> bool:

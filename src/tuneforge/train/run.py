@@ -154,10 +154,10 @@ def train(
     """Train one run and return where its best checkpoint is. The library entry point of `tuneforge train`."""
     reporter = reporter or SilentReporter()
     prepared = prepare_run(config, reporter)
+    scaling = connect(prepared.config, reporter, address, dashboard, debug, cpus_per_worker)
     run_dir = Path(run_dir) if run_dir else choose_run_dir(prepared.config, overwrite)
     start_run_dir(run_dir, prepared)
-    return execute(prepared, run_dir, reporter, address=address, dashboard=dashboard,
-                   cpus_per_worker=cpus_per_worker, callbacks=callbacks, debug=debug)
+    return execute(prepared, run_dir, scaling, reporter, callbacks=callbacks)
 
 
 def resume(run_dir: Path, *, overrides: list[str] | None = None, address: str | None = None, dashboard: bool = False,
@@ -170,8 +170,25 @@ def resume(run_dir: Path, *, overrides: list[str] | None = None, address: str | 
     config = load_config(saved, overrides)
     reporter = reporter or SilentReporter()
     prepared = prepare_run(config, reporter)
+    scaling = connect(prepared.config, reporter, address, dashboard, debug, None)
     write_text(run_dir / "config.yaml", prepared.config.to_yaml())
-    return execute(prepared, run_dir, reporter, address=address, dashboard=dashboard, debug=debug, resumed=True)
+    return execute(prepared, run_dir, scaling, reporter, resume_step=latest_checkpoint_step(run_dir))
+
+
+def connect(config: TrainConfig, reporter: Reporter, address: str | None, dashboard: bool, debug: bool,
+            cpus_per_worker: float | None) -> Any:
+    """Start or join Ray and size the workers; refuses a request the machine can never satisfy."""
+    reporter.phase("starting Ray" if address is None else f"joining Ray at {address}")
+    cluster = ensure_ray(address, dashboard=dashboard, debug=debug)
+    return scaling_config(config, cluster, cpus_per_worker)
+
+
+def latest_checkpoint_step(run_dir: Path) -> int:
+    """The step training will continue from: the latest registered checkpoint (Ray Train always keeps it), or 0."""
+    from tuneforge.train.checkpoints import latest_checkpoint, read_meta
+
+    latest = latest_checkpoint(run_dir)
+    return int(read_meta(latest).get("step", 0)) if latest else 0
 
 
 def choose_run_dir(config: TrainConfig, overwrite: bool) -> Path:
@@ -207,18 +224,14 @@ def data_summary(data: Any) -> dict[str, Any]:
 
 
 def execute(
-    prepared: PreparedRun, run_dir: Path, reporter: Reporter, *, address: str | None, dashboard: bool,
-    cpus_per_worker: float | None = None, callbacks: list[Any] | None = None, debug: bool = False,
-    resumed: bool = False,
+    prepared: PreparedRun, run_dir: Path, scaling: Any, reporter: Reporter, *, callbacks: list[Any] | None = None,
+    resume_step: int | None = None,
 ) -> RunResult:
     import ray
     from ray.util.queue import Queue
 
     from tuneforge.train.tracking import Tracker
 
-    reporter.phase("starting Ray")
-    cluster = ensure_ray(address, dashboard=dashboard, debug=debug)
-    scaling = scaling_config(prepared.config, cluster, cpus_per_worker)
     events = Queue(actor_options={"num_cpus": 0})
     payload = ray.put({"data": prepared.data, "tokenizer": prepared.tokenizer})
     inputs = {
@@ -231,9 +244,10 @@ def execute(
         "threads": scaling.resources_per_worker.get("CPU", 1),
     }
     started = time.time()
-    status = {"status": "running", "started": now(), "resumed": resumed, "workers": prepared.config.num_devices}
+    status = {"status": "running", "started": now(), "resumed_from_step": resume_step,
+              "workers": prepared.config.num_devices}
     write_json(run_dir / "run.json", status)
-    tracker = Tracker(run_dir)
+    tracker = Tracker(run_dir, resume_step)
     pump = EventPump(events, [tracker.record, reporter.event])
     reporter.phase("training")
     try:

@@ -9,16 +9,25 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tuneforge.io import write_text
+
 TRAIN_SCALARS = {"loss": "train/loss", "lr": "train/learning_rate", "grad_norm": "train/grad_norm",
                  "tokens_per_second": "train/tokens_per_second"}
 
 
 class Tracker:
-    def __init__(self, run_dir: Path):
+    """Appends to a run's metrics. When a run resumes from step N, what was logged after N is dropped (from
+    metrics.jsonl, and hidden in TensorBoard with purge_step): those steps are about to be trained again."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
+        if resume_step is not None:
+            keep = [row for row in read_metrics(run_dir) if int(row.get("step", 0)) <= resume_step]
+            write_text(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in keep))
         self.metrics_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        purge = resume_step + 1 if resume_step is not None else None
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
 
     def record(self, event: dict[str, Any]) -> None:
         kind = event.get("type")

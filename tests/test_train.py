@@ -1,0 +1,102 @@
+"""Training runs through Ray Train on a tiny Llama with SmolLM2's tokenizer (seconds per run)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import chat_row, write_jsonl
+from tuneforge.config import TrainConfig
+from tuneforge.train import resume, train
+from tuneforge.train.checkpoints import list_checkpoints, read_meta
+from tuneforge.train.tracking import read_metrics
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+FACTS = [("colour of the sky", "blue"), ("opposite of hot", "cold"), ("number after two", "three"),
+         ("first letter", "A"), ("capital of France", "Paris"), ("a baby cat", "kitten")]
+
+
+def dataset(tmp_path, copies=8):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    rows = [chat_row(f"Name the {question}.", answer) for question, answer in FACTS] * copies
+    return write_jsonl(tmp_path / "train.jsonl", rows), write_jsonl(tmp_path / "valid.jsonl", [chat_row(f"Name the {q}.", a) for q, a in FACTS])
+
+
+def tiny_config(tmp_path, model_dir, **overrides) -> TrainConfig:
+    train_path, valid_path = dataset(tmp_path)
+    settings = dict(model_id=str(model_dir), train_path=str(train_path), valid_path=str(valid_path),
+                    train_batch_size_per_device=8, eval_batch_size_per_device=8, num_epochs=8, learning_rate=1e-2,
+                    num_warmup_steps=2, max_num_checkpoints=4, num_checkpoints_to_keep=2, precision="fp32",
+                    lora_config={"r": 8, "lora_alpha": 16}, output_dir=str(tmp_path / "runs"), run_name="tiny", seed=1)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_lora_run_learns_and_leaves_a_complete_run_directory(tmp_path, tiny_llama_dir):
+    result = train(tiny_config(tmp_path, tiny_llama_dir))
+    run = result.run_dir
+    for name in ("config.yaml", "plan.json", "lr_schedule.png", "metrics.jsonl", "results.json", "run.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    history = read_metrics(run)
+    evals = [row for row in history if row["type"] == "eval"]
+    steps = [row for row in history if row["type"] == "step"]
+    assert len(steps) == 48 and [row["step"] for row in evals] == [12, 24, 36, 48]
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] * 0.7
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    # best-k by validation loss, plus the latest for resuming
+    kept = list_checkpoints(run)
+    assert 2 <= len(kept) <= 3
+    best = min(evals, key=lambda row: row["eval_loss"])
+    assert read_meta(run / "best")["step"] == best["step"]
+    # a LoRA checkpoint holds the adapter, not the base
+    assert (run / "best" / "adapter_model.safetensors").is_file() and not (run / "best" / "model.safetensors").exists()
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    saved = (run / "config.yaml").read_text()
+    assert "context_length:" in saved and "num_epochs: 8" in saved
+
+
+def test_full_fine_tuning_checkpoint_holds_the_whole_model(tmp_path, tiny_llama_dir):
+    result = train(tiny_config(tmp_path, tiny_llama_dir, lora_config=None, learning_rate=3e-3, num_epochs=1,
+                               max_num_checkpoints=1))
+    assert (result.run_dir / "best" / "model.safetensors").is_file()
+    assert result.best_metrics["eval_loss"] > 0
+
+
+def test_two_workers_match_one_worker_with_the_same_global_batch(tmp_path, tiny_llama_dir):
+    """Same data split across ranks (rank r takes its slice of every global batch), gradients averaged by DDP
+    and normalised by the step's global target count: the two runs must agree closely."""
+    common = dict(num_epochs=2, max_num_checkpoints=2, group_by_length=True, lora_config={"r": 8, "lora_dropout": 0.0})
+    one = train(tiny_config(tmp_path / "one", tiny_llama_dir, train_batch_size_per_device=8, run_name="one", **common))
+    two = train(tiny_config(tmp_path / "two", tiny_llama_dir, train_batch_size_per_device=4, num_devices=2,
+                            worker_resources={"CPU": 1}, run_name="two", **common))
+    assert two.best_metrics["eval_loss"] == pytest.approx(one.best_metrics["eval_loss"], rel=2e-3)
+    steps_one = [r for r in read_metrics(one.run_dir) if r["type"] == "step"]
+    steps_two = [r for r in read_metrics(two.run_dir) if r["type"] == "step"]
+    assert [r["tokens"] for r in steps_two] == [r["tokens"] for r in steps_one]  # every row seen once per step
+    # one writer: a single checkpoint directory per event, with one adapter file in it
+    assert all(len(list(p.glob("adapter_model*.safetensors"))) == 1 for p in list_checkpoints(two.run_dir))
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, tiny_llama_dir):
+    from ray.train import UserCallback
+
+    class CrashAfterFirstCheckpoint(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            raise RuntimeError("simulated crash")
+
+    config = tiny_config(tmp_path, tiny_llama_dir)
+    with pytest.raises(Exception):
+        train(config, callbacks=[CrashAfterFirstCheckpoint()])
+    run = tmp_path / "runs" / "tiny"
+    assert not (run / "results.json").exists()
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    result = resume(run)
+    history = read_metrics(run)
+    starts = [row["step"] for row in history if row["type"] == "step"]
+    assert starts == list(range(1, 49))  # steps after the last checkpoint were dropped and trained again, once
+    assert (run / "results.json").is_file()
+    assert result.best_metrics["step"] in (12, 24, 36, 48)
+    assert json.loads((run / "run.json").read_text())["resumed_from_step"] == 12
