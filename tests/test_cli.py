@@ -57,8 +57,8 @@ def test_bad_data_is_refused_before_anything_is_written(tmp_path, lines, fragmen
 def test_too_long_rows_refused_when_configured(tmp_path):
     train = write_jsonl(tmp_path / "t.jsonl", [chat_row("hi", "yo"), chat_row("word " * 100, "yo")])
     cfg = write_config(tmp_path / "c.yaml", config_text(train, tmp_path / "runs",
-                                                        "valid_split: 0\ncontext_length: 32\ntruncation: refuse\n"))
-    assert_one_clear_line(tuneforge("train", str(cfg)), "t.jsonl:2: row is", "longer than context_length 32")
+                                                        "valid_split: 0\ncontext_length: 48\ntruncation: refuse\n"))
+    assert_one_clear_line(tuneforge("train", str(cfg)), "t.jsonl:2: row is", "longer than context_length 48")
 
 
 def test_bad_model_id(tmp_path):

@@ -28,6 +28,23 @@ SetOption = typer.Option(None, "--set", "-s", help="override a config key: --set
 @app.callback()
 def options(debug: bool = typer.Option(False, "--debug", help="show tracebacks and Ray's logs on errors")) -> None:
     DEBUG["on"] = debug
+    if not debug:
+        quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Library chatter (deprecation warnings, weight-loading bars) would bury the progress display."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in ("transformers", "peft", "accelerate", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -246,6 +263,120 @@ def print_comparison(pairs: list[tuple[Any, dict[str, Any]]], base: list[Any], t
 def mark_finish(completion: Any) -> str:
     suffix = "" if completion.finish_reason == "stop" else " [dim](… did not stop: max_new_tokens reached)[/dim]"
     return completion.text.replace("[", "\\[") + suffix
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# eval / predict / check
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@app.command("eval")
+@friendly
+def eval_(
+    run: Path = typer.Argument(..., help="a run directory (uses best/) or a checkpoint directory"),
+    data: Path = typer.Option(..., "--data", help="labelled CSV/JSONL (classification) or chat/prompt JSONL"),
+    name: Optional[str] = typer.Option(None, "--name", help="results go to RUN/eval/NAME (default: data file name)"),
+    output: Optional[Path] = typer.Option(None, "--output", help="write results here instead"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+) -> None:
+    """Score a run on a data file: classification P/R/F1 + confusion matrix, or causal loss + stop rate."""
+    from tuneforge.evaluate import evaluate_causal, evaluate_classifier
+    from tuneforge.train.checkpoints import read_meta, resolve_checkpoint
+
+    task = read_meta(resolve_checkpoint(run)).get("task")
+    if task == "classification":
+        report = evaluate_classifier(run, data, name=name, output_dir=output, batch_size=batch_size)
+        show_classification_report(report.results)
+        console.print(f"results: {report.output_dir / 'results.json'} · confusion matrix: "
+                      f"{report.output_dir / 'confusion_matrix.png'}")
+    else:
+        report = evaluate_causal(run, data, name=name, output_dir=output, batch_size=min(batch_size, 8))
+        rows = [(key, report.results[key]) for key in ("rows", "eval_loss", "perplexity", "generated", "stopped_rate",
+                                                        "exact_match")]
+        console.print(key_value_table(f"evaluation on {data}", rows))
+        console.print(f"results: {report.output_dir / 'results.json'}")
+
+
+def show_classification_report(results: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"evaluation on {results['data']} ({results['rows']} rows)", title_justify="left",
+                  title_style="bold")
+    for column in ("label", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for label, scores in results["per_class"].items():
+        unseen = " [yellow](never trained)[/yellow]" if label in results["unseen_labels"] else ""
+        table.add_row(label + unseen, *(f"{scores[k]:.3f}" for k in ("precision", "recall", "f1")), str(scores["support"]))
+    table.add_section()
+    table.add_row("[bold]weighted[/bold]", *(f"{results[k]:.3f}" for k in ("precision", "recall", "f1")),
+                  str(results["rows"]))
+    console.print(table)
+    console.print(f"accuracy {results['accuracy']:.3f}")
+    if results["unseen_labels"]:
+        named = ", ".join(f"'{k}' ({v})" for k, v in results["unseen_labels"].items())
+        console.print(f"[yellow]note:[/yellow] label(s) {named} never appear in training; those rows count as wrong")
+
+
+@app.command()
+@friendly
+def predict(
+    run: Path = typer.Argument(..., help="a classification run or checkpoint"),
+    text: Optional[list[str]] = typer.Option(None, "--text", "-t", help="text to classify (repeatable)"),
+    input_file: Optional[Path] = typer.Option(None, "--input", help="CSV/JSONL with the run's text fields"),
+    output: Optional[Path] = typer.Option(None, "--output", help="write JSON lines here instead of stdout"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0,
+                                              help="below this confidence, predict --fallback"),
+    fallback: Optional[str] = typer.Option(None, "--fallback", help="label for low-confidence predictions"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+) -> None:
+    """Label texts with a probability per class, as JSON lines."""
+    from tuneforge.io import write_text
+    from tuneforge.predict import Predictor, apply_threshold
+
+    if not text and not input_file:
+        raise TuneforgeError("give --text TEXT or --input FILE")
+    if (threshold is None) != (fallback is None):
+        raise TuneforgeError("--threshold and --fallback go together")
+    predictor = Predictor.from_path(run)
+    rows: list[dict[str, Any]] = [{"text": t} for t in text or []]
+    texts = list(text or [])
+    if input_file:
+        file_texts, file_rows = predictor.read_texts(input_file)
+        texts, rows = texts + file_texts, rows + file_rows
+    predictions = apply_threshold(predictor.predict(texts, batch_size), threshold, fallback)
+    lines = [json.dumps({**row, **prediction.to_dict()}, ensure_ascii=False) for row, prediction in zip(rows, predictions)]
+    if output:
+        write_text(output, "\n".join(lines) + "\n")
+        console.print(f"wrote {len(lines)} predictions to {output}")
+    else:
+        sys.stdout.write("\n".join(lines) + "\n")
+
+
+@app.command()
+@friendly
+def check(
+    run: Path = typer.Argument(..., help="a classification run or checkpoint"),
+    spec: Path = typer.Argument(..., help="YAML of invariance / directional / minimum_functionality cases"),
+) -> None:
+    """Run behavioural tests; exits non-zero if any case fails."""
+    from rich.table import Table
+
+    from tuneforge.check import load_spec, run_checks
+    from tuneforge.predict import Predictor
+
+    predictor = Predictor.from_path(run)
+    results = run_checks(predictor, load_spec(spec, predictor.labels))
+    table = Table(title=f"behavioural checks: {spec}", title_justify="left", title_style="bold")
+    for column in ("", "kind", "case", "predictions"):
+        table.add_column(column)
+    for result in results:
+        table.add_row("[green]pass[/green]" if result.passed else "[red]FAIL[/red]", result.kind, result.name,
+                      result.detail)
+    console.print(table)
+    failed = sum(not r.passed for r in results)
+    console.print(f"{len(results) - failed} passed, {failed} failed")
+    if failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

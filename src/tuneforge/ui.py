@@ -76,7 +76,7 @@ class RichReporter:
             console.print(f"step {event['step']}/{total} · {stats}")
 
     def evaluation(self, event: dict[str, Any]) -> None:
-        shown = [f"{key.removeprefix('eval_')} {value:.4f}" for key, value in event.items()
+        shown = [f"{key} {value:.4f}" for key, value in event.items()
                  if key.startswith("eval_") and key != "eval_seconds" and isinstance(value, (int, float))]
         train_loss = f"train_loss {event['train_loss']:.4f} · " if event.get("train_loss") is not None else ""
         console.print(f"[cyan]step {event['step']} (epoch {event['epoch']:.2f})[/cyan] {train_loss}" + " · ".join(shown)

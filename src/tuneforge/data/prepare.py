@@ -85,7 +85,7 @@ def prepare_causal(config: TrainConfig, tokenizer: Any, model_max_length: int | 
 
     train = causal.tokenize_records(train_records, train_path, shape, tokenizer, config.train_on_inputs)
     valid = causal.tokenize_records(valid_records, valid_path, shape, tokenizer, config.train_on_inputs)
-    context_length = choose_context_length(config.context_length, train + valid, model_max_length)
+    context_length = choose_context_length(config.context_length, [len(e) for e in train + valid], model_max_length)
     notes: list[str] = []
     stats = {}
     kept = {}
@@ -104,11 +104,11 @@ def prepare_causal(config: TrainConfig, tokenizer: Any, model_max_length: int | 
     return PreparedData(shape, kept["train"], kept["valid"], context_length, stats, notes=notes)
 
 
-def choose_context_length(configured: int | None, examples: list[Any], model_max_length: int | None) -> int:
+def choose_context_length(configured: int | None, lengths: list[int], model_max_length: int | None) -> int:
     """The configured length, or the longest row capped at what the model supports."""
     if configured:
         return configured
-    longest = max((len(example) for example in examples), default=1)
+    longest = max(lengths, default=1)
     return min(longest, model_max_length) if model_max_length else longest
 
 

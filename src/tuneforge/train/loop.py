@@ -105,12 +105,12 @@ class TrainingLoop:
         return CausalLMObjective(self.model)
 
     def ddp_kwargs(self) -> dict[str, Any]:
-        # Frozen base weights never receive gradients; DDP must not wait for them.
-        return {"find_unused_parameters": False, "static_graph": not self.gradient_checkpointing_on}
+        from tuneforge.train.hardware import gradient_checkpointing_wanted
 
-    @property
-    def gradient_checkpointing_on(self) -> bool:
-        return bool(getattr(self.model, "is_gradient_checkpointing", False))
+        # Only trainable parameters are registered with DDP; a static graph lets it skip re-checking which of them
+        # got gradients, but re-entrant recomputation (gradient checkpointing) breaks that assumption.
+        checkpointing = gradient_checkpointing_wanted(self.config.no_gradient_checkpoint, self.device)
+        return {"find_unused_parameters": False, "static_graph": not checkpointing}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
