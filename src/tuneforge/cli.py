@@ -379,6 +379,89 @@ def check(
         raise typer.Exit(1)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# tune / runs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def tune(
+    config: Optional[Path] = typer.Argument(None, help="YAML with search_space: and tune: blocks"),
+    set_: Optional[list[str]] = SetOption,
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue an interrupted search (its directory)"),
+    address: Optional[str] = typer.Option(None, "--address", help="join a Ray cluster"),
+) -> None:
+    """Search hyperparameters with Ray Tune; every trial is a full tuneforge run."""
+    from tuneforge.config import load_config
+    from tuneforge.tune import load_experiment_config, objective_direction, search
+    from tuneforge.ui import SearchDisplay
+
+    if resume:
+        loaded = load_experiment_config(resume)
+    elif config is None:
+        raise TuneforgeError("give a CONFIG file, or --resume EXPERIMENT to continue a search")
+    else:
+        loaded = load_config(config, list(set_ or []))
+    show_notes(loaded.notes)
+    from tuneforge.config import TuneSettings
+
+    metric, _ = objective_direction(loaded, loaded.tune or TuneSettings())
+    with SearchDisplay(metric) as display:
+        result = search(loaded, address=address, resume_dir=resume, display=display, debug=DEBUG["on"])
+    show_trials(result.trials, result.best)
+    console.print(f"experiment: {result.experiment_dir} (trials.csv, best_run.json, objective_by_trial.png)")
+    console.print(f"TensorBoard over every trial: [bold]tensorboard --logdir {result.experiment_dir}[/bold]")
+
+
+def show_trials(trials: list[dict[str, Any]], best: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    params = sorted({key for trial in trials for key in trial if key.startswith("param.")})
+    table = Table(title=f"trials ({best['metric']}, {best['mode']})", title_justify="left", title_style="bold")
+    for column in ("trial", "status", "evals", *[p.removeprefix("param.") for p in params], "best objective"):
+        table.add_column(column)
+    for trial in sorted(trials, key=lambda t: (t["best_objective"] is None, t["best_objective"] or 0),
+                        reverse=best["mode"] == "max"):
+        marker = " ★" if trial["run_id"] == best["run_id"] else ""
+        objective = trial["best_objective"]
+        table.add_row(trial["run_id"] + marker, trial["status"], str(trial["iterations"]),
+                      *[str(trial.get(p, "")) for p in params], f"{objective:.4f}" if objective is not None else "-")
+    console.print(table)
+
+
+runs_app = typer.Typer(help="Look at runs and searches under an output directory.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("list")
+@friendly
+def runs_list(directory: Path = typer.Argument(Path("runs"), help="output_dir to look in")) -> None:
+    """Every run and search with its status and best metric."""
+    from rich.table import Table
+
+    from tuneforge.runs import list_runs
+
+    table = Table(title=f"runs in {directory}", title_justify="left", title_style="bold")
+    for column in ("name", "kind", "status", "task", "best", "path"):
+        table.add_column(column)
+    for entry in list_runs(directory):
+        table.add_row(entry.name, entry.kind, entry.status, entry.task, entry.best, str(entry.path))
+    console.print(table)
+
+
+@runs_app.command("best")
+@friendly
+def runs_best(experiment: Path = typer.Argument(..., help="a search's directory")) -> None:
+    """The best trial of a search: its objective, hyperparameters and checkpoint."""
+    from tuneforge.tune import read_best_run
+
+    best = read_best_run(experiment)
+    rows = [("trial", best["run_id"]), (f"objective ({best['metric']}, {best['mode']})", best["objective"]),
+            *[(f"  {k}", v) for k, v in best["hyperparameters"].items()], ("checkpoint", best["checkpoint"])]
+    console.print(key_value_table(f"best run of {experiment}", rows))
+
+
 def main() -> None:
     app()
 

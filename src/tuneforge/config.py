@@ -131,6 +131,7 @@ class TrainConfig(BaseModel):
 
     _notes: list[str] = PrivateAttr(default_factory=list)
     _source_name: str = PrivateAttr("run")
+    _sources: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)
 
     @field_validator("task", mode="before")
     @classmethod
@@ -166,6 +167,10 @@ class TrainConfig(BaseModel):
     def source_name(self) -> str:
         """Stem of the YAML file this came from: the default run name."""
         return self._source_name
+
+    def source_of(self, *key: str) -> str:
+        """'file:line' (or '--set ...') where a key was written, for error messages about it."""
+        return nearest_source(tuple(key), self._sources, self._sources.get((), "config"))
 
     @property
     def uses_lora(self) -> bool:
@@ -218,6 +223,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         sources[tuple(key.split("."))] = f"--set {override}"
     config = validate_config(raw, sources, default_source=str(path))
     config._source_name = path.stem
+    config._sources = {(): str(path), **sources}
     resolve_data_paths(config, path.parent)
     return config
 

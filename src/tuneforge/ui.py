@@ -98,3 +98,38 @@ def format_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(format_value(v) for v in value)
     return str(value)
+
+
+class SearchDisplay:
+    """Live view of a hyperparameter search: one line per trial result, a bar of finished trials."""
+
+    def __init__(self, metric: str):
+        self.metric = metric
+        self.progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+        self.task_id = self.progress.add_task("trials finished", total=None)
+        self.finished = 0
+
+    def __enter__(self) -> SearchDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def expect(self, trials: int) -> None:
+        self.progress.update(self.task_id, total=trials)
+
+    def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        value = result.get(self.metric)
+        shown = f"{self.metric} {value:.4f}" if isinstance(value, (int, float)) else ""
+        loss = result.get("eval_loss")
+        extra = f" · eval_loss {loss:.4f}" if isinstance(loss, (int, float)) and self.metric != "eval_loss" else ""
+        console.print(f"[cyan]trial_{trial_id}[/cyan] eval {result.get('training_iteration')} "
+                      f"(step {result.get('step')}) {shown}{extra}", highlight=False)
+
+    def trial_done(self, trial_id: str, status: str) -> None:
+        self.finished += 1
+        colour = "green" if status == "done" else "red"
+        console.print(f"[{colour}]trial_{trial_id} {status}[/{colour}]", highlight=False)
+        self.progress.update(self.task_id, completed=self.finished)

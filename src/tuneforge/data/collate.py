@@ -17,43 +17,39 @@ def padded_length(lengths: list[int], padding: str, context_length: int, multipl
     return length
 
 
+def pad_right(examples: list[Any], pad_id: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids padded on the right to `width`, and the attention mask."""
+    input_ids = np.full((len(examples), width), pad_id, dtype=np.int64)
+    attention = np.zeros((len(examples), width), dtype=np.int64)
+    for row, example in enumerate(examples):
+        input_ids[row, : len(example)] = example.input_ids
+        attention[row, : len(example)] = 1
+    return input_ids, attention
+
+
 def collate_causal(
     examples: list[Any], pad_id: int, *, padding: str = "longest", context_length: int, multiple_of: int | None = None
 ) -> dict[str, torch.Tensor]:
     width = padded_length([len(e) for e in examples], padding, context_length, multiple_of)
-    input_ids = np.full((len(examples), width), pad_id, dtype=np.int64)
-    attention = np.zeros((len(examples), width), dtype=np.int64)
+    input_ids, attention = pad_right(examples, pad_id, width)
     labels = np.full((len(examples), width), IGNORE_INDEX, dtype=np.int64)
     for row, example in enumerate(examples):
-        n = len(example)
-        input_ids[row, :n] = example.input_ids
-        attention[row, :n] = 1
-        labels[row, :n] = np.where(example.target_mask, example.input_ids, IGNORE_INDEX)
-    return {
-        "input_ids": torch.from_numpy(input_ids),
-        "attention_mask": torch.from_numpy(attention),
-        "labels": torch.from_numpy(labels),
-    }
-
-
-def count_real_tokens(batch: dict[str, torch.Tensor]) -> int:
-    return int(batch["attention_mask"].sum())
+        labels[row, : len(example)] = np.where(example.target_mask, example.input_ids, IGNORE_INDEX)
+    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
+            "labels": torch.from_numpy(labels)}
 
 
 def collate_classification(
     examples: list[Any], pad_id: int, *, padding: str = "longest", context_length: int, multiple_of: int | None = None
 ) -> dict[str, torch.Tensor]:
     width = padded_length([len(e) for e in examples], padding, context_length, multiple_of)
-    input_ids = np.full((len(examples), width), pad_id, dtype=np.int64)
-    attention = np.zeros((len(examples), width), dtype=np.int64)
-    for row, example in enumerate(examples):
-        input_ids[row, : len(example)] = example.input_ids
-        attention[row, : len(example)] = 1
-    return {
-        "input_ids": torch.from_numpy(input_ids),
-        "attention_mask": torch.from_numpy(attention),
-        "labels": torch.tensor([example.label for example in examples], dtype=torch.long),
-    }
+    input_ids, attention = pad_right(examples, pad_id, width)
+    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
+            "labels": torch.tensor([example.label for example in examples], dtype=torch.long)}
+
+
+def count_real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    return int(batch["attention_mask"].sum())
 
 
 def collate_batch(examples: list[Any], *, task: str, pad_id: int, padding: str, context_length: int,

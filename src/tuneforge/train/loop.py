@@ -43,6 +43,8 @@ class TrainingLoop:
         self.config = TrainConfig.model_validate(inputs["config"])
         self.plan = TrainingPlan(**inputs["plan"])
         self.model_source: str = inputs["model_source"]
+        self.checkpoint_root: str | None = inputs.get("checkpoint_root")
+        self.init_checkpoint: str | None = inputs.get("init_checkpoint")
         self.run_meta: dict[str, Any] = inputs["run_meta"]
         self.events = inputs.get("events")
         payload = ray.get(inputs["payload"])
@@ -66,7 +68,10 @@ class TrainingLoop:
         seed_everything(self.config.seed + self.rank)
         self.device = ray.train.torch.get_device()
         self.precision = resolve_precision(self.config.precision, self.device)
+        # Our own latest checkpoint (a resumed run) wins; else a starting point handed in (a PBT donor's).
         resume_from = ray.train.get_checkpoint()
+        if resume_from is None and self.init_checkpoint:
+            resume_from = ray.train.Checkpoint(self.init_checkpoint)
         self.start_step = 0
         state = None
         with contextlib.ExitStack() as stack:
@@ -115,6 +120,7 @@ class TrainingLoop:
     def restore(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        retarget_learning_rate(self.optimizer, self.scheduler, self.config.learning_rate)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.start_step = int(state["step"])
@@ -261,7 +267,10 @@ class TrainingLoop:
                 checkpoints.save_checkpoint(Path(tmp), self.model, self.tokenizer, meta, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             self.emit({"type": "eval", **metrics})
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step-{step:06d}")
+            name = f"step-{step:06d}"
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        if self.checkpoint_root:  # persisted now: tell the driver (a Tune trial reports it onwards)
+            self.emit({"type": "checkpoint", "path": f"{self.checkpoint_root}/{name}", **metrics})
 
     def training_state(self, step: int) -> dict[str, Any]:
         rng_states = gather_objects(capture_rng())
@@ -327,6 +336,18 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
             (no_decay if parameter.ndim < 2 else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate)
+
+
+def retarget_learning_rate(optimizer: torch.optim.Optimizer, scheduler: Any, learning_rate: float) -> None:
+    """A restored schedule carries the peak learning rate it was saved with. When the config asks for another
+    (a PBT mutation, an edited config on resume) the schedule continues its shape at the new peak."""
+    if all(abs(base - learning_rate) <= 1e-12 * max(learning_rate, 1e-30) for base in scheduler.base_lrs):
+        return
+    scheduler.base_lrs = [learning_rate] * len(scheduler.base_lrs)
+    factors = [lmbda(scheduler.last_epoch) for lmbda in scheduler.lr_lambdas]
+    for group, factor in zip(optimizer.param_groups, factors, strict=True):
+        group["lr"] = learning_rate * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def trainable_counts(model: torch.nn.Module) -> dict[str, int]:

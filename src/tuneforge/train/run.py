@@ -149,19 +149,25 @@ def train(
     run_dir: Path | None = None,
     cpus_per_worker: float | None = None,
     callbacks: list[Any] | None = None,
+    init_checkpoint: Path | None = None,
     debug: bool = False,
 ) -> RunResult:
-    """Train one run and return where its best checkpoint is. The library entry point of `tuneforge train`."""
+    """Train one run and return where its best checkpoint is. The library entry point of `tuneforge train`.
+
+    `init_checkpoint` starts from a checkpoint's weights, optimizer and step (how a PBT trial takes over its
+    donor); `run_dir` places the run exactly there (replacing what is there)."""
     reporter = reporter or SilentReporter()
     prepared = prepare_run(config, reporter)
-    scaling = connect(prepared.config, reporter, address, dashboard, debug, cpus_per_worker)
+    placement = connect(prepared.config, reporter, address, dashboard, debug, cpus_per_worker)
     run_dir = Path(run_dir) if run_dir else choose_run_dir(prepared.config, overwrite)
-    start_run_dir(run_dir, prepared)
-    return execute(prepared, run_dir, scaling, reporter, callbacks=callbacks)
+    start_run_dir(run_dir, prepared, continuing=init_checkpoint is not None)
+    resume_step = read_meta_step(init_checkpoint) if init_checkpoint else None
+    return execute(prepared, run_dir, placement, reporter, callbacks=callbacks, init_checkpoint=init_checkpoint,
+                   resume_step=resume_step)
 
 
 def resume(run_dir: Path, *, overrides: list[str] | None = None, address: str | None = None, dashboard: bool = False,
-           reporter: Reporter | None = None, debug: bool = False) -> RunResult:
+           reporter: Reporter | None = None, cpus_per_worker: float | None = None, debug: bool = False) -> RunResult:
     """Continue a run from its latest checkpoint (Ray Train restores it from the run's checkpoint snapshot)."""
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
@@ -170,17 +176,29 @@ def resume(run_dir: Path, *, overrides: list[str] | None = None, address: str | 
     config = load_config(saved, overrides)
     reporter = reporter or SilentReporter()
     prepared = prepare_run(config, reporter)
-    scaling = connect(prepared.config, reporter, address, dashboard, debug, None)
+    placement = connect(prepared.config, reporter, address, dashboard, debug, cpus_per_worker)
     write_text(run_dir / "config.yaml", prepared.config.to_yaml())
-    return execute(prepared, run_dir, scaling, reporter, resume_step=latest_checkpoint_step(run_dir))
+    return execute(prepared, run_dir, placement, reporter, resume_step=latest_checkpoint_step(run_dir))
+
+
+@dataclass
+class Placement:
+    scaling: Any  # ray.train.ScalingConfig
+    local: bool  # a Ray that tuneforge started here: nothing will join it, so waiting for resources is pointless
 
 
 def connect(config: TrainConfig, reporter: Reporter, address: str | None, dashboard: bool, debug: bool,
-            cpus_per_worker: float | None) -> Any:
+            cpus_per_worker: float | None) -> Placement:
     """Start or join Ray and size the workers; refuses a request the machine can never satisfy."""
     reporter.phase("starting Ray" if address is None else f"joining Ray at {address}")
     cluster = ensure_ray(address, dashboard=dashboard, debug=debug)
-    return scaling_config(config, cluster, cpus_per_worker)
+    return Placement(scaling_config(config, cluster, cpus_per_worker), cluster.local or address is None)
+
+
+def read_meta_step(checkpoint: Path) -> int:
+    from tuneforge.train.checkpoints import read_meta
+
+    return int(read_meta(Path(checkpoint)).get("step", 0))
 
 
 def latest_checkpoint_step(run_dir: Path) -> int:
@@ -207,14 +225,29 @@ def choose_run_dir(config: TrainConfig, overwrite: bool) -> Path:
     return run_dir
 
 
-def start_run_dir(run_dir: Path, prepared: PreparedRun) -> None:
+def start_run_dir(run_dir: Path, prepared: PreparedRun, *, continuing: bool = False) -> None:
     """Create the run directory with its config, plan and schedule plot, all in one rename (an old run of the
-    same name, with --overwrite, is replaced only now that the new one is known to be valid)."""
+    same name, with --overwrite, is replaced only now that the new one is known to be valid).
+
+    `continuing` (a run taking over another checkpoint's lineage, as a PBT trial does) keeps the directory and
+    its metrics history, and drops only what belonged to the abandoned lineage: its checkpoints and results."""
+    if continuing and run_dir.is_dir():
+        import shutil
+
+        for stale in ("checkpoints", "best"):
+            shutil.rmtree(run_dir / stale, ignore_errors=True)
+        (run_dir / "results.json").unlink(missing_ok=True)
+        write_run_files(run_dir, prepared)
+        return
     with atomic_dir(run_dir) as staged:
-        write_text(staged / "config.yaml", prepared.config.to_yaml())
-        write_json(staged / "plan.json", {**prepared.plan.to_dict(), "data": data_summary(prepared.data)})
-        plot_learning_rates(prepared.config, prepared.plan, staged / "lr_schedule.png")
-        write_json(staged / "run.json", {"status": "created", "created": now()})
+        write_run_files(staged, prepared)
+
+
+def write_run_files(folder: Path, prepared: PreparedRun) -> None:
+    write_text(folder / "config.yaml", prepared.config.to_yaml())
+    write_json(folder / "plan.json", {**prepared.plan.to_dict(), "data": data_summary(prepared.data)})
+    plot_learning_rates(prepared.config, prepared.plan, folder / "lr_schedule.png")
+    write_json(folder / "run.json", {"status": "created", "created": now()})
 
 
 def data_summary(data: Any) -> dict[str, Any]:
@@ -224,8 +257,8 @@ def data_summary(data: Any) -> dict[str, Any]:
 
 
 def execute(
-    prepared: PreparedRun, run_dir: Path, scaling: Any, reporter: Reporter, *, callbacks: list[Any] | None = None,
-    resume_step: int | None = None,
+    prepared: PreparedRun, run_dir: Path, placement: Placement, reporter: Reporter, *, callbacks: list[Any] | None = None,
+    resume_step: int | None = None, init_checkpoint: Path | None = None,
 ) -> RunResult:
     import ray
     from ray.util.queue import Queue
@@ -241,17 +274,21 @@ def execute(
         "run_meta": prepared.run_meta,
         "payload": payload,
         "events": events,
-        "threads": scaling.resources_per_worker.get("CPU", 1),
+        "checkpoint_root": str((run_dir / "checkpoints").resolve()),
+        "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
+        "threads": placement.scaling.resources_per_worker.get("CPU", 1),
     }
     started = time.time()
     status = {"status": "running", "started": now(), "resumed_from_step": resume_step,
+              "started_from": str(init_checkpoint) if init_checkpoint else None,
               "workers": prepared.config.num_devices}
     write_json(run_dir / "run.json", status)
     tracker = Tracker(run_dir, resume_step)
     pump = EventPump(events, [tracker.record, reporter.event])
     reporter.phase("training")
     try:
-        result = fit(inputs, scaling, prepared.config, run_dir, callbacks, has_validation=bool(prepared.data.valid))
+        result = fit(inputs, placement.scaling, prepared.config, run_dir, callbacks,
+                     has_validation=bool(prepared.data.valid), local=placement.local)
     except BaseException as exc:
         status.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:2000],
                       ended=now())
@@ -270,8 +307,8 @@ def execute(
 
 
 def fit(inputs: dict[str, Any], scaling: Any, config: TrainConfig, run_dir: Path, callbacks: list[Any] | None,
-        *, has_validation: bool) -> Any:
-    from ray.train import CheckpointConfig, RunConfig
+        *, has_validation: bool, local: bool = True) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from tuneforge.train.loop import train_loop_per_worker
@@ -290,6 +327,9 @@ def fit(inputs: dict[str, Any], scaling: Any, config: TrainConfig, run_dir: Path
             storage_path=str(run_dir.resolve()),
             checkpoint_config=checkpoint_config,
             callbacks=callbacks or [],
+            # Workers that cannot be placed within RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) end the run with an
+            # error instead of Ray retrying forever; a cluster with an autoscaler (--address) may keep waiting.
+            failure_config=FailureConfig(max_failures=0, controller_failure_limit=0 if local else -1),
         ),
     )
     try:
@@ -299,6 +339,10 @@ def fit(inputs: dict[str, Any], scaling: Any, config: TrainConfig, run_dir: Path
 
 
 def unwrap_training_error(exc: Exception) -> Exception:
+    controller = getattr(exc, "controller_failure", None)
+    if controller is not None and "Timeout" in type(controller).__name__:
+        return TuneforgeError("the training workers could not be placed on the cluster in time: Ray has fewer free "
+                              "resources than num_devices x worker_resources asks for (other runs may hold them)")
     failures = getattr(exc, "worker_failures", None)
     if failures:
         rank, error = sorted(failures.items())[0]

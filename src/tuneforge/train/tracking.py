@@ -23,7 +23,10 @@ class Tracker:
         from torch.utils.tensorboard import SummaryWriter
 
         if resume_step is not None:
-            keep = [row for row in read_metrics(run_dir) if int(row.get("step", 0)) <= resume_step]
+            # One row per (kind, step): an attempt cut short may have logged steps it then trained again.
+            latest = {(row.get("type"), row.get("step")): row for row in read_metrics(run_dir)
+                      if int(row.get("step", 0)) <= resume_step}
+            keep = sorted(latest.values(), key=lambda row: (int(row["step"]), row.get("type") != "step"))
             write_text(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in keep))
         self.metrics_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         purge = resume_step + 1 if resume_step is not None else None

@@ -1,0 +1,157 @@
+"""Hyperparameter search: validation and resource planning (unit), then real searches on a tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from tests.helpers import chat_row, write_config, write_jsonl
+from tuneforge.config import TrainConfig, TuneSettings, load_config
+from tuneforge.errors import ConfigError
+from tuneforge.tune import default_objective, plan_resources, search, validate_search
+
+FACTS = [("colour of the sky", "blue"), ("opposite of hot", "cold"), ("number after two", "three"),
+         ("first letter", "A"), ("capital of France", "Paris"), ("a baby cat", "kitten")]
+
+
+def experiment_config(tmp_path, model_dir, search_block: str) -> TrainConfig:
+    rows = [chat_row(f"Name the {q}.", a) for q, a in FACTS]
+    train = write_jsonl(tmp_path / "train.jsonl", rows * 8)
+    valid = write_jsonl(tmp_path / "valid.jsonl", rows)
+    text = (f"model_id: {model_dir}\ntrain_path: {train}\nvalid_path: {valid}\ntrain_batch_size_per_device: 8\n"
+            f"num_epochs: 4\nmax_num_checkpoints: 4\nnum_warmup_steps: 2\nprecision: fp32\nseed: 1\n"
+            f"lora_config: {{r: 8, lora_alpha: 16}}\noutput_dir: {tmp_path / 'runs'}\n" + search_block)
+    return load_config(write_config(tmp_path / "search.yaml", text))
+
+
+def test_typo_in_search_space_is_refused_with_line_and_suggestion(tmp_path):
+    path = write_config(tmp_path / "s.yaml", "model_id: m\ntrain_path: t.jsonl\nsearch_space:\n"
+                        "  learning_rat: {loguniform: [1.0e-5, 1.0e-3]}\n")
+    with pytest.raises(ConfigError, match=r"s\.yaml:4: search_space: unknown key 'learning_rat' \(did you mean 'learning_rate'"):
+        validate_search(load_config(path))
+
+
+def test_nested_lora_keys_are_checked_against_peft(tmp_path):
+    path = write_config(tmp_path / "s.yaml", "model_id: m\ntrain_path: t.jsonl\nsearch_space:\n  lora_config:\n"
+                        "    rank: {grid: [4, 8]}\n")
+    with pytest.raises(ConfigError, match=r"s\.yaml:5: search_space: unknown key 'lora_config.rank'"):
+        validate_search(load_config(path))
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ("  learning_rate: {loguniform: [0, 1.0e-3]}\n", "empty or not positive"),
+        ("  num_epochs: {grid: [1, 0]}\n", "value 0 is invalid"),
+        ("  learning_rate: {between: [1, 2]}\n", "expected one of grid, choice"),
+        ("  model_id: {grid: [a, b]}\n", "'model_id' cannot be searched over"),
+    ],
+)
+def test_bad_search_specs_are_refused_before_any_trial(tmp_path, space, message):
+    path = write_config(tmp_path / "s.yaml", "model_id: m\ntrain_path: t.jsonl\nsearch_space:\n" + space)
+    with pytest.raises(ConfigError, match=message):
+        validate_search(load_config(path))
+
+
+def test_grid_needs_the_basic_search_algorithm(tmp_path):
+    path = write_config(tmp_path / "s.yaml", "model_id: m\ntrain_path: t.jsonl\nsearch_space:\n"
+                        "  learning_rate: {grid: [0.1, 0.2]}\ntune:\n  search_alg: optuna\n")
+    with pytest.raises(ConfigError, match="grid values need search_alg: basic"):
+        validate_search(load_config(path))
+
+
+def test_objective_follows_hf_default_compute_objective():
+    assert default_objective({"eval_loss": 0.7, "eval_perplexity": 2.0, "step": 5}) == 0.7
+    assert default_objective({"eval_loss": 0.7, "eval_accuracy": 0.9, "eval_f1": 0.8}) == pytest.approx(1.7)
+
+
+def test_resources_fit_two_cpus_and_refuse_what_cannot_fit():
+    config = TrainConfig(model_id="m", train_path="t")
+    plan = plan_resources(config, TuneSettings(), cpus=2, gpus=0)
+    assert plan.concurrency == 2 and plan.cpus_per_worker == pytest.approx(0.99)
+    two_workers = TrainConfig(model_id="m", train_path="t", num_devices=2)
+    plan = plan_resources(two_workers, TuneSettings(), cpus=2, gpus=0)
+    assert plan.concurrency == 1 and plan.cpus_per_worker * 2 + 0.01 <= 2  # a trial + two workers fit
+    fixed = TrainConfig(model_id="m", train_path="t", num_devices=2, worker_resources={"CPU": 1})
+    with pytest.raises(ConfigError, match="one trial needs 2 x 1 CPU"):
+        plan_resources(fixed, TuneSettings(), cpus=2, gpus=0)
+    assert plan_resources(config, TuneSettings(max_concurrent_trials=1), cpus=2, gpus=0).cpus_per_worker == pytest.approx(1.99)
+    with pytest.raises(ConfigError, match="GPU"):
+        plan_resources(TrainConfig(model_id="m", train_path="t", num_devices=2), TuneSettings(), cpus=16, gpus=1)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_two_trial_grid_picks_the_better_trial(tmp_path, tiny_llama_dir):
+    config = experiment_config(tmp_path, tiny_llama_dir, "search_space:\n  learning_rate: {grid: [0.0, 1.0e-2]}\n"
+                               "tune:\n  experiment_name: grid\n")
+    result = search(config)
+    experiment = tmp_path / "runs" / "grid"
+    assert result.experiment_dir == experiment
+    assert result.best["hyperparameters"] == {"learning_rate": 0.01} and result.best["mode"] == "min"
+    best_run = json.loads((experiment / "best_run.json").read_text())
+    assert set(best_run) >= {"run_id", "objective", "hyperparameters", "checkpoint"}
+    rows = list(csv.DictReader(open(experiment / "trials.csv")))
+    assert len(rows) == 2 and all(row["status"] == "done" for row in rows)
+    for row in rows:  # each trial is a normal run
+        assert (experiment / row["run_id"] / "results.json").is_file()
+        assert list((experiment / row["run_id"] / "tensorboard").glob("events.*"))
+    assert (experiment / "objective_by_trial.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "runs" / "grid" / best_run["run_id"] / "best" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_asha_stops_a_hopeless_trial_before_max_t(tmp_path, tiny_llama_dir):
+    config = experiment_config(tmp_path, tiny_llama_dir, "search_space:\n  learning_rate: {grid: [1.0e-2, 0.0]}\n"
+                               "tune:\n  scheduler: asha\n  grace_period: 1\n  reduction_factor: 2\n  max_t: 4\n"
+                               "  max_concurrent_trials: 1\n  experiment_name: asha\n")
+    result = search(config)
+    by_lr = {trial["param.learning_rate"]: trial for trial in result.trials}
+    assert by_lr[0.01]["iterations"] == 4 and by_lr[0.01]["status"] == "done"
+    assert by_lr[0.0]["iterations"] < 4 and by_lr[0.0]["status"] == "stopped early"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_pbt_trials_take_over_each_others_checkpoints(tmp_path, tiny_llama_dir):
+    config = experiment_config(tmp_path, tiny_llama_dir, "search_space:\n  learning_rate: {grid: [1.0e-2, 0.0]}\n"
+                               "tune:\n  scheduler: pbt\n  perturbation_interval: 1\n  hyperparam_mutations:\n"
+                               "    learning_rate: [1.0e-2, 5.0e-3]\n  experiment_name: pbt\n")
+    assert config.num_checkpoints_to_keep == 1
+    result = search(config)
+    runs = [json.loads((tmp_path / "runs" / "pbt" / t["run_id"] / "run.json").read_text()) for t in result.trials]
+    assert any(run["started_from"] for run in runs)  # the lr=0 trial continued from the better trial's checkpoint
+    assert all(t["status"] == "done" for t in result.trials)
+    saved = json.loads((tmp_path / "runs" / "pbt" / "search.json").read_text())
+    assert any("num_checkpoints_to_keep raised from 1 to 3" in note for note in saved["notes"])
+
+
+@pytest.mark.slow
+def test_interrupted_search_resumes(tmp_path, tiny_llama_dir):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = experiment_config(tmp_path, tiny_llama_dir, "search_space:\n  learning_rate: {grid: [1.0e-2, 3.0e-3]}\n"
+                               "tune:\n  max_concurrent_trials: 1\n  experiment_name: cut\n")
+    source = tmp_path / "search.yaml"
+    experiment = tmp_path / "runs" / "cut"
+    process = subprocess.Popen([sys.executable, "-m", "tuneforge.cli", "tune", str(source)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(experiment.glob("trial_*/results.json"))) < 1:
+        time.sleep(1)
+    time.sleep(5)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert "search interrupted" in err and "--resume" in err
+    assert not (experiment / "best_run.json").exists()
+    resumed = subprocess.run([sys.executable, "-m", "tuneforge.cli", "tune", "--resume", str(experiment)],
+                             capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((experiment / "best_run.json").read_text())["hyperparameters"] == {"learning_rate": 0.01}
+    rows = list(csv.DictReader(open(experiment / "trials.csv")))
+    assert [row["status"] for row in rows] == ["done", "done"]
+    del config
