@@ -18,7 +18,6 @@ import json
 import multiprocessing as mp
 import os
 import random
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -92,6 +91,7 @@ def baseline(train: Path, valid: Path, steps: int, out: Path, results: mp.Queue)
     from tuneforge.config import TrainConfig
     from tuneforge.train import prepare_run
     from tuneforge.train.hardware import cpu_has_bf16
+    from tuneforge.train.loop import peak_rss_mb
 
     started = time.time()
     # Same tokenized rows and loss masks as tuneforge, so the comparison is about the training engine.
@@ -138,7 +138,7 @@ def baseline(train: Path, valid: Path, steps: int, out: Path, results: mp.Queue)
     results.put({
         "tokens_per_second": tokens / sum(timer.times[1:]),
         "wall_seconds": time.time() - started,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "eval_loss": eval_loss,
         "first_loss": trainer.state.log_history[0].get("loss"),
     })

@@ -185,7 +185,9 @@ def schedule_rows(prepared: Any) -> list[tuple[str, Any]]:
 @app.command()
 @friendly
 def generate(
-    run: Path = typer.Argument(..., help="a run directory (uses best/) or a checkpoint directory"),
+    run: Optional[Path] = typer.Argument(None, help="a run directory (uses best/) or a checkpoint directory"),
+    gguf: Optional[Path] = typer.Option(None, "--gguf", help="run a GGUF model through llama.cpp instead"),
+    lora: Optional[Path] = typer.Option(None, "--lora", help="with --gguf: a GGUF LoRA adapter to apply"),
     prompt: Optional[list[str]] = typer.Option(None, "--prompt", "-p", help="prompt text (repeatable)"),
     input_file: Optional[Path] = typer.Option(None, "--input", help="JSONL of chat `messages` or `prompt` rows"),
     output: Optional[Path] = typer.Option(None, "--output", help="write one JSON line per input row here"),
@@ -202,6 +204,11 @@ def generate(
     if not prompt and not input_file:
         raise TuneforgeError("give --prompt TEXT or --input FILE")
     settings = GenerationSettings(max_new_tokens, temperature, top_p, batch_size)
+    if gguf:
+        generate_gguf(gguf, lora, prompt or [], input_file, system, settings, output)
+        return
+    if run is None:
+        raise TuneforgeError("give a RUN (or checkpoint) directory, or --gguf FILE")
     console.print(f"[dim]· loading {run}[/dim]")
     generator = Generator.from_path(run)
     if input_file:
@@ -214,6 +221,31 @@ def generate(
             continue
         console.print(f"[bold cyan]> {text}[/bold cyan]")
         for piece in generator.stream(text, settings, system=system):
+            console.out(piece, end="", highlight=False)
+        console.out("")
+
+
+def generate_gguf(model: Path, lora: Path | None, prompts: list[str], input_file: Path | None, system: str | None,
+                  settings: Any, output: Path | None) -> None:
+    from tuneforge.generate import read_prompt_rows
+    from tuneforge.gguf_chat import GgufChat
+    from tuneforge.io import write_text
+
+    chat = GgufChat(model, lora)
+    if input_file:
+        lines = []
+        for messages, row in read_prompt_rows(input_file):
+            text = chat.complete(messages, settings, system=system)
+            lines.append(json.dumps({**row, "completion": text}, ensure_ascii=False))
+        if output:
+            write_text(output, "\n".join(lines) + "\n")
+            console.print(f"wrote {len(lines)} completions to {output}")
+        else:
+            sys.stdout.write("\n".join(lines) + "\n")
+        return
+    for text in prompts:
+        console.print(f"[bold cyan]> {text}[/bold cyan]")
+        for piece in chat.stream(text, settings, system=system):
             console.out(piece, end="", highlight=False)
         console.out("")
 
@@ -460,6 +492,43 @@ def runs_best(experiment: Path = typer.Argument(..., help="a search's directory"
     rows = [("trial", best["run_id"]), (f"objective ({best['metric']}, {best['mode']})", best["objective"]),
             *[(f"  {k}", v) for k, v in best["hyperparameters"].items()], ("checkpoint", best["checkpoint"])]
     console.print(key_value_table(f"best run of {experiment}", rows))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# export
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def export(
+    run: Path = typer.Argument(..., help="a run directory (uses best/) or a checkpoint directory"),
+    format_: str = typer.Option("merged", "--format", help="merged | gguf | gguf-lora"),
+    quant: str = typer.Option("q8_0", "--quant", help="gguf: f16 | q8_0 | q4_0 | q4_k_m"),
+    output: Optional[Path] = typer.Option(None, "--output", help="directory for the artifacts (default RUN/export)"),
+    with_base: bool = typer.Option(False, "--with-base", help="gguf-lora: also write the base model as GGUF"),
+    prompts: int = typer.Option(8, "--prompts", min=1, help="validation prompts for the fidelity/parity checks"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
+) -> None:
+    """Export for local use: merged HF weights, a GGUF model, or a GGUF LoRA adapter; always checked."""
+    from tuneforge.export import ExportSettings, export_run
+
+    settings = ExportSettings(quant=quant, output_dir=output, with_base=with_base, prompts=prompts,
+                              max_new_tokens=max_new_tokens)
+    console.print(f"[dim]· exporting {run} as {format_}{'' if format_ == 'merged' else ' (' + quant + ')'}[/dim]")
+    result = export_run(run, format_, settings)
+    console.print(key_value_table(f"export: {result.artifact}", report_rows(result.report)))
+    console.print(f"report: {result.output_dir / 'export_report.json'}")
+
+
+def report_rows(report: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in report.items():
+        if isinstance(value, dict):
+            rows.extend(report_rows(value, f"{prefix}{key}."))
+        elif key not in ("tensor_types",):
+            rows.append((f"{prefix}{key}", value))
+    return rows
 
 
 def main() -> None:

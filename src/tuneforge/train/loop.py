@@ -381,7 +381,14 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def peak_rss_mb() -> float:
-    """This worker process's peak resident memory (Linux reports KiB)."""
+    """This process's peak resident memory in MB. VmHWM belongs to the current program image; ru_maxrss would
+    also count the parent's memory at fork time, which survives exec."""
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

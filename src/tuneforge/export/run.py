@@ -1,0 +1,279 @@
+"""`tuneforge export`: turn a run into something that runs locally, and prove it behaves like the trained model.
+
+- merged:    base + adapter merged in fp32 from the unquantized base (never into a 4-bit base), as an HF
+             safetensors directory; fidelity vs base + adapter is always measured.
+- gguf:      the whole model as one GGUF (f16, q8_0, q4_0, q4_k_m) plus an Ollama Modelfile.
+- gguf-lora: the adapter alone as a llama.cpp LoRA GGUF, to apply on an unchanged base GGUF (optionally written
+             too); the seeds' lesson: move adapters around, leave the base alone.
+
+Every GGUF export ends with a llama.cpp parity check on the run's validation prompts. Everything measured goes
+into `export_report.json` beside the artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import TuneforgeError
+from tuneforge.export.gguf_file import ExportError, write_lora_gguf, write_model_gguf
+from tuneforge.io import atomic_dir, write_json, write_text
+from tuneforge.train.checkpoints import META_FILE, STATE_FILE, read_meta, resolve_checkpoint
+
+FORMATS = ("merged", "gguf", "gguf-lora")
+
+
+@dataclass
+class ExportResult:
+    output_dir: Path
+    artifact: str
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExportSettings:
+    quant: str = "q8_0"
+    output_dir: Path | None = None
+    with_base: bool = False
+    prompts: int = 8
+    max_new_tokens: int = 32
+
+
+def export_run(run: str | Path, fmt: str, settings: ExportSettings | None = None) -> ExportResult:
+    settings = settings or ExportSettings()
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    checkpoint = resolve_checkpoint(run)
+    meta = read_meta(checkpoint)
+    if meta.get("task") != "causal_lm" and fmt != "merged":
+        raise ExportError(f"{run}: GGUF export is for causal language models; this is a {meta.get('task')} run")
+    if fmt == "gguf-lora" and not meta.get("lora"):
+        raise ExportError(f"{run}: a full fine-tune has no adapter to export; use --format gguf (or merged)")
+    run_dir = run_directory(checkpoint)
+    out = Path(settings.output_dir) if settings.output_dir else run_dir / "export"
+    exporter = {"merged": export_merged, "gguf": export_gguf, "gguf-lora": export_gguf_lora}[fmt]
+    result = exporter(checkpoint, meta, run_dir, out, settings)
+    record(out, result)
+    return result
+
+
+def run_directory(checkpoint: Path) -> Path:
+    """The run a checkpoint belongs to (best/ and checkpoints/step-N/ both live under it)."""
+    for candidate in (checkpoint, checkpoint.parent, checkpoint.parent.parent):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    return checkpoint
+
+
+def record(out: Path, result: ExportResult) -> None:
+    path = out / "export_report.json"
+    existing = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    existing[result.artifact] = result.report
+    write_json(path, existing)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# merged
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def reference_and_probes(checkpoint: Path, run_dir: Path, settings: ExportSettings) -> tuple[Any, list[Any]]:
+    from tuneforge.export.fidelity import make_probes, validation_prompts
+    from tuneforge.generate import Generator
+
+    generator = Generator.from_path(checkpoint)
+    prompts = validation_prompts(run_dir, settings.prompts)
+    return generator, make_probes(generator, prompts, settings.max_new_tokens)
+
+
+def merge_into(generator: Any, probes: list[Any], target: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Merge the adapter into the fp32 base in place, measuring fidelity against the unmerged model first."""
+    from tuneforge.export.fidelity import answer_logits
+
+    reference = [answer_logits(generator.model, probe) for probe in probes if probe.answer_ids]
+    merged = generator.model.merge_and_unload()
+    generator.model = merged
+    fidelity = compare_to_saved(merged, [p for p in probes if p.answer_ids], reference)
+    with atomic_dir(target) as staged:
+        merged.save_pretrained(staged, safe_serialization=True)
+        generator.tokenizer.save_pretrained(staged)
+        merged_meta = {**meta, "lora": False, "merged_from": meta.get("model_id"), "model_source": str(target)}
+        (staged / META_FILE).write_text(json.dumps(merged_meta, indent=2), encoding="utf-8")
+    return fidelity
+
+
+def compare_to_saved(model: Any, probes: list[Any], reference: list[Any]) -> dict[str, Any]:
+    from tuneforge.export.fidelity import answer_logits
+
+    max_delta, agree, total = 0.0, 0, 0
+    for probe, ref in zip(probes, reference, strict=True):
+        cand = answer_logits(model, probe)
+        max_delta = max(max_delta, float((ref - cand).abs().max()))
+        agree += int((ref.argmax(-1) == cand.argmax(-1)).sum())
+        total += len(probe.answer_ids)
+    return {"prompts": len(probes), "positions": total, "max_abs_logit_diff": max_delta,
+            "greedy_token_agreement": agree / total if total else None}
+
+
+def export_merged(checkpoint: Path, meta: dict[str, Any], run_dir: Path, out: Path,
+                  settings: ExportSettings) -> ExportResult:
+    target = out / "merged"
+    if not meta.get("lora"):
+        copy_full_model(checkpoint, target)
+        return ExportResult(out, "merged", {"path": str(target), "note": "full fine-tune: saved as is, nothing to merge"})
+    if meta.get("task") != "causal_lm":
+        return ExportResult(out, "merged", merge_classifier(checkpoint, target, meta))
+    generator, probes = reference_and_probes(checkpoint, run_dir, settings)
+    fidelity = merge_into(generator, probes, target, meta)
+    return ExportResult(out, "merged", {"path": str(target), "dtype": "float32", "fidelity": fidelity,
+                                        "base": meta.get("model_id")})
+
+
+def copy_full_model(checkpoint: Path, target: Path) -> None:
+    with atomic_dir(target) as staged:
+        for item in checkpoint.iterdir():
+            if item.name != STATE_FILE:
+                (shutil.copytree if item.is_dir() else shutil.copy2)(item, staged / item.name)
+
+
+def merge_classifier(checkpoint: Path, target: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """A classification adapter (head included) merged into its encoder; fidelity on the validation texts."""
+    import torch
+
+    from tuneforge.inference import load_checkpoint
+    from tuneforge.predict import Predictor
+
+    loaded = load_checkpoint(checkpoint, task="classification")
+    predictor = Predictor(loaded.model, loaded.tokenizer, loaded.meta)
+    texts = ["A quick check of the merged classifier.", "Another sentence for the fidelity check."]
+    batch = loaded.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        before = loaded.model(**batch).logits.float()
+        merged = loaded.model.merge_and_unload()
+        after = merged(**batch).logits.float()
+    with atomic_dir(target) as staged:
+        merged.save_pretrained(staged, safe_serialization=True)
+        predictor.tokenizer.save_pretrained(staged)
+        (staged / META_FILE).write_text(json.dumps({**meta, "lora": False}, indent=2), encoding="utf-8")
+    return {"path": str(target), "fidelity": {"max_abs_logit_diff": float((before - after).abs().max()),
+                                              "label_agreement": float((before.argmax(-1) == after.argmax(-1)).float().mean())}}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# gguf
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def export_gguf(checkpoint: Path, meta: dict[str, Any], run_dir: Path, out: Path, settings: ExportSettings) -> ExportResult:
+    from tuneforge.inference import base_model_source
+
+    name = f"{run_dir.name} ({meta.get('model_id')} fine-tuned)"
+    pre = tokenizer_pre(base_model_source(meta))
+    path = out / f"model-{settings.quant}.gguf"
+    generator, probes = reference_and_probes(checkpoint, run_dir, settings)
+    with tempfile.TemporaryDirectory(prefix="tuneforge-merge-", dir=out.parent if out.parent.exists() else None) as tmp:
+        if meta.get("lora"):
+            fidelity = merge_into(generator, probes, Path(tmp) / "merged", meta)
+            source = Path(tmp) / "merged"
+        else:
+            fidelity, source = None, checkpoint
+        info = write_model_gguf(source, path, settings.quant, name=name, tokenizer_pre=pre)
+    report = {**info, "merge_fidelity": fidelity, **check_gguf(path, None, generator, probes, settings)}
+    write_modelfile(out / f"Modelfile.{settings.quant}", path.name, None, generator.tokenizer, run_dir)
+    return ExportResult(out, f"gguf-{settings.quant}", report)
+
+
+def tokenizer_pre(model_dir: str) -> str | None:
+    from tuneforge.models import GGUF_ORIGIN_FILE
+
+    origin = Path(model_dir) / GGUF_ORIGIN_FILE
+    return json.loads(origin.read_text(encoding="utf-8")).get("tokenizer_pre") if origin.is_file() else None
+
+
+def check_gguf(path: Path, lora: Path | None, generator: Any, probes: list[Any], settings: ExportSettings) -> dict[str, Any]:
+    """Parity through llama.cpp against the torch model that produced the probes, and both speeds."""
+    from tuneforge.export.parity import gguf_parity, gguf_speed, open_gguf, torch_speed
+
+    llm = open_gguf(path, lora, logits_all=True)
+    parity = gguf_parity(llm, probes, generator.tokenizer)
+    del llm
+    fast = open_gguf(path, lora)
+    speed = gguf_speed(fast, [probe.prompt_ids for probe in probes[:4]], settings.max_new_tokens)
+    del fast
+    torch_tps = torch_speed(generator.model, probes[:4], settings.max_new_tokens, generator.tokenizer.pad_token_id)
+    return {"parity": parity, "llama_cpp_tokens_per_second": round(speed, 1),
+            "torch_tokens_per_second": round(torch_tps, 1),
+            "speedup": round(speed / torch_tps, 2) if torch_tps else None}
+
+
+def export_gguf_lora(checkpoint: Path, meta: dict[str, Any], run_dir: Path, out: Path,
+                     settings: ExportSettings) -> ExportResult:
+    from transformers import AutoConfig
+
+    from tuneforge.inference import base_model_source
+
+    base_dir = base_model_source(meta)
+    adapter = out / "adapter-f16.gguf"
+    info = write_lora_gguf(checkpoint, AutoConfig.from_pretrained(base_dir), adapter)
+    generator, probes = reference_and_probes(checkpoint, run_dir, settings)
+    base_name = f"base-{settings.quant}.gguf"
+    with tempfile.TemporaryDirectory(prefix="tuneforge-base-") as tmp:
+        base_path = out / base_name if settings.with_base else Path(tmp) / "base-f16.gguf"
+        quant = settings.quant if settings.with_base else "f16"
+        base_info = write_model_gguf(Path(base_dir), base_path, quant, name=str(meta.get("model_id")),
+                                     tokenizer_pre=tokenizer_pre(base_dir))
+        report = {**info, "base": base_info if settings.with_base else {"checked_against": "temporary f16 base"},
+                  **check_gguf(base_path, adapter, generator, probes, settings)}
+    write_modelfile(out / "Modelfile.adapter", base_name if settings.with_base else None, adapter.name,
+                    generator.tokenizer, run_dir)
+    return ExportResult(out, "gguf-lora", report)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ollama
+# ----------------------------------------------------------------------------------------------------------------
+
+CHATML_TEMPLATE = """{{- if .System }}<|im_start|>system
+{{ .System }}<|im_end|>
+{{ end }}{{- range .Messages }}<|im_start|>{{ .Role }}
+{{ .Content }}<|im_end|>
+{{ end }}<|im_start|>assistant
+"""
+
+
+def write_modelfile(path: Path, model_file: str | None, adapter_file: str | None, tokenizer: Any, run_dir: Path) -> None:
+    """An Ollama Modelfile: the model (or base + ADAPTER), the chat template for ChatML models (others use the
+    template inside the GGUF), the stop token, greedy decoding, and the system prompt the run trained with."""
+    lines = [f"FROM ./{model_file}" if model_file else "FROM ./base.gguf  # the unchanged base model as GGUF "
+             "(tuneforge export --format gguf-lora --with-base writes one)"]
+    if adapter_file:
+        lines.append(f"ADAPTER ./{adapter_file}")
+    template = tokenizer.chat_template or ""
+    if "<|im_start|>" in template:
+        lines.append(f'TEMPLATE """{CHATML_TEMPLATE}"""')
+    stop = tokenizer.eos_token
+    if stop:
+        lines.append(f'PARAMETER stop "{stop}"')
+    lines.append("PARAMETER temperature 0")
+    system = shared_system_prompt(run_dir)
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def shared_system_prompt(run_dir: Path) -> str | None:
+    """The system message every training row used, if they all used the same one."""
+    from tuneforge.config import load_config
+    from tuneforge.data.records import read_records
+
+    try:
+        config = load_config(run_dir / "config.yaml")
+        rows = read_records(config.train_path)
+    except TuneforgeError:
+        return None
+    systems = {next((m["content"] for m in r.data.get("messages", []) if m.get("role") == "system"), None) for r in rows}
+    return systems.pop() if len(systems) == 1 and None not in systems else None

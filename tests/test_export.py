@@ -1,0 +1,170 @@
+"""Export: merged weights, GGUF models and GGUF LoRA adapters from a tiny Llama LoRA checkpoint built in the test,
+checked through llama.cpp (the `gguf` extra that `make test` installs)."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import chat_row, write_jsonl
+from tuneforge.config import TrainConfig
+from tuneforge.errors import TuneforgeError
+from tuneforge.export import ExportSettings, export_run
+from tuneforge.export.gguf_file import ExportError, rotary_permute
+
+pytest.importorskip("llama_cpp")
+
+
+def make_run(root: Path, model_dir: Path, tokenizer, *, lora: bool = True) -> Path:
+    """A run directory as training leaves it: config.yaml, validation data, and best/ with the adapter."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.data.causal import end_of_turn_token_ids
+    from tuneforge.train.checkpoints import save_checkpoint
+
+    run = root / "run"
+    rows = [chat_row(f"Say {word}.", word) for word in ("apple", "river", "cloud", "stone")]
+    valid = write_jsonl(root / "valid.jsonl", rows)
+    config = TrainConfig(model_id=str(model_dir), train_path=str(valid), valid_path=str(valid),
+                         lora_config={"r": 4} if lora else None)
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(config.to_yaml())
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if lora:
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    meta = {"task": "causal_lm", "model_id": str(model_dir), "model_source": str(model_dir), "lora": lora,
+            "shape": "chat", "labels": [], "stop_token_ids": end_of_turn_token_ids(tokenizer), "step": 1}
+    (run / "best").mkdir()
+    save_checkpoint(run / "best", model, tokenizer, meta, {"step": 1})
+    return run
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_llama_dir, smol_tokenizer):
+    return make_run(tmp_path_factory.mktemp("export-lora"), tiny_llama_dir, smol_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, tiny_llama_dir, smol_tokenizer):
+    return make_run(tmp_path_factory.mktemp("export-full"), tiny_llama_dir, smol_tokenizer, lora=False)
+
+
+SETTINGS = dict(prompts=4, max_new_tokens=8)
+
+
+def test_merged_export_matches_base_plus_adapter(lora_run):
+    from transformers import AutoModelForCausalLM
+
+    result = export_run(lora_run, "merged", ExportSettings(**SETTINGS))
+    fidelity = result.report["fidelity"]
+    assert fidelity["max_abs_logit_diff"] <= 1e-3
+    assert fidelity["greedy_token_agreement"] == 1.0 and fidelity["positions"] > 0
+    merged = lora_run / "export" / "merged"
+    assert (merged / "model.safetensors").is_file() and not (merged / "adapter_model.safetensors").exists()
+    assert AutoModelForCausalLM.from_pretrained(merged).config.model_type == "llama"
+    report = json.loads((lora_run / "export" / "export_report.json").read_text())
+    assert report["merged"]["fidelity"] == fidelity
+
+
+@pytest.mark.parametrize("quant", ["f16", "q8_0"])
+def test_gguf_export_runs_in_llama_cpp_like_the_torch_model(lora_run, quant):
+    import gguf
+
+    result = export_run(lora_run, "gguf", ExportSettings(quant=quant, **SETTINGS))
+    path = Path(result.report["path"])
+    assert path.name == f"model-{quant}.gguf"
+    assert result.report["parity"]["greedy_token_agreement"] >= 0.9
+    assert result.report["llama_cpp_tokens_per_second"] > 0 and result.report["torch_tokens_per_second"] > 0
+    reader = gguf.GGUFReader(str(path))
+    assert reader.fields["general.architecture"].contents() == "llama"
+    assert "<|im_start|>" in reader.fields["tokenizer.chat_template"].contents()
+    kinds = {tensor.tensor_type.name for tensor in reader.tensors}
+    assert ("Q8_0" in kinds) == (quant == "q8_0") and "F32" in kinds
+    modelfile = (lora_run / "export" / f"Modelfile.{quant}").read_text()
+    assert f"FROM ./model-{quant}.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+
+
+def test_gguf_lora_adapter_applies_on_an_unchanged_base(lora_run):
+    import gguf
+
+    result = export_run(lora_run, "gguf-lora", ExportSettings(**SETTINGS))
+    adapter = gguf.GGUFReader(result.report["path"])
+    assert adapter.fields["general.type"].contents() == "adapter"
+    assert adapter.fields["adapter.lora.alpha"].contents() == pytest.approx(8.0)
+    names = {tensor.name for tensor in adapter.tensors}
+    assert "blk.0.attn_q.weight.lora_a" in names and "blk.1.ffn_down.weight.lora_b" in names
+    assert result.report["parity"]["greedy_token_agreement"] >= 0.9
+    assert "ADAPTER ./adapter-f16.gguf" in (lora_run / "export" / "Modelfile.adapter").read_text()
+
+
+def test_generate_runs_a_gguf_with_its_chat_template(lora_run):
+    from tuneforge.generate import GenerationSettings
+    from tuneforge.gguf_chat import GgufChat
+
+    path = lora_run / "export" / "model-f16.gguf"
+    if not path.exists():
+        export_run(lora_run, "gguf", ExportSettings(quant="f16", **SETTINGS))
+    chat = GgufChat(path)
+    text = chat.complete("Say apple.", GenerationSettings(max_new_tokens=5))
+    assert isinstance(text, str)
+    assert list(chat.stream("Say apple.", GenerationSettings(max_new_tokens=5)))  # streams pieces
+
+
+def test_rotary_permutation_interleaves_each_heads_halves():
+    rows = np.arange(8)[:, None].astype(np.float32)  # one head of dim 8: x0..x3 then y0..y3
+    assert rotary_permute(rows, heads=1)[:, 0].tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+
+
+def test_full_fine_tune_has_no_adapter_to_export(full_run):
+    with pytest.raises(ExportError, match="full fine-tune has no adapter"):
+        export_run(full_run, "gguf-lora")
+
+
+def test_unknown_quant_type_is_refused(lora_run):
+    with pytest.raises(ExportError, match="unknown quant type 'q3'; choose one of f16, q8_0, q4_0, q4_k_m"):
+        export_run(lora_run, "gguf", ExportSettings(quant="q3", **SETTINGS))
+
+
+def test_unsupported_architecture_is_refused_naming_it(tmp_path):
+    from transformers import GPT2Config
+
+    from tuneforge.export.gguf_file import ModelShape
+
+    with pytest.raises(ExportError, match="does not support GPT2LMHeadModel; supported: LlamaForCausalLM"):
+        ModelShape.of(GPT2Config(architectures=["GPT2LMHeadModel"]))
+
+
+def test_run_without_checkpoint_and_missing_base(tmp_path, lora_run):
+    import shutil
+
+    with pytest.raises(TuneforgeError, match="no checkpoint yet"):
+        export_run(tmp_path, "merged")
+    moved = tmp_path / "run"
+    shutil.copytree(lora_run, moved)
+    meta_path = moved / "best" / "tuneforge.json"
+    meta = json.loads(meta_path.read_text())
+    meta.update(model_id=str(tmp_path / "gone"), model_source=str(tmp_path / "gone"))
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(TuneforgeError, match="gone.*no such directory"):
+        export_run(moved, "merged")
+
+
+def test_full_disk_while_writing_leaves_no_partial_file(lora_run, monkeypatch):
+    import gguf
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", full_disk)
+    target = lora_run / "export" / "model-q4_0.gguf"
+    with pytest.raises(ExportError, match=r"writing .*model-q4_0\.gguf failed \(No space left on device\)"):
+        export_run(lora_run, "gguf", ExportSettings(quant="q4_0", **SETTINGS))
+    assert not target.exists()
+    assert not list(target.parent.glob(".*partial"))
