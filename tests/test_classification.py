@@ -113,8 +113,8 @@ def classifier_run(tmp_path_factory, ray_session):
     from tuneforge.train import train
 
     out = tmp_path_factory.mktemp("classify")
-    config = load_config("configs/classify.yaml", [f"output_dir={out}", "run_name=demo", "num_epochs=3",
-                                                   "max_num_checkpoints=3"])
+    config = load_config("configs/classify.yaml", [f"output_dir={out}", "run_name=demo", "num_epochs=2",
+                                                   "max_num_checkpoints=2"])
     return train(config)
 
 
