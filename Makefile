@@ -26,7 +26,7 @@ $(VENV)/.core: $(BIN)/python pyproject.toml
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=on -DLLAVA_BUILD=off -DLLAMA_BUILD_EXAMPLES=off -DLLAMA_BUILD_TESTS=off \
 	-DLLAMA_BUILD_SERVER=off -DLLAMA_BUILD_TOOLS=off
 $(VENV)/.dev: $(VENV)/.core
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q -e ".[dev,gguf]"
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q -e ".[dev,gguf,qlora]"
 	touch $@
 
 install: $(VENV)/.core

@@ -100,3 +100,12 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, tiny_llama_d
     assert (run / "results.json").is_file()
     assert result.best_metrics["step"] in (12, 24, 36, 48)
     assert json.loads((run / "run.json").read_text())["resumed_from_step"] == 12
+
+
+def test_qlora_trains_adapters_on_a_4bit_base(tmp_path, tiny_llama_dir):
+    pytest.importorskip("bitsandbytes")
+    result = train(tiny_config(tmp_path, tiny_llama_dir, load_in_4bit=True, num_epochs=2, max_num_checkpoints=2,
+                               precision="bf16"))
+    evals = [row for row in read_metrics(result.run_dir) if row["type"] == "eval"]
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    assert (result.run_dir / "best" / "adapter_model.safetensors").is_file()

@@ -385,7 +385,7 @@ def expected_trials(space: dict[str, dict[str, Any]], settings: TuneSettings) ->
     for spec in space.values():
         if "grid" in spec:
             total *= len(spec["grid"])
-    return total + len(settings.points_to_evaluate or [])
+    return total
 
 
 def apply_pbt_rules(config: TrainConfig, settings: TuneSettings) -> tuple[TrainConfig, list[str]]:
