@@ -88,7 +88,6 @@ def baseline(train: Path, valid: Path, steps: int, out: Path, results: mp.Queue)
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-    from tuneforge.config import TrainConfig
     from tuneforge.train import prepare_run
     from tuneforge.train.hardware import cpu_has_bf16
     from tuneforge.train.loop import peak_rss_mb

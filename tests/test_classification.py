@@ -103,6 +103,40 @@ def test_single_member_classes_stay_in_training():
     assert 4 in train and len(valid) == 2
 
 
+def test_a_large_split_never_takes_a_whole_class_out_of_training():
+    labels = ["a"] * 8 + ["b", "b"]
+    train, valid = stratified_split(labels, 0.9, seed=0)
+    assert {labels[i] for i in train} == {"a", "b"} and len(valid) == 7 + 1
+
+
+def test_merged_lora_classifier_matches_the_adapter_on_validation_texts(tmp_path, minilm_tokenizer):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneforge.export import export_run
+    from tuneforge.models import resolve_model
+    from tuneforge.train.checkpoints import save_checkpoint
+
+    data = write_csv(tmp_path / "p.csv", rows({"nlp": 6, "vision": 6}))
+    config = config_for(data, valid_split=0.5, lora_config={"r": 4})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(config.to_yaml())
+    labels = ["nlp", "vision"]
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model("minilm-l6"), num_labels=2, id2label=dict(enumerate(labels)), label2id={"nlp": 0, "vision": 1})
+    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"],
+                                             init_lora_weights=False))
+    meta = {"task": "classification", "model_id": "minilm-l6", "lora": True, "labels": labels, "step": 1}
+    save_checkpoint(run / "best", model, minilm_tokenizer, meta, {"step": 1})
+    fidelity = export_run(run, "merged").report["fidelity"]
+    assert fidelity["texts"] == 6  # the held-out half, read back from the run's own split
+    assert fidelity["max_abs_logit_diff"] <= 1e-4 and fidelity["label_agreement"] == 1.0
+    assert (run / "export" / "merged" / "model.safetensors").is_file()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # A real run on the bundled MiniLM and the demo data
 # --------------------------------------------------------------------------------------------------------------

@@ -115,3 +115,19 @@ def test_generate_needs_a_prompt(tmp_path):
 
 def test_generate_from_a_path_without_checkpoint(tmp_path):
     assert_one_clear_line(tuneforge_here("generate", str(tmp_path), "--prompt", "hi"), "no checkpoint yet")
+
+
+def test_an_unwritable_output_dir_is_one_line_naming_it(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = tuneforge_here("plan", "configs/demo.yaml", "--set", f"output_dir={blocker}/runs")
+    assert_one_clear_line(result, str(blocker))
+
+
+def test_generate_input_rows_with_a_bad_role_name_the_line(tmp_path):
+    from tuneforge.errors import DataError
+    from tuneforge.generate import read_prompt_rows
+
+    rows = write_jsonl(tmp_path / "in.jsonl", ['{"prompt": "fine"}', '{"messages": [{"role": "bot", "content": "x"}]}'])
+    with pytest.raises(DataError, match=r"in\.jsonl:2: message with role 'bot' needs a role in system, user, assistant"):
+        read_prompt_rows(rows)

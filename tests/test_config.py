@@ -92,3 +92,31 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 def test_classification_requires_its_fields():
     with pytest.raises(ValueError, match="text_fields"):
         TrainConfig(model_id="m", train_path="t.csv", task="classification", label_field="tag")
+
+
+def test_unknown_key_with_nothing_close_lists_the_valid_keys(tmp_path):
+    path = write_config(tmp_path / "run.yaml", BASE + "xyz_unrelated: 3\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml:3: unknown key 'xyz_unrelated' \(valid keys: .*learning_rate"):
+        load_config(path)
+
+
+def test_malformed_set_value_is_one_clear_error(tmp_path):
+    path = write_config(tmp_path / "run.yaml", BASE)
+    with pytest.raises(ConfigError, match=r"^--set learning_rate=\[1: the value is not valid YAML"):
+        load_config(path, ["learning_rate=[1"])
+
+
+def test_best_metric_must_be_one_the_task_reports(tmp_path):
+    path = write_config(tmp_path / "run.yaml", BASE + "best_metric: accuracy\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml:3: best_metric: unknown metric 'accuracy'.*eval_perplexity"):
+        load_config(path)
+    classify = write_config(tmp_path / "c.yaml", BASE + "task: classification\ntext_fields: [t]\nlabel_field: l\n"
+                                                        "best_metric: eval_f1\n")
+    assert load_config(classify).best_mode == "max"
+
+
+def test_saved_config_keeps_unset_keys_as_null(tmp_path):
+    import yaml
+
+    saved = yaml.safe_load(load_config(write_config(tmp_path / "run.yaml", BASE)).to_yaml())
+    assert "valid_path" in saved and saved["valid_path"] is None and "tune" not in saved

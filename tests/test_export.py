@@ -91,6 +91,16 @@ def test_gguf_export_runs_in_llama_cpp_like_the_torch_model(lora_run, quant):
     assert f"FROM ./model-{quant}.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
 
 
+def test_q4_k_m_goes_through_llama_cpps_quantizer(lora_run):
+    import gguf
+
+    result = export_run(lora_run, "gguf", ExportSettings(quant="q4_k_m", **SETTINGS))
+    reader = gguf.GGUFReader(result.report["path"])
+    assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    assert not list(Path(result.report["path"]).parent.glob(".*f16.gguf"))  # the f16 intermediate is gone
+    assert result.report["parity"]["positions"] > 0 and result.report["parity"]["greedy_token_agreement"] >= 0.5
+
+
 def test_gguf_lora_adapter_applies_on_an_unchanged_base(lora_run):
     import gguf
 
@@ -101,7 +111,9 @@ def test_gguf_lora_adapter_applies_on_an_unchanged_base(lora_run):
     names = {tensor.name for tensor in adapter.tensors}
     assert "blk.0.attn_q.weight.lora_a" in names and "blk.1.ffn_down.weight.lora_b" in names
     assert result.report["parity"]["greedy_token_agreement"] >= 0.9
-    assert "ADAPTER ./adapter-f16.gguf" in (lora_run / "export" / "Modelfile.adapter").read_text()
+    modelfile = (lora_run / "export" / "Modelfile.adapter").read_text().splitlines()
+    assert "ADAPTER ./adapter-f16.gguf" in modelfile
+    assert "FROM ./base.gguf" in modelfile  # Ollama reads no trailing comments on FROM
 
 
 def test_generate_runs_a_gguf_with_its_chat_template(lora_run):
@@ -117,6 +129,36 @@ def test_generate_runs_a_gguf_with_its_chat_template(lora_run):
     assert list(chat.stream("Say apple.", GenerationSettings(max_new_tokens=5)))  # streams pieces
 
 
+def test_llama3_rope_scaling_is_exported_as_llama_cpp_frequency_factors(tmp_path, smol_tokenizer):
+    """Llama 3.1/3.2-style rotary scaling: llama.cpp reproduces the torch logits only with the rope_freqs tensor."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tuneforge.export.gguf_file import write_model_gguf
+    from tuneforge.export.parity import open_gguf
+
+    torch.manual_seed(0)
+    rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    config = LlamaConfig(vocab_size=len(smol_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, rope_parameters=rope)
+    model = LlamaForCausalLM(config)
+    torch.nn.init.normal_(model.get_input_embeddings().weight, std=0.2)
+    model.save_pretrained(tmp_path)
+    smol_tokenizer.save_pretrained(tmp_path)
+    ids = smol_tokenizer("The quick brown fox jumps over the lazy dog and runs far away into the forest")["input_ids"]
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    path = tmp_path / "model.gguf"
+    info = write_model_gguf(tmp_path, path, "f16", name="llama3-rope", tokenizer_pre=None)
+    assert info["tensor_types"]["F32"] >= 1
+    llm = open_gguf(path, logits_all=True)
+    llm.eval(ids)
+    got = np.array(llm.scores[: len(ids)])
+    assert np.abs(got - expected).max() < 0.1
+    assert (got.argmax(-1) == expected.argmax(-1)).mean() == 1.0
+
+
 def test_rotary_permutation_interleaves_each_heads_halves():
     rows = np.arange(8)[:, None].astype(np.float32)  # one head of dim 8: x0..x3 then y0..y3
     assert rotary_permute(rows, heads=1)[:, 0].tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
@@ -130,6 +172,18 @@ def test_full_fine_tune_has_no_adapter_to_export(full_run):
 def test_unknown_quant_type_is_refused(lora_run):
     with pytest.raises(ExportError, match="unknown quant type 'q3'; choose one of f16, q8_0, q4_0, q4_k_m"):
         export_run(lora_run, "gguf", ExportSettings(quant="q3", **SETTINGS))
+
+
+def test_cli_export_errors_are_one_line(lora_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+
+    for args, fragment in (([str(lora_run), "--format", "gguf", "--quant", "q3"], "unknown quant type 'q3'"),
+                           ([str(tmp_path / "nowhere")], "no such run")):
+        result = CliRunner().invoke(app, ["export", *args])
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and fragment in lines[0], result.stderr
 
 
 def test_unsupported_architecture_is_refused_naming_it(tmp_path):

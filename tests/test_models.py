@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from tuneforge.data.collate import IGNORE_INDEX
-from tuneforge.models import ModelError, ensure_distinct_pad, load_model_config, load_tokenizer, match_vocab, resolve_model
+from tuneforge.models import (
+    ModelError,
+    ensure_distinct_pad,
+    load_model_config,
+    load_tokenizer,
+    match_vocab,
+    resolve_model,
+)
 from tuneforge.train.objectives import CausalLMObjective
 
 

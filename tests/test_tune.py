@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
 from tests.helpers import chat_row, write_config, write_jsonl
 from tuneforge.config import TrainConfig, TuneSettings, load_config
 from tuneforge.errors import ConfigError
-from tuneforge.tune import default_objective, plan_resources, search, validate_search
+from tuneforge.tune import (
+    best_kept_checkpoint,
+    default_objective,
+    plan_resources,
+    read_best_run,
+    search,
+    validate_search,
+)
 
 FACTS = [("colour of the sky", "blue"), ("opposite of hot", "cold"), ("number after two", "three"),
          ("first letter", "A"), ("capital of France", "Paris"), ("a baby cat", "kitten")]
@@ -47,10 +55,27 @@ def test_nested_lora_keys_are_checked_against_peft(tmp_path):
         ("  num_epochs: {grid: [1, 0]}\n", "value 0 is invalid"),
         ("  learning_rate: {between: [1, 2]}\n", "expected one of grid, choice"),
         ("  model_id: {grid: [a, b]}\n", "'model_id' cannot be searched over"),
+        ("  lora_config.r: {grid: [4, 8]}\n", "this config fine-tunes fully"),
     ],
 )
 def test_bad_search_specs_are_refused_before_any_trial(tmp_path, space, message):
     path = write_config(tmp_path / "s.yaml", "model_id: m\ntrain_path: t.jsonl\nsearch_space:\n" + space)
+    with pytest.raises(ConfigError, match=message):
+        validate_search(load_config(path))
+
+
+@pytest.mark.parametrize(
+    ("tune_block", "message"),
+    [
+        ("  metric: eval_acc\n", r"s\.yaml:6: unknown metric 'eval_acc'; trials report eval_loss, eval_perplexity"),
+        ("  points_to_evaluate: [{learning_rat: 0.1}]\n",
+         r"s\.yaml:6: point 1: 'learning_rat' is not a search_space key \(did you mean 'learning_rate'"),
+        ("  points_to_evaluate: [{learning_rate: -1}]\n", r"s\.yaml:6: point 1 is invalid"),
+    ],
+)
+def test_tune_metric_and_starting_points_are_checked_before_any_trial(tmp_path, tune_block, message):
+    path = write_config(tmp_path / "s.yaml", "model_id: m\ntrain_path: t.jsonl\nsearch_space:\n"
+                        "  learning_rate: {choice: [0.1, 0.2]}\ntune:\n" + tune_block)
     with pytest.raises(ConfigError, match=message):
         validate_search(load_config(path))
 
@@ -83,7 +108,7 @@ def test_resources_fit_two_cpus_and_refuse_what_cannot_fit():
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_two_trial_grid_picks_the_better_trial(tmp_path, tiny_llama_dir):
+def test_two_trial_grid_picks_the_better_trial(tmp_path, tiny_llama_dir, monkeypatch):
     config = experiment_config(tmp_path, tiny_llama_dir, "search_space:\n  learning_rate: {grid: [0.0, 1.0e-2]}\n"
                                "tune:\n  experiment_name: grid\n")
     result = search(config)
@@ -98,7 +123,13 @@ def test_two_trial_grid_picks_the_better_trial(tmp_path, tiny_llama_dir):
         assert (experiment / row["run_id"] / "results.json").is_file()
         assert list((experiment / row["run_id"] / "tensorboard").glob("events.*"))
     assert (experiment / "objective_by_trial.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "runs" / "grid" / best_run["run_id"] / "best" / "adapter_model.safetensors").is_file()
+    assert (Path(best_run["checkpoint"]) / "adapter_model.safetensors").is_file()
+    assert Path(best_run["checkpoint"]).is_relative_to(experiment / best_run["run_id"])
+    best_row = next(row for row in rows if row["run_id"] == best_run["run_id"])
+    assert float(best_row["best.eval_loss"]) == pytest.approx(best_run["objective"])
+    assert float(best_row["final.eval_loss"]) >= float(best_row["best.eval_loss"])
+    monkeypatch.chdir(tmp_path)  # `tuneforge runs best grid` finds the experiment by name under ./runs
+    assert read_best_run(Path("grid")) == best_run
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -110,6 +141,9 @@ def test_asha_stops_a_hopeless_trial_before_max_t(tmp_path, tiny_llama_dir):
     by_lr = {trial["param.learning_rate"]: trial for trial in result.trials}
     assert by_lr[0.01]["iterations"] == 4 and by_lr[0.01]["status"] == "done"
     assert by_lr[0.0]["iterations"] < 4 and by_lr[0.0]["status"] == "stopped early"
+    stopped = Path(by_lr[0.0]["run_dir"])
+    assert not (stopped / "best").exists()  # a stopped trial never finished, yet its checkpoints are found
+    assert best_kept_checkpoint(stopped, "objective", "min").parent == stopped / "checkpoints"
 
 
 @pytest.mark.slow

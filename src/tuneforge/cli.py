@@ -43,7 +43,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    for name in ("transformers", "peft", "accelerate", "torch.distributed"):
+    for name in ("transformers", "peft", "accelerate", "torch.distributed", "bitsandbytes"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -54,16 +54,25 @@ def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except TuneforgeError as exc:
+        except (TuneforgeError, OSError) as exc:
             if DEBUG["on"]:
                 raise
-            error_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+            error_console.print(f"[bold red]error:[/bold red] {describe_error(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             error_console.print("[yellow]interrupted[/yellow]")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line. An OSError that escaped the library (a full disk, a read-only or missing output directory) names
+    the path and the reason, without the errno noise."""
+    if isinstance(exc, OSError) and not isinstance(exc, TuneforgeError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc} (check the path, its permissions and free disk space)"
+    return str(exc)
 
 
 def show_notes(notes: list[str]) -> None:
@@ -209,8 +218,8 @@ def generate(
         return
     if run is None:
         raise TuneforgeError("give a RUN (or checkpoint) directory, or --gguf FILE")
-    console.print(f"[dim]· loading {run}[/dim]")
-    generator = Generator.from_path(run)
+    with error_console.status(f"loading {run}"):  # on stderr and transient: stdout may be the JSONL of completions
+        generator = Generator.from_path(run)
     if input_file:
         pairs = read_prompt_rows(input_file)
         generate_rows(generator, pairs, settings, system, output, compare_base)

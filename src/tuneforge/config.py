@@ -149,6 +149,15 @@ class TrainConfig(BaseModel):
                 raise ValueError(f"unknown lora_config key '{key}'{suggest(key, known)}")
         return value
 
+    @field_validator("best_metric")
+    @classmethod
+    def _check_best_metric(cls, value: str, info: Any) -> str:
+        known = VALIDATION_METRICS[info.data.get("task") or "causal_lm"]
+        if value not in known:
+            raise ValueError(f"unknown metric '{value}'{suggest(value, known, list_when_none_close=False)}; "
+                             f"validation reports {', '.join(known)}")
+        return value
+
     @model_validator(mode="after")
     def _check_task_fields(self) -> TrainConfig:
         if self.task == "classification":
@@ -183,8 +192,19 @@ class TrainConfig(BaseModel):
         return "min" if "loss" in self.best_metric or "perplexity" in self.best_metric else "max"
 
     def to_yaml(self) -> str:
-        data = self.model_dump(mode="json", exclude_none=True)
+        """Every key, unset ones as null: the saved config says what each setting was, defaults included."""
+        data = self.model_dump(mode="json")
+        for optional_block in ("search_space", "tune"):
+            if data.get(optional_block) is None:
+                data.pop(optional_block, None)
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+# What a validation event reports, per task: the names best_metric and tune.metric may use.
+VALIDATION_METRICS = {
+    "causal_lm": ("eval_loss", "eval_perplexity"),
+    "classification": ("eval_loss", "eval_accuracy", "eval_precision", "eval_recall", "eval_f1"),
+}
 
 
 @lru_cache(maxsize=1)
@@ -194,10 +214,16 @@ def lora_config_fields() -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(LoraConfig) if f.init)
 
 
-def suggest(word: str, candidates: Any) -> str:
-    """' — did you mean 'x'?' for the closest candidate, or ''."""
-    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+def suggest(word: str, candidates: Any, *, list_when_none_close: bool = True) -> str:
+    """' (did you mean 'x'?)' for the closest candidate; with nothing close, the valid keys themselves."""
+    names = sorted(candidates)
+    match = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    if match:
+        return f" (did you mean '{match[0]}'?)"
+    partial = [name for name in names if len(word) >= 4 and (word.lower() in name or name in word.lower())]
+    if partial:
+        return f" (did you mean '{partial[0]}'?)"
+    return f" (valid keys: {', '.join(names)})" if list_when_none_close else ""
 
 
 def config_keys() -> list[str]:
@@ -261,7 +287,11 @@ def apply_override(raw: dict[str, Any], override: str) -> str:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set {override}: expected KEY=VALUE, e.g. --set learning_rate=3e-4")
-    value = yaml.safe_load(value_text) if value_text.strip() else None
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError as exc:
+        reason = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise ConfigError(f"--set {override}: the value is not valid YAML ({reason}); quote it: --set '{key}=\"...\"'") from None
     *parents, leaf = key.split(".")
     target = raw
     for part in parents:

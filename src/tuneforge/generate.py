@@ -63,7 +63,11 @@ class Generator:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         if system and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": system})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # the template's own checks (role order, ...) raise jinja2 errors
+            roles = ", ".join(str(m.get("role")) for m in messages)
+            raise DataError(f"the chat template refused messages with roles [{roles}]: {exc}") from None
 
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
         # Chat templates already hold BOS and friends; plain prompts get the tokenizer's own special tokens.
@@ -128,6 +132,9 @@ class Generator:
         return completions
 
 
+CHAT_ROLES = ("system", "user", "assistant")
+
+
 def read_prompt_rows(path: str | Path) -> list[tuple[Any, dict[str, Any]]]:
     """(prompt, row) pairs from a JSONL of chat `messages` or `prompt` rows. A chat row that ends with the
     assistant's reply keeps that reply as the reference and is prompted with the turns before it."""
@@ -139,6 +146,10 @@ def read_prompt_rows(path: str | Path) -> list[tuple[Any, dict[str, Any]]]:
             messages = row["messages"]
             if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
                 raise DataError(f"{where(path, record.line)}: 'messages' must be a non-empty list of {{role, content}}")
+            odd = next((m for m in messages if m["role"] not in CHAT_ROLES or not isinstance(m["content"], str)), None)
+            if odd is not None:
+                raise DataError(f"{where(path, record.line)}: message with role {odd['role']!r} needs a role in "
+                                f"{', '.join(CHAT_ROLES)} and text content")
             if messages[-1]["role"] == "assistant":
                 row = {**row, "reference": messages[-1]["content"]}
                 messages = messages[:-1]

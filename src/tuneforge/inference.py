@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.models import ModelError, load_tokenizer, match_vocab, resolve_model
+from tuneforge.models import ModelError, load_model_config, load_tokenizer, match_vocab, resolve_model
 from tuneforge.train.checkpoints import read_meta, resolve_checkpoint
 
 
@@ -23,12 +23,17 @@ def base_model_source(meta: dict[str, Any]) -> str:
     """Where the base weights are now: the model id resolved again (a bundled alias converts on a new machine),
     else the directory recorded at training time."""
     try:
-        return resolve_model(meta["model_id"])
-    except ModelError:
+        source = resolve_model(meta["model_id"])
+    except ModelError as exc:
         recorded = meta.get("model_source")
-        if recorded and Path(recorded).is_dir():
-            return recorded
-        raise
+        if not (recorded and Path(recorded).is_dir()):
+            raise ModelError(f"base model of this checkpoint: {exc}") from None
+        source = recorded
+    try:  # a hub id that is gone or unreachable: one line here rather than a traceback from deep in the loader
+        load_model_config(source, meta["model_id"], meta.get("trust_remote_code", False))
+    except ModelError as exc:
+        raise ModelError(f"base model of this checkpoint: {exc}") from None
+    return source
 
 
 def load_checkpoint(path: str | Path, *, task: str | None = None, dtype: Any = None) -> LoadedCheckpoint:

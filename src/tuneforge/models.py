@@ -70,6 +70,9 @@ def load_model_config(source: str, model_id: str, trust_remote_code: bool) -> An
     from transformers import AutoConfig
 
     try:
+        if not Path(source).is_dir() and not hub_reachable():
+            # Loads from the local HF cache, or fails at once instead of after the hub client's retries.
+            return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=True)
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -77,6 +80,21 @@ def load_model_config(source: str, model_id: str, trust_remote_code: bool) -> An
             f"model_id '{model_id}': not a local model directory, not a bundled alias ({', '.join(BUNDLED)}), "
             f"and not loadable from the Hugging Face Hub ({reason})"
         ) from None
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face Hub's host resolves (HF_HUB_OFFLINE counts as unreachable)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
 
 
 def bundled_model_dir(alias: str) -> Path:

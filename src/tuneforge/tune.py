@@ -29,7 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneforge.config import TrainConfig, TuneSettings, config_keys, load_config, lora_config_fields, suggest
+from tuneforge.config import (
+    VALIDATION_METRICS,
+    TrainConfig,
+    TuneSettings,
+    config_keys,
+    load_config,
+    lora_config_fields,
+    suggest,
+)
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.io import write_json, write_text
 
@@ -58,11 +66,13 @@ def flatten_space(space: dict[str, Any], prefix: str = "") -> dict[str, dict[str
     return flat
 
 
-def check_space_key(key: str) -> str | None:
+def check_space_key(key: str, uses_lora: bool = True) -> str | None:
     """None when `key` names a config key a trial may set, else the problem."""
     head, _, rest = key.partition(".")
     if head in ("search_space", "tune", "model_id", "task", "train_path", "valid_path", "output_dir", "run_name"):
         return f"'{head}' cannot be searched over"
+    if head in ("num_devices", "worker_resources"):
+        return f"'{head}' cannot be searched over: every trial's resources are planned to fit before the search starts"
     if head not in config_keys():
         return f"unknown key '{key}'{suggest(head, config_keys())}"
     if rest:
@@ -70,6 +80,8 @@ def check_space_key(key: str) -> str | None:
             return f"'{head}' has no sub-keys to search over"
         if rest not in lora_config_fields():
             return f"unknown key '{key}'{suggest(rest, lora_config_fields())}"
+        if not uses_lora:
+            return f"'{key}': this config fine-tunes fully (no lora_config); add a lora_config to search its keys"
     return None
 
 
@@ -102,7 +114,7 @@ def validate_search(config: TrainConfig) -> dict[str, dict[str, Any]]:
     base = config.model_dump(mode="json", exclude={"search_space", "tune"})
     for key, spec in space.items():
         where = config.source_of("search_space", *key.split("."))
-        problem = check_space_key(key)
+        problem = check_space_key(key, config.uses_lora)
         if problem:
             raise ConfigError(f"{where}: search_space: {problem}")
         kind, values = next(iter(spec.items()))
@@ -120,7 +132,31 @@ def validate_search(config: TrainConfig) -> dict[str, dict[str, Any]]:
     if settings.search_alg != "basic" and any("grid" in spec for spec in space.values()):
         raise ConfigError(f"{config.source_of('tune', 'search_alg')}: grid values need search_alg: basic; "
                           f"{settings.search_alg} samples, so use choice instead of grid")
+    check_metric(config, settings)
+    check_points(config, settings, space)
     return space
+
+
+def check_metric(config: TrainConfig, settings: TuneSettings) -> None:
+    known = (*VALIDATION_METRICS[config.task], "train_loss")
+    if settings.metric and settings.metric not in known:
+        raise ConfigError(f"{config.source_of('tune', 'metric')}: unknown metric '{settings.metric}'"
+                          f"{suggest(settings.metric, known, list_when_none_close=False)}; trials report {', '.join(known)}")
+
+
+def check_points(config: TrainConfig, settings: TuneSettings, space: dict[str, Any]) -> None:
+    """points_to_evaluate name searched keys only (dotted, as in the search space), with values a trial accepts."""
+    base = config.model_dump(mode="json", exclude={"search_space", "tune"})
+    for number, point in enumerate(settings.points_to_evaluate or [], start=1):
+        where = config.source_of("tune", "points_to_evaluate")
+        for key in point:
+            if key not in space:
+                raise ConfigError(f"{where}: point {number}: '{key}' is not a search_space key{suggest(key, space, list_when_none_close=False)}")
+        try:
+            TrainConfig.model_validate(with_params(base, point))
+        except ValueError as exc:
+            detail = str(exc).splitlines()[2].strip() if len(str(exc).splitlines()) > 2 else str(exc)
+            raise ConfigError(f"{where}: point {number} is invalid: {detail}") from None
 
 
 def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -345,6 +381,10 @@ def search(config: TrainConfig, *, address: str | None = None, resume_dir: Path 
     # stopped by the scheduler leaves its workers' CPUs reserved, and later trials wait for them forever.
     cluster = ensure_ray(address, dashboard=True, debug=debug)
     plan = plan_resources(config, settings, cluster.cpus, cluster.gpus)
+    if resume_dir:
+        from tuneforge.train.checkpoints import locate_run
+
+        resume_dir = locate_run(resume_dir)
     experiment_dir = resume_dir or choose_experiment_dir(config, settings)
     progress = progress_callback(display) if display else None
     if display:
@@ -440,7 +480,7 @@ def scheduler_for(config: TrainConfig, settings: TuneSettings, metric: str, mode
     if settings.scheduler == "pbt":
         mutations = {key: mutation_domain(spec) for key, spec in (settings.hyperparam_mutations or {}).items()}
         for key in mutations:
-            problem = check_space_key(key)
+            problem = check_space_key(key, config.uses_lora)
             if problem:
                 raise ConfigError(f"{config.source_of('tune', 'hyperparam_mutations')}: {problem}")
         if not mutations:
@@ -484,8 +524,10 @@ def summarize(experiment_dir: Path, grid: Any, metric: str, mode: str, space: di
     for result in grid:
         trial_id = Path(result.path).name.removeprefix("trial_")
         run_dir = experiment_dir / trial_dirname(trial_id)
-        values = objective_history(run_dir, metric)
+        evals = scored_evals(run_dir, metric)
+        values = [value for value, _ in evals]
         finished = statuses.get(trial_id, "TERMINATED") in ("TERMINATED", "ERROR")
+        best_row = better(evals, key=lambda item: item[0])[1] if evals else {}
         trials.append({
             "run_id": trial_dirname(trial_id),
             "status": trial_status(result, run_dir) if finished else "interrupted",
@@ -493,7 +535,8 @@ def summarize(experiment_dir: Path, grid: Any, metric: str, mode: str, space: di
             "best_objective": better(values) if values else None,
             "final_objective": values[-1] if values else None,
             **{f"param.{k}": v for k, v in flatten_params(result.config).items()},
-            "final_eval_loss": result.metrics.get("eval_loss"),
+            **metric_columns("best", best_row),
+            **metric_columns("final", evals[-1][1] if evals else {}),
             "run_dir": str(run_dir),
             "error": str(result.error).splitlines()[0] if result.error else "",
         })
@@ -506,12 +549,29 @@ def summarize(experiment_dir: Path, grid: Any, metric: str, mode: str, space: di
     if not scored:
         raise TuneforgeError(f"no trial of {experiment_dir} reported a result; see each trial's run.json")
     best = better(scored, key=lambda t: t["best_objective"])
+    checkpoint = best_kept_checkpoint(Path(best["run_dir"]), metric, mode)
     best_run = {"run_id": best["run_id"], "objective": best["best_objective"], "metric": metric, "mode": mode,
                 "hyperparameters": {k.removeprefix("param."): v for k, v in best.items() if k.startswith("param.")},
-                "checkpoint": str(Path(best["run_dir"]) / "best")}
+                "checkpoint": str(checkpoint) if checkpoint else None}
     write_json(experiment_dir / "best_run.json", best_run)
     plot_objective(experiment_dir / "objective_by_trial.png", trials, metric)
     return SearchResult(experiment_dir, best_run, trials)
+
+
+def best_kept_checkpoint(run_dir: Path, metric: str, mode: str) -> Path | None:
+    """The trial's kept checkpoint that scores best on the search metric. A trial the scheduler stopped never
+    wrote `best/`, and a finished trial's `best/` follows its own `best_metric`, which may not be the search's."""
+    from tuneforge.train.checkpoints import list_checkpoints, read_meta
+
+    scored = []
+    for path in list_checkpoints(run_dir):
+        metrics = read_meta(path).get("metrics", {})
+        value = default_objective(metrics) if metric == "objective" and "eval_loss" in metrics else metrics.get(metric)
+        if isinstance(value, (int, float)):
+            scored.append((float(value), path))
+    if not scored:
+        return run_dir / "best" if (run_dir / "best").is_dir() else None
+    return (min if mode == "min" else max)(scored, key=lambda item: item[0])[1]
 
 
 def tune_statuses(experiment_dir: Path) -> dict[str, str]:
@@ -528,14 +588,20 @@ def tune_statuses(experiment_dir: Path) -> dict[str, str]:
         return {}
 
 
-def objective_history(run_dir: Path, metric: str) -> list[float]:
-    """The objective at each validation event of a trial's run, from its own metrics.jsonl."""
+def scored_evals(run_dir: Path, metric: str) -> list[tuple[float, dict[str, Any]]]:
+    """(objective, metrics) at each validation event of a trial's run, from its own metrics.jsonl."""
     from tuneforge.train.tracking import read_metrics
 
     evals = [row for row in read_metrics(run_dir) if row.get("type") == "eval"]
     if metric == "objective":
-        return [default_objective(row) for row in evals if "eval_loss" in row]
-    return [float(row[metric]) for row in evals if isinstance(row.get(metric), (int, float))]
+        return [(default_objective(row), row) for row in evals if "eval_loss" in row]
+    return [(float(row[metric]), row) for row in evals if isinstance(row.get(metric), (int, float))]
+
+
+def metric_columns(prefix: str, row: dict[str, Any]) -> dict[str, Any]:
+    """trials.csv columns for the validation metrics of one event: `best.eval_f1`, `final.eval_loss`, ..."""
+    return {f"{prefix}.{key}": value for key, value in row.items()
+            if key.startswith("eval_") and key != "eval_seconds" or key == "step"}
 
 
 def trial_status(result: Any, run_dir: Path) -> str:
@@ -599,14 +665,18 @@ def plot_objective(path: Path, trials: list[dict[str, Any]], metric: str) -> Non
 
 
 def load_experiment_config(experiment_dir: Path) -> TrainConfig:
-    saved = experiment_dir / "tune_config.yaml"
+    from tuneforge.train.checkpoints import locate_run
+
+    saved = locate_run(experiment_dir) / "tune_config.yaml"
     if not saved.is_file():
         raise TuneforgeError(f"{experiment_dir}: not a tuneforge experiment (no tune_config.yaml)")
     return load_config(saved)
 
 
 def read_best_run(experiment_dir: Path) -> dict[str, Any]:
-    path = Path(experiment_dir) / "best_run.json"
+    from tuneforge.train.checkpoints import locate_run
+
+    path = locate_run(experiment_dir) / "best_run.json"
     if not path.is_file():
         raise TuneforgeError(f"{experiment_dir}: no best_run.json (the search has not finished; resume it with "
                              f"tuneforge tune --resume {experiment_dir})")

@@ -1,8 +1,8 @@
 """Classification rows: text columns joined in order, one label column, CSV or JSONL.
 
 The label set is learned from the training file (sorted, saved with the run). Validation is `valid_path` or a
-stratified, seeded `valid_split`. Labels in evaluation data that training never saw are kept and scored as wrong,
-never dropped.
+stratified, seeded `valid_split`. A validation label that training never saw is refused before training (the model
+could not score it); in `tuneforge eval` data such rows are kept and scored as wrong, never dropped.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def row_label(record: Record, path: Path, label_field: str) -> str:
     value = record.data[label_field]
     label = "" if value is None else str(value).strip()
     if not label:
-        raise DataError(f"{where(path, record.line)}: empty label in column '{label_field}'; every training row needs one")
+        raise DataError(f"{where(path, record.line)}: empty label in column '{label_field}'; every row needs one")
     return label
 
 
@@ -67,7 +67,7 @@ def read_labelled(path: Path, role: str, text_fields: list[str], label_field: st
 
 
 def stratified_split(labels: list[str], share: float, seed: int) -> tuple[list[int], list[int]]:
-    """Hold out `share` of every class (seeded); a class with a single row stays in training."""
+    """Hold out `share` of every class (seeded); every class keeps at least one training row."""
     by_class: dict[str, list[int]] = defaultdict(list)
     for index, label in enumerate(labels):
         by_class[label].append(index)
@@ -77,7 +77,7 @@ def stratified_split(labels: list[str], share: float, seed: int) -> tuple[list[i
         members = by_class[label]
         rng.shuffle(members)
         if len(members) >= 2 and share > 0:
-            held_out.update(members[: max(1, round(len(members) * share))])
+            held_out.update(members[: min(len(members) - 1, max(1, round(len(members) * share)))])
     train = [i for i in range(len(labels)) if i not in held_out]
     return train, sorted(held_out)
 

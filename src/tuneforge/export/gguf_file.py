@@ -1,9 +1,10 @@
 """Writing GGUF files with the `gguf` package's writer: a whole model (f16, q8_0, q4_0; q4_k_m through
 llama.cpp's quantizer) or a LoRA adapter that llama.cpp applies on top of an unchanged base GGUF.
 
-Supported: llama-architecture models (Llama, SmolLM, Mistral) and Qwen2, with byte-level BPE tokenizers. llama.cpp
-stores Llama's Q/K projection rows in the interleaved rotary layout, so those rows (and a LoRA's B rows for them)
-are permuted; Qwen2 uses the NeoX layout and is written as is.
+Supported: llama-architecture models (Llama, SmolLM, Mistral) and Qwen2, with byte-level BPE tokenizers; for
+Llama, plain, linear and Llama-3.1-style ("llama3") rotary scaling. llama.cpp stores Llama's Q/K projection rows in
+the interleaved rotary layout, so those rows (and a LoRA's B rows for them) are permuted; Qwen2 uses the NeoX layout
+and is written as is.
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ class ModelShape:
         arch = ARCHITECTURES.get(arch_name)
         if arch is None:
             raise ExportError(f"GGUF export does not support {arch_name}; supported: {', '.join(sorted(ARCHITECTURES))}")
-        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-        if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-            raise ExportError(f"GGUF export does not support rope scaling '{rope.get('rope_type')}' yet")
+        kind = rope_type(config)
+        allowed = ("default", *SCALED_ROPE_TYPES) if arch == "llama" else ("default",)
+        if kind not in allowed:
+            raise ExportError(f"GGUF export of {arch_name} does not support rope scaling '{kind}'; "
+                              f"supported: {', '.join(allowed)}")
         heads = config.num_attention_heads
         return cls(arch, heads, getattr(config, "num_key_value_heads", None) or heads)
 
@@ -56,6 +59,35 @@ class ModelShape:
         if ".attn_k." in gguf_name:
             return self.kv_heads
         return None
+
+
+SCALED_ROPE_TYPES = ("linear", "llama3")  # both are per-dimension frequency divisors: llama.cpp's rope_freqs tensor
+
+
+def rope_type(config: Any) -> str:
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    return rope.get("rope_type") or rope.get("type") or "default"
+
+
+def rope_frequency_factors(config: Any) -> np.ndarray | None:
+    """For scaled rotary embeddings, what llama.cpp divides each dimension's base frequency by: the plain
+    frequencies over the scaled ones that transformers itself computes for this config."""
+    kind = rope_type(config)
+    if kind == "default":
+        return None
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaled, attention_factor = ROPE_INIT_FUNCTIONS[kind](config, "cpu")
+    if attention_factor != 1.0:
+        raise ExportError(f"GGUF export does not support rope scaling '{kind}' with an attention factor")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    plain = 1.0 / rope_theta(config) ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    return (plain / scaled.double().numpy()).astype(np.float32)
+
+
+def rope_theta(config: Any) -> float:
+    rope = getattr(config, "rope_parameters", None) or {}
+    return float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
 
 
 def rotary_permute(rows: np.ndarray, heads: int) -> np.ndarray:
@@ -111,7 +143,6 @@ def add_model_metadata(writer: Any, config: Any, name: str, quant: str) -> None:
 
     file_types = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
                   "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
-    rope = getattr(config, "rope_parameters", None) or {}
     writer.add_name(name)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -121,7 +152,7 @@ def add_model_metadata(writer: Any, config: Any, name: str, quant: str) -> None:
     writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))))
+    writer.add_rope_freq_base(rope_theta(config))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(file_types[quant])
@@ -135,8 +166,9 @@ def add_tokenizer(writer: Any, model_dir: Path, tokenizer: Any, config: Any, tok
     tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     model = tokenizer_json.get("model", {})
     if model.get("type") != "BPE" or (tokenizer_json.get("decoder") or {}).get("type") != "ByteLevel":
-        raise ExportError("GGUF export supports byte-level BPE tokenizers (Llama 3, Qwen2, SmolLM); this model's "
-                          "tokenizer is not one")
+        kind = model.get("type") or "unknown"
+        raise ExportError(f"GGUF export supports byte-level BPE tokenizers (Llama 3, Qwen2, SmolLM); this model's is "
+                          f"{kind}{' without byte-level decoding (SentencePiece style: Llama 2, Mistral 7B, TinyLlama)' if kind == 'BPE' else ''}")
     vocab = tokenizer.get_vocab()
     size = max(config.vocab_size, max(vocab.values()) + 1)
     tokens = [f"[PAD{i}]" for i in range(size)]  # ids the tokenizer never produces (embedding rows beyond it)
@@ -186,6 +218,11 @@ def add_model_tensors(writer: Any, model_dir: Path, config: Any, shape: ModelSha
                 stored, qtype = encode_tensor(gguf_name, data, quant)
                 writer.add_tensor(gguf_name, stored, raw_dtype=qtype)
                 counts[qtype.name] = counts.get(qtype.name, 0) + 1
+    factors = rope_frequency_factors(config)
+    if factors is not None:
+        writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors,
+                          raw_dtype=gguf.GGMLQuantizationType.F32)
+        counts["F32"] = counts.get("F32", 0) + 1
     return counts
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.export.gguf_file import ExportError, write_lora_gguf, write_model_gguf
+from tuneforge.export.gguf_file import QUANT_TYPES, ExportError, write_lora_gguf, write_model_gguf
 from tuneforge.io import atomic_dir, write_json, write_text
 from tuneforge.train.checkpoints import META_FILE, STATE_FILE, read_meta, resolve_checkpoint
 
@@ -47,6 +47,8 @@ def export_run(run: str | Path, fmt: str, settings: ExportSettings | None = None
     settings = settings or ExportSettings()
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    if settings.quant not in QUANT_TYPES:  # before minutes of loading and merging
+        raise ExportError(f"unknown quant type '{settings.quant}'; choose one of {', '.join(QUANT_TYPES)}")
     checkpoint = resolve_checkpoint(run)
     meta = read_meta(checkpoint)
     if meta.get("task") != "causal_lm" and fmt != "merged":
@@ -91,19 +93,24 @@ def reference_and_probes(checkpoint: Path, run_dir: Path, settings: ExportSettin
 
 
 def merge_into(generator: Any, probes: list[Any], target: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """Merge the adapter into the fp32 base in place, measuring fidelity against the unmerged model first."""
+    """Merge the adapter into the fp32 base and save it; fidelity compares the model read back from the saved
+    files (what users will load) with the unmerged base + adapter."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     from tuneforge.export.fidelity import answer_logits
 
-    reference = [answer_logits(generator.model, probe) for probe in probes if probe.answer_ids]
+    answered = [probe for probe in probes if probe.answer_ids]
+    reference = [answer_logits(generator.model, probe) for probe in answered]
     merged = generator.model.merge_and_unload()
-    generator.model = merged
-    fidelity = compare_to_saved(merged, [p for p in probes if p.answer_ids], reference)
     with atomic_dir(target) as staged:
         merged.save_pretrained(staged, safe_serialization=True)
         generator.tokenizer.save_pretrained(staged)
         merged_meta = {**meta, "lora": False, "merged_from": meta.get("model_id"), "model_source": str(target)}
         (staged / META_FILE).write_text(json.dumps(merged_meta, indent=2), encoding="utf-8")
-    return fidelity
+    del merged
+    generator.model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
+    return compare_to_saved(generator.model, answered, reference)
 
 
 def compare_to_saved(model: Any, probes: list[Any], reference: list[Any]) -> dict[str, Any]:
@@ -143,24 +150,41 @@ def copy_full_model(checkpoint: Path, target: Path) -> None:
 def merge_classifier(checkpoint: Path, target: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """A classification adapter (head included) merged into its encoder; fidelity on the validation texts."""
     import torch
+    from transformers import AutoModelForSequenceClassification
 
     from tuneforge.inference import load_checkpoint
     from tuneforge.predict import Predictor
 
     loaded = load_checkpoint(checkpoint, task="classification")
     predictor = Predictor(loaded.model, loaded.tokenizer, loaded.meta)
-    texts = ["A quick check of the merged classifier.", "Another sentence for the fidelity check."]
-    batch = loaded.tokenizer(texts, padding=True, return_tensors="pt")
+    texts = validation_texts(run_directory(checkpoint), limit=32)
+    batch = loaded.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
     with torch.no_grad():
         before = loaded.model(**batch).logits.float()
         merged = loaded.model.merge_and_unload()
-        after = merged(**batch).logits.float()
     with atomic_dir(target) as staged:
         merged.save_pretrained(staged, safe_serialization=True)
         predictor.tokenizer.save_pretrained(staged)
         (staged / META_FILE).write_text(json.dumps({**meta, "lora": False}, indent=2), encoding="utf-8")
-    return {"path": str(target), "fidelity": {"max_abs_logit_diff": float((before - after).abs().max()),
+    with torch.no_grad():
+        after = AutoModelForSequenceClassification.from_pretrained(target, dtype=torch.float32).eval()(**batch).logits.float()
+    return {"path": str(target), "fidelity": {"texts": len(texts), "max_abs_logit_diff": float((before - after).abs().max()),
                                               "label_agreement": float((before.argmax(-1) == after.argmax(-1)).float().mean())}}
+
+
+def validation_texts(run_dir: Path, limit: int) -> list[str]:
+    """Texts of the run's validation rows (valid_path, or the held-out rows of its seeded split)."""
+    from tuneforge.config import load_config
+    from tuneforge.data.classification import read_labelled, row_text, stratified_split
+
+    config = load_config(run_dir / "config.yaml")
+    fields = list(config.text_fields or [])
+    role = "valid_path" if config.valid_path else "train_path"
+    records, labels = read_labelled(Path(config.valid_path or config.train_path), role, fields, str(config.label_field))
+    if not config.valid_path:
+        _, held_out = stratified_split(labels, config.valid_split, config.seed)
+        records = [records[i] for i in held_out] or records
+    return [row_text(record.data, fields) for record in records[:limit]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -248,8 +272,9 @@ CHATML_TEMPLATE = """{{- if .System }}<|im_start|>system
 def write_modelfile(path: Path, model_file: str | None, adapter_file: str | None, tokenizer: Any, run_dir: Path) -> None:
     """An Ollama Modelfile: the model (or base + ADAPTER), the chat template for ChatML models (others use the
     template inside the GGUF), the stop token, greedy decoding, and the system prompt the run trained with."""
-    lines = [f"FROM ./{model_file}" if model_file else "FROM ./base.gguf  # the unchanged base model as GGUF "
-             "(tuneforge export --format gguf-lora --with-base writes one)"]
+    lines = [f"FROM ./{model_file}"] if model_file else [
+        "# base.gguf: the unchanged base model as GGUF (tuneforge export --format gguf-lora --with-base writes one)",
+        "FROM ./base.gguf"]
     if adapter_file:
         lines.append(f"ADAPTER ./{adapter_file}")
     template = tokenizer.chat_template or ""

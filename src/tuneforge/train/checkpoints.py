@@ -56,11 +56,24 @@ def is_checkpoint(path: Path) -> bool:
     return (path / META_FILE).is_file()
 
 
+DEFAULT_RUNS_DIR = Path("runs")  # output_dir's default: a bare run name is looked up here
+
+
+def locate_run(path: str | Path) -> Path:
+    """A run, experiment or checkpoint directory given as a path, or as a name under ./runs."""
+    path = Path(path)
+    if path.exists():
+        return path
+    named = DEFAULT_RUNS_DIR / path
+    if not path.is_absolute() and named.exists():
+        return named
+    raise CheckpointError(f"{path}: no such run, experiment or checkpoint directory (nor {named}); "
+                          "`tuneforge runs list` shows what there is")
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory from a run directory (its best checkpoint, else its latest) or a checkpoint path."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such run or checkpoint directory")
+    path = locate_run(path)
     if is_checkpoint(path):
         return path
     if is_checkpoint(path / "best"):

@@ -74,6 +74,7 @@ def prepare_run(config: TrainConfig, reporter: Reporter | None = None) -> Prepar
     """Resolve the model, load the tokenizer, read and tokenize the data, compute the plan. Raises a
     TuneforgeError for any bad input; writes nothing."""
     from tuneforge.models import (
+        ModelError,
         check_lora_targets,
         ensure_distinct_pad,
         load_model_config,
@@ -87,8 +88,11 @@ def prepare_run(config: TrainConfig, reporter: Reporter | None = None) -> Prepar
         reporter.phase(f"converting bundled {config.model_id} to a cached HF directory (first use only, ~20 s)")
     else:
         reporter.phase(f"resolving model {config.model_id}")
-    source = resolve_model(config.model_id)
-    model_config = load_model_config(source, config.model_id, config.trust_remote_code)
+    try:
+        source = resolve_model(config.model_id)
+        model_config = load_model_config(source, config.model_id, config.trust_remote_code)
+    except ModelError as exc:
+        raise ModelError(f"{config.source_of('model_id')}: {exc}") from None
     tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
     ensure_distinct_pad(tokenizer)
     reporter.phase("reading and tokenizing data")
@@ -179,7 +183,9 @@ def train(
 def resume(run_dir: Path, *, overrides: list[str] | None = None, address: str | None = None, dashboard: bool = False,
            reporter: Reporter | None = None, cpus_per_worker: float | None = None, debug: bool = False) -> RunResult:
     """Continue a run from its latest checkpoint (Ray Train restores it from the run's checkpoint snapshot)."""
-    run_dir = Path(run_dir)
+    from tuneforge.train.checkpoints import locate_run
+
+    run_dir = locate_run(run_dir)
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         raise TuneforgeError(f"{run_dir}: not a tuneforge run (no config.yaml); give the run directory to --resume")
