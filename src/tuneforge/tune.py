@@ -601,7 +601,7 @@ def scored_evals(run_dir: Path, metric: str) -> list[tuple[float, dict[str, Any]
 def metric_columns(prefix: str, row: dict[str, Any]) -> dict[str, Any]:
     """trials.csv columns for the validation metrics of one event: `best.eval_f1`, `final.eval_loss`, ..."""
     return {f"{prefix}.{key}": value for key, value in row.items()
-            if key.startswith("eval_") and key != "eval_seconds" or key == "step"}
+            if (key.startswith("eval_") and key != "eval_seconds") or key == "step"}
 
 
 def trial_status(result: Any, run_dir: Path) -> str:
