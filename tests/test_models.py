@@ -30,13 +30,19 @@ def test_fast_target_only_loss_equals_the_models_own_loss(tiny_llama_dir):
     labels[attention == 0] = IGNORE_INDEX
     objective = CausalLMObjective(model)
     assert objective.plain_head
-    loss_sum, count = objective(input_ids, attention, labels)
+    adapters = {name: p for name, p in model.named_parameters() if "lora_" in name}
     reference = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+    reference.backward()
+    expected = {name: p.grad.clone() for name, p in adapters.items()}
+    model.zero_grad(set_to_none=True)
+    # Target positions only, no padding mask (right padding), the fused frozen-head loss: same loss, same gradients.
+    loss_sum, count = objective(input_ids, attention, labels)
     assert count == int((labels[:, 1:] != IGNORE_INDEX).sum())
     assert float(loss_sum / count) == pytest.approx(float(reference), rel=1e-5)
-    # and gradients reach the adapters
-    loss_sum.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
+    (loss_sum / count).backward()
+    assert all(p.grad.abs().sum() > 0 for p in adapters.values())
+    for name, p in adapters.items():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_tokenizer_without_a_spare_token_gets_a_new_pad_and_zeroed_embedding_row(tiny_llama_dir):

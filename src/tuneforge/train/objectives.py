@@ -28,6 +28,42 @@ def unwrap_peft(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+class FrozenHeadCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T` against `targets`, for a frozen output layer (LoRA).
+
+    Chunk by chunk of rows, the forward pass computes the loss *and* d(loss)/d(hidden) (softmax minus one-hot, times
+    the weight); backward only scales that by the incoming gradient. The [targets, vocab] logits, their fp32 copy
+    and the softmax gradient never exist in full: with a 49k vocabulary that memory traffic cost more than a
+    quarter of a CPU training step (bench/train_vs_hf.py). The weight's own gradient is never computed.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                want_grad: bool, chunk: int) -> torch.Tensor:
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if want_grad else None
+        for start in range(0, hidden.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            logits = (hidden[rows].to(weight.dtype) @ weight.t()).float()
+            wanted = targets[rows]
+            log_norm = torch.logsumexp(logits, dim=-1)
+            loss += (log_norm - logits.gather(1, wanted[:, None]).squeeze(1)).sum()
+            if want_grad:
+                probabilities = logits.sub_(log_norm[:, None]).exp_()
+                probabilities[torch.arange(len(wanted), device=wanted.device), wanted] -= 1.0
+                grad_hidden[rows] = (probabilities.to(weight.dtype) @ weight).to(hidden.dtype)
+        ctx.save_for_backward(grad_hidden if want_grad else hidden.new_empty(0))
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad_loss.to(grad_hidden.dtype), None, None, None, None
+
+
+HEAD_CHUNK_ROWS = 64  # [64, vocab] fp32 logits per chunk: a few MB, kept in cache between the matmuls
+
+
 class CausalLMObjective(nn.Module):
     """Next-token cross-entropy on target positions."""
 
@@ -45,8 +81,17 @@ class CausalLMObjective(nn.Module):
         selected = targets != IGNORE_INDEX
         if self.plain_head:
             hf_model = unwrap_peft(self.model)
-            hidden = hf_model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
-            logits = hf_model.get_output_embeddings()(hidden[:, :-1][selected])
+            # Training batches are padded on the right, and in these causal decoders no real token attends to a
+            # later position, so no real token can see a pad: the mask changes nothing that is scored. Without it
+            # SDPA takes its causal (and grouped-query) fast path.
+            hidden = hf_model.base_model(input_ids=input_ids, attention_mask=None, use_cache=False)[0]
+            head = hf_model.get_output_embeddings()
+            if self.frozen_head(head):
+                loss_sum = FrozenHeadCrossEntropy.apply(
+                    hidden[:, :-1][selected], self.head_weight(head), targets[selected],
+                    torch.is_grad_enabled() and hidden.requires_grad, HEAD_CHUNK_ROWS)
+                return loss_sum, selected.sum()
+            logits = head(hidden[:, :-1][selected])
         else:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1][selected]
         loss_sum = F.cross_entropy(logits.float(), targets[selected], reduction="sum")
@@ -55,6 +100,19 @@ class CausalLMObjective(nn.Module):
     def eval_batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, None]:
         loss_sum, count = self(**batch)
         return loss_sum, count, None
+
+    @staticmethod
+    def frozen_head(head: nn.Module) -> bool:
+        return isinstance(head, nn.Linear) and head.bias is None and not head.weight.requires_grad
+
+    def head_weight(self, head: nn.Linear) -> torch.Tensor:
+        """The frozen head's weight in the autocast dtype, cast once rather than at every step."""
+        dtype = torch.get_autocast_dtype(head.weight.device.type) if torch.is_autocast_enabled(head.weight.device.type) \
+            else head.weight.dtype
+        cached = getattr(self, "_head_cache", None)
+        if cached is None or cached[0] is not head.weight or cached[1].dtype != dtype:
+            self._head_cache = (head.weight, head.weight.detach().to(dtype))
+        return self._head_cache[1]
 
     @staticmethod
     def target_count(batch: dict[str, torch.Tensor]) -> float:
