@@ -104,3 +104,32 @@ def test_training_model_does_not_freeze_the_eos_embedding_row(tiny_llama_dir, sm
     ids = torch.tensor([[5, 6, eos]])
     model(input_ids=ids, labels=ids).loss.backward()
     assert model.get_input_embeddings().weight.grad[eos].abs().sum() > 0
+
+
+def test_compiled_blocks_train_like_eager_ones(tiny_llama_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.models import compile_layers
+
+    def loss_and_grads(compiled: bool) -> tuple[float, dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+                               LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        if compiled:
+            assert compile_layers(model) == 2
+        objective = CausalLMObjective(model)
+        total = 0.0
+        for width in (12, 17):  # two lengths: one dynamic-shape graph serves both
+            input_ids = torch.randint(5, 1000, (2, width))
+            loss_sum, count = objective(input_ids, torch.ones_like(input_ids), input_ids.clone())
+            (loss_sum / count).backward()
+            total += float(loss_sum / count)
+        return total, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    eager_loss, eager_grads = loss_and_grads(False)
+    compiled_loss, compiled_grads = loss_and_grads(True)
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-5)
+    assert eager_grads.keys() == compiled_grads.keys() and eager_grads
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)

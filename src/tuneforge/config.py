@@ -110,6 +110,9 @@ class TrainConfig(BaseModel):
     no_gradient_checkpoint: bool | None = Field(
         None, description="default: checkpointing on GPU (memory-bound), off on CPU (compute-bound)"
     )
+    torch_compile: bool = Field(
+        False, description="compile each transformer layer with torch.compile: faster steps after a one-time compile"
+    )
     lora_config: dict[str, Any] | None = Field(None, description="any PEFT LoraConfig field; absent = full FT")
 
     # --- validation and checkpoints ----------------------------------------------------------------------------

@@ -293,7 +293,24 @@ def load_model_for_training(
         model = attach_lora(model, config, resume_dir)
         if precision == "bf16" and not config.load_in_4bit:
             freeze_linears_in_bf16(model)
+    if config.torch_compile:
+        compile_layers(model)
     return model.to(device) if not config.load_in_4bit else model
+
+
+def compile_layers(model: Any) -> int:
+    """torch.compile every transformer block in place (LoRA layers included), with dynamic shapes so that batches
+    of different lengths reuse one graph. Blocks rather than the whole model: the loss, the PEFT wrapper and
+    gradient checkpointing stay eager, and the compiled graphs are small. Returns how many were compiled."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    blocks = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+    if not blocks:
+        raise ModelError(f"torch_compile: no transformer blocks found in {type(model).__name__}; "
+                         "set torch_compile: false")
+    for block in blocks:
+        block.compile(dynamic=True)
+    return len(blocks)
 
 
 def freeze_linears_in_bf16(model: Any) -> None:

@@ -51,7 +51,8 @@ class TrainingLoop:
         self.data, self.tokenizer = payload["data"], payload["tokenizer"]
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
-        torch.set_num_threads(max(1, int(inputs.get("threads") or 1)))
+        # A Tune trial keeps 0.01 CPU for itself, so its workers get e.g. 1.99: that is still two threads.
+        torch.set_num_threads(max(1, int(float(inputs.get("threads") or 1) + 0.05)))
 
     # ----------------------------------------------------------------------------------------------------------
     # setup
