@@ -114,6 +114,14 @@ def test_long_rows_are_truncated_and_counted(tmp_path, smol_tokenizer):
     assert any("truncated" in note for note in data.notes)
 
 
+def test_rows_left_without_targets_are_dropped_and_not_counted(tmp_path, smol_tokenizer):
+    rows = [chat_row("short", "yes")] * 4 + [chat_row("word " * 200, "the answer")] * 2  # answer beyond 64 tokens
+    data = prepared(tmp_path, smol_tokenizer, rows, context_length=64, valid_split=0)
+    assert len(data.train) == 4 and data.stats["train"].rows == 4  # what steps/epoch and `plan` both use
+    assert data.stats["train"].max > 64  # the length statistics still describe every row read
+    assert any("2 row(s) dropped" in note for note in data.notes)
+
+
 def test_long_rows_are_refused_when_configured(tmp_path, smol_tokenizer):
     rows = [chat_row("short", "yes"), chat_row("word " * 200, "x")]
     with pytest.raises(DataError, match=r"train\.jsonl:2: row is \d+ tokens, longer than context_length 64"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,8 @@ def prepare_causal(config: TrainConfig, tokenizer: Any, model_max_length: int | 
         if truncated:
             notes.append(f"{name}: {truncated} row(s) truncated to context_length {context_length}")
         target_tokens = int(sum(example.target_mask.sum() for example in kept[name]))
-        stats[name] = LengthStats.of(lengths, target_tokens, truncated)
+        # Token lengths describe every row read; the row count is what training uses (steps/epoch follow it).
+        stats[name] = replace(LengthStats.of(lengths, target_tokens, truncated), rows=len(kept[name]))
     if not kept["train"]:
         raise DataError(f"{train_path}: no row has target tokens within context_length {context_length}")
     return PreparedData(shape, kept["train"], kept["valid"], context_length, stats, notes=notes)
