@@ -123,18 +123,26 @@ def validate_search(config: TrainConfig) -> dict[str, dict[str, Any]]:
         except ValueError as exc:
             raise ConfigError(f"{where}: search_space.{key}: {exc}") from None
         for sample in samples:
-            try:
-                TrainConfig.model_validate(with_params(base, {key: sample}))
-            except ValueError as exc:
-                detail = str(exc).splitlines()[2].strip() if len(str(exc).splitlines()) > 2 else str(exc)
-                raise ConfigError(f"{where}: search_space.{key} value {sample!r} is invalid: {detail}") from None
+            problem = invalid_params(base, {key: sample})
+            if problem:
+                raise ConfigError(f"{where}: search_space.{key} value {sample!r} is invalid: {problem}")
     settings = config.tune or TuneSettings()
     if settings.search_alg != "basic" and any("grid" in spec for spec in space.values()):
         raise ConfigError(f"{config.source_of('tune', 'search_alg')}: grid values need search_alg: basic; "
                           f"{settings.search_alg} samples, so use choice instead of grid")
     check_metric(config, settings)
-    check_points(config, settings, space)
+    check_points(config, settings, space, base)
     return space
+
+
+def invalid_params(base: dict[str, Any], params: dict[str, Any]) -> str | None:
+    """None when the config dict `base` with dotted `params` set is a valid TrainConfig, else pydantic's reason."""
+    try:
+        TrainConfig.model_validate(with_params(base, params))
+    except ValueError as exc:
+        lines = str(exc).splitlines()
+        return lines[2].strip() if len(lines) > 2 else str(exc)
+    return None
 
 
 def check_metric(config: TrainConfig, settings: TuneSettings) -> None:
@@ -144,19 +152,17 @@ def check_metric(config: TrainConfig, settings: TuneSettings) -> None:
                           f"{suggest(settings.metric, known, list_when_none_close=False)}; trials report {', '.join(known)}")
 
 
-def check_points(config: TrainConfig, settings: TuneSettings, space: dict[str, Any]) -> None:
+def check_points(config: TrainConfig, settings: TuneSettings, space: dict[str, Any], base: dict[str, Any]) -> None:
     """points_to_evaluate name searched keys only (dotted, as in the search space), with values a trial accepts."""
-    base = config.model_dump(mode="json", exclude={"search_space", "tune"})
+    where = config.source_of("tune", "points_to_evaluate")
     for number, point in enumerate(settings.points_to_evaluate or [], start=1):
-        where = config.source_of("tune", "points_to_evaluate")
         for key in point:
             if key not in space:
-                raise ConfigError(f"{where}: point {number}: '{key}' is not a search_space key{suggest(key, space, list_when_none_close=False)}")
-        try:
-            TrainConfig.model_validate(with_params(base, point))
-        except ValueError as exc:
-            detail = str(exc).splitlines()[2].strip() if len(str(exc).splitlines()) > 2 else str(exc)
-            raise ConfigError(f"{where}: point {number} is invalid: {detail}") from None
+                close = suggest(key, space, list_when_none_close=False)
+                raise ConfigError(f"{where}: point {number}: '{key}' is not a search_space key{close}")
+        problem = invalid_params(base, point)
+        if problem:
+            raise ConfigError(f"{where}: point {number} is invalid: {problem}")
 
 
 def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -525,18 +531,18 @@ def summarize(experiment_dir: Path, grid: Any, metric: str, mode: str, space: di
         trial_id = Path(result.path).name.removeprefix("trial_")
         run_dir = experiment_dir / trial_dirname(trial_id)
         evals = scored_evals(run_dir, metric)
-        values = [value for value, _ in evals]
         finished = statuses.get(trial_id, "TERMINATED") in ("TERMINATED", "ERROR")
-        best_row = better(evals, key=lambda item: item[0])[1] if evals else {}
+        best_value, best_row = better(evals, key=lambda item: item[0]) if evals else (None, {})
+        final_value, final_row = evals[-1] if evals else (None, {})
         trials.append({
             "run_id": trial_dirname(trial_id),
             "status": trial_status(result, run_dir) if finished else "interrupted",
-            "iterations": len(values),
-            "best_objective": better(values) if values else None,
-            "final_objective": values[-1] if values else None,
+            "iterations": len(evals),
+            "best_objective": best_value,
+            "final_objective": final_value,
             **{f"param.{k}": v for k, v in flatten_params(result.config).items()},
             **metric_columns("best", best_row),
-            **metric_columns("final", evals[-1][1] if evals else {}),
+            **metric_columns("final", final_row),
             "run_dir": str(run_dir),
             "error": str(result.error).splitlines()[0] if result.error else "",
         })
@@ -565,10 +571,9 @@ def best_kept_checkpoint(run_dir: Path, metric: str, mode: str) -> Path | None:
 
     scored = []
     for path in list_checkpoints(run_dir):
-        metrics = read_meta(path).get("metrics", {})
-        value = default_objective(metrics) if metric == "objective" and "eval_loss" in metrics else metrics.get(metric)
-        if isinstance(value, (int, float)):
-            scored.append((float(value), path))
+        value = objective_value(read_meta(path).get("metrics", {}), metric)
+        if value is not None:
+            scored.append((value, path))
     if not scored:
         return run_dir / "best" if (run_dir / "best").is_dir() else None
     return (min if mode == "min" else max)(scored, key=lambda item: item[0])[1]
@@ -593,9 +598,15 @@ def scored_evals(run_dir: Path, metric: str) -> list[tuple[float, dict[str, Any]
     from tuneforge.train.tracking import read_metrics
 
     evals = [row for row in read_metrics(run_dir) if row.get("type") == "eval"]
+    return [(value, row) for row in evals if (value := objective_value(row, metric)) is not None]
+
+
+def objective_value(metrics: dict[str, Any], metric: str) -> float | None:
+    """The search metric from one validation event's metrics ('objective': HF's default), if it was reported."""
     if metric == "objective":
-        return [(default_objective(row), row) for row in evals if "eval_loss" in row]
-    return [(float(row[metric]), row) for row in evals if isinstance(row.get(metric), (int, float))]
+        return default_objective(metrics) if "eval_loss" in metrics else None
+    value = metrics.get(metric)
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def metric_columns(prefix: str, row: dict[str, Any]) -> dict[str, Any]:

@@ -82,21 +82,23 @@ def stratified_split(labels: list[str], share: float, seed: int) -> tuple[list[i
     return train, sorted(held_out)
 
 
+def labelled_splits(config: TrainConfig) -> tuple[tuple[list[Record], list[str]], tuple[list[Record], list[str]]]:
+    """(records, labels) of the training and the validation rows: valid_path, or the seeded stratified split."""
+    text_fields, label_field = list(config.text_fields or []), str(config.label_field)
+    records, labels = read_labelled(Path(config.train_path), "train_path", text_fields, label_field)
+    if config.valid_path:
+        return (records, labels), read_labelled(Path(config.valid_path), "valid_path", text_fields, label_field)
+    train_idx, valid_idx = stratified_split(labels, config.valid_split, config.seed)
+    return tuple(([records[i] for i in chosen], [labels[i] for i in chosen]) for chosen in (train_idx, valid_idx))
+
+
 def prepare_classification(config: TrainConfig, tokenizer: Any, max_length: int | None) -> Any:
     from tuneforge.data.prepare import LengthStats, PreparedData, choose_context_length
 
-    text_fields, label_field = list(config.text_fields or []), str(config.label_field)
+    text_fields = list(config.text_fields or [])
     train_path = Path(config.train_path)
-    records, labels = read_labelled(train_path, "train_path", text_fields, label_field)
-    if config.valid_path:
-        valid_path = Path(config.valid_path)
-        valid_records, valid_labels = read_labelled(valid_path, "valid_path", text_fields, label_field)
-        train_records, train_labels = records, labels
-    else:
-        valid_path = train_path
-        train_idx, valid_idx = stratified_split(labels, config.valid_split, config.seed)
-        train_records, train_labels = [records[i] for i in train_idx], [labels[i] for i in train_idx]
-        valid_records, valid_labels = [records[i] for i in valid_idx], [labels[i] for i in valid_idx]
+    (train_records, train_labels), (valid_records, valid_labels) = labelled_splits(config)
+    valid_path = Path(config.valid_path or config.train_path)
     label_names = sorted(set(train_labels))
     if len(label_names) < 2:
         raise DataError(f"{train_path}: only one label ({label_names[0]!r}) in training data; a classifier needs at least 2")

@@ -153,10 +153,8 @@ def merge_classifier(checkpoint: Path, target: Path, meta: dict[str, Any]) -> di
     from transformers import AutoModelForSequenceClassification
 
     from tuneforge.inference import load_checkpoint
-    from tuneforge.predict import Predictor
 
     loaded = load_checkpoint(checkpoint, task="classification")
-    predictor = Predictor(loaded.model, loaded.tokenizer, loaded.meta)
     texts = validation_texts(run_directory(checkpoint), limit=32)
     batch = loaded.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
     with torch.no_grad():
@@ -164,7 +162,7 @@ def merge_classifier(checkpoint: Path, target: Path, meta: dict[str, Any]) -> di
         merged = loaded.model.merge_and_unload()
     with atomic_dir(target) as staged:
         merged.save_pretrained(staged, safe_serialization=True)
-        predictor.tokenizer.save_pretrained(staged)
+        loaded.tokenizer.save_pretrained(staged)
         (staged / META_FILE).write_text(json.dumps({**meta, "lora": False}, indent=2), encoding="utf-8")
     with torch.no_grad():
         after = AutoModelForSequenceClassification.from_pretrained(target, dtype=torch.float32).eval()(**batch).logits.float()
@@ -175,16 +173,11 @@ def merge_classifier(checkpoint: Path, target: Path, meta: dict[str, Any]) -> di
 def validation_texts(run_dir: Path, limit: int) -> list[str]:
     """Texts of the run's validation rows (valid_path, or the held-out rows of its seeded split)."""
     from tuneforge.config import load_config
-    from tuneforge.data.classification import read_labelled, row_text, stratified_split
+    from tuneforge.data.classification import labelled_splits, row_text
 
     config = load_config(run_dir / "config.yaml")
-    fields = list(config.text_fields or [])
-    role = "valid_path" if config.valid_path else "train_path"
-    records, labels = read_labelled(Path(config.valid_path or config.train_path), role, fields, str(config.label_field))
-    if not config.valid_path:
-        _, held_out = stratified_split(labels, config.valid_split, config.seed)
-        records = [records[i] for i in held_out] or records
-    return [row_text(record.data, fields) for record in records[:limit]]
+    _, (records, _) = labelled_splits(config)
+    return [row_text(record.data, list(config.text_fields or [])) for record in records[:limit]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
