@@ -159,6 +159,17 @@ def test_llama3_rope_scaling_is_exported_as_llama_cpp_frequency_factors(tmp_path
     assert (got.argmax(-1) == expected.argmax(-1)).mean() == 1.0
 
 
+def test_unsupported_rope_scaling_is_refused_naming_what_is_supported():
+    from transformers import LlamaConfig
+
+    from tuneforge.export.gguf_file import ModelShape
+
+    config = LlamaConfig(architectures=["LlamaForCausalLM"],
+                         rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0})
+    with pytest.raises(ExportError, match="does not support rope scaling 'yarn'; supported: default, linear, llama3"):
+        ModelShape.of(config)
+
+
 def test_rotary_permutation_interleaves_each_heads_halves():
     rows = np.arange(8)[:, None].astype(np.float32)  # one head of dim 8: x0..x3 then y0..y3
     assert rotary_permute(rows, heads=1)[:, 0].tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
