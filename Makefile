@@ -21,12 +21,18 @@ $(VENV)/.core: $(BIN)/python pyproject.toml
 	$(PIP) install -q -e .
 	touch $@
 
-# llama-cpp-python is sdist-only: it compiles here (~3.5 min on 2 cores the first time, then pip's wheel cache has
-# it). Only the library is built: no examples, tools, server or multimodal parts.
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=on -DLLAVA_BUILD=off -DLLAMA_BUILD_EXAMPLES=off -DLLAMA_BUILD_TESTS=off \
-	-DLLAMA_BUILD_SERVER=off -DLLAMA_BUILD_TOOLS=off
-$(VENV)/.dev: $(VENV)/.core
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q -e ".[dev,gguf,qlora]"
+# llama-cpp-python is sdist-only: scripts/install_llama_cpp.sh compiles it (4-6 min on 2 cores, once per machine: it
+# keeps a wheelhouse keyed by CPU and flags). Why LLAMA_CPU=native (the default) is -march=native with Intel AMX off:
+# - ggml's AMX kernels die with SIGILL (`tileloadd`) on our Intel Sapphire Rapids VMs; the flags remove every AMX
+#   instruction (a Sapphire Rapids build of ggml-cpu with them: 0 AMX instructions, AVX-512 kept).
+# - a fixed AVX-512 build dies on our AMD EPYC machines, which have AVX2 but no AVX-512;
+# - llama.cpp's runtime dispatch (GGML_CPU_ALL_VARIANTS) would pick its AMX `sapphirerapids` variant on Intel.
+# Measured with bench/llama_cpp_builds.py (Q8_0 SmolLM2, AMD EPYC, 2 threads; prompt / generation tokens/s):
+# native 318-327 / 73-81, portable 248-315 / 69. LLAMA_CPU=portable (AVX2 only) is for a venv that moves between machines.
+LLAMA_CPU ?= native
+$(VENV)/.dev: $(VENV)/.core scripts/install_llama_cpp.sh
+	$(PIP) install -q -e ".[dev,qlora]"
+	scripts/install_llama_cpp.sh $(BIN)/python $(LLAMA_CPU)
 	touch $@
 
 install: $(VENV)/.core

@@ -3,22 +3,27 @@
 Both train SmolLM2-135M-Instruct with LoRA (r=8, all attention and MLP projections) on the same tokenized chat
 rows (batch 8, context 256, padding to the longest row of each batch, bf16 autocast where the CPU has bf16) and
 are then scored with the same token-weighted validation loss. Printed: real (non-pad) tokens/s over the training
-steps, wall time including start-up, peak RSS of the training process, final validation loss, and the ratios.
+steps, wall time, peak memory, final validation loss, and the ratios.
 
     .venv/bin/python bench/train_vs_hf.py [--steps 24] [--compile]
 
-The baseline runs in a child process (its own peak RSS); tuneforge runs through its library entry point (Ray
-Train, one worker, which reports its own peak RSS).
+Both sides are measured the same way: each runs in a fresh Python process of its own (tuneforge through its
+library entry point, so Ray Train with one worker), timed from launch to exit (imports, Ray start-up and shutdown
+included), while a thread here samples the memory of that process and all its descendants (for tuneforge, Ray's
+own processes and the training worker) and keeps the peak: RSS summed over the processes, and PSS, which counts
+pages the processes share (torch's libraries, Ray's object store) once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import random
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +31,8 @@ MODEL = "smollm2-135m-instruct"
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 BATCH, CONTEXT, LR, WARMUP, SEED = 8, 256, 2e-4, 2, 7
+SIDES = ("baseline", "tuneforge", "tuneforge-compiled")
+SAMPLE_EVERY_S = 0.5
 
 NAMES = ["Priya", "Tomás", "Aiko", "Grace", "Mohammed", "Lena", "Mateo", "Sofia", "Ingrid", "Rafael", "Amara", "Jonas"]
 TASKS = ["send the revised budget", "book the venue", "draft the press release", "review the vendor contract",
@@ -80,20 +87,18 @@ def tuneforge_config(train: Path, valid: Path, out: Path, steps: int, compiled: 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Baseline: a plain HF Trainer + PEFT script (run in a child process)
+# Baseline: a plain HF Trainer + PEFT script
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def baseline(train: Path, valid: Path, steps: int, out: Path, results: mp.Queue) -> None:
+def baseline(train: Path, valid: Path, steps: int, out: Path) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
     from tuneforge.train import prepare_run
     from tuneforge.train.hardware import cpu_has_bf16
-    from tuneforge.train.loop import peak_rss_mb
 
-    started = time.time()
     # Same tokenized rows and loss masks as tuneforge, so the comparison is about the training engine.
     prepared = prepare_run(tuneforge_config(train, valid, out, steps))
     tokenizer, data = prepared.tokenizer, prepared.data
@@ -135,13 +140,11 @@ def baseline(train: Path, valid: Path, steps: int, out: Path, results: mp.Queue)
     trainer.train()
     eval_loss = weighted_eval_loss(model, data.valid, pad_longest, rows, cpu_has_bf16())
     tokens = sum(real_tokens[1:steps])  # the first step (warm-up) is left out on both sides
-    results.put({
+    return {
         "tokens_per_second": tokens / sum(timer.times[1:]),
-        "wall_seconds": time.time() - started,
-        "peak_rss_mb": peak_rss_mb(),
         "eval_loss": eval_loss,
         "first_loss": trainer.state.log_history[0].get("loss"),
-    })
+    }
 
 
 def weighted_eval_loss(model, examples, pad_longest, rows, bf16: bool) -> float:
@@ -171,43 +174,113 @@ def run_tuneforge(train: Path, valid: Path, steps: int, out: Path, compiled: boo
     from tuneforge.train import train as tuneforge_train
     from tuneforge.train.tracking import read_metrics
 
-    started = time.time()
     result = tuneforge_train(tuneforge_config(train, valid, out, steps, compiled))
     history = read_metrics(result.run_dir)
     step_rows = [row for row in history if row["type"] == "step"][1:]
     evals = [row for row in history if row["type"] == "eval"]
     return {
         "tokens_per_second": sum(r["tokens"] for r in step_rows) / sum(r["step_seconds"] for r in step_rows),
-        "wall_seconds": time.time() - started,
-        "peak_rss_mb": evals[-1]["peak_rss_mb"],
         "eval_loss": evals[-1]["eval_loss"],
     }
 
 
-def main() -> None:
+def run_side(side: str, steps: int, workdir: Path) -> None:
+    """Inside a side's own process: train, then leave the quality and speed numbers in workdir/<side>.json."""
+    train, valid = workdir / "train.jsonl", workdir / "valid.jsonl"
+    if side == "baseline":
+        result = baseline(train, valid, steps, workdir)
+    else:
+        result = run_tuneforge(train, valid, steps, workdir, compiled=side == "tuneforge-compiled")
+    (workdir / f"{side}.json").write_text(json.dumps(result), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measuring each side the same way
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def tree_memory(root) -> tuple[int, int]:
+    """(RSS summed, PSS summed) in bytes over a process and all its descendants; processes that end meanwhile
+    count as nothing."""
+    import psutil
+
+    rss = pss = 0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            info = process.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
+    return rss, pss
+
+
+def sample_peak(pid: int, done: threading.Event, peak: dict) -> None:
+    import psutil
+
+    root = psutil.Process(pid)
+    while not done.wait(SAMPLE_EVERY_S):
+        try:
+            rss, pss = tree_memory(root)
+        except psutil.NoSuchProcess:
+            return
+        peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
+
+
+def measure(side: str, steps: int, workdir: Path) -> dict:
+    """Run one side in a fresh interpreter: wall clock from launch to exit, peak memory of its process tree."""
+    peak = {"rss": 0, "pss": 0}
+    done = threading.Event()
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, __file__, "--side", side, "--steps", str(steps), "--workdir", str(workdir)])
+    sampler = threading.Thread(target=sample_peak, args=(child.pid, done, peak), daemon=True)
+    sampler.start()
+    code = child.wait()
+    wall = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if code:
+        raise SystemExit(f"the {side} side failed (exit code {code})")
+    result = json.loads((workdir / f"{side}.json").read_text(encoding="utf-8"))
+    return {**result, "wall_seconds": wall, "peak_rss_mb": peak["rss"] / 2**20, "peak_pss_mb": peak["pss"] / 2**20}
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=24, help="training steps (at least 2: the first is a warm-up)")
     parser.add_argument("--compile", action="store_true", help="also run tuneforge with torch_compile: true")
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # set on the child processes only
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be at least 2: the first step is left out of tokens/s")
+    if args.side and not args.workdir:
+        parser.error("--side needs --workdir")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.side:
+        run_side(args.side, args.steps, args.workdir)
+        return
     with tempfile.TemporaryDirectory(prefix="tuneforge-bench-") as tmp:
-        out = Path(tmp)
-        train, valid = write_data(out, args.steps)
+        workdir = Path(tmp)
+        write_data(workdir, args.steps)
         from tuneforge.models import resolve_model
 
-        resolve_model(MODEL)  # convert the bundled GGUF once, outside both timings
-        context = mp.get_context("spawn")
-        queue = context.Queue()
-        child = context.Process(target=baseline, args=(train, valid, args.steps, out, queue))
-        child.start()
-        hf = queue.get()
-        child.join()
-        ours = run_tuneforge(train, valid, args.steps, out)
-        compiled = run_tuneforge(train, valid, args.steps, out, compiled=True) if args.compile else None
+        resolve_model(MODEL)  # convert the bundled GGUF once, outside every timing
+        hf = measure("baseline", args.steps, workdir)
+        ours = measure("tuneforge", args.steps, workdir)
+        compiled = measure("tuneforge-compiled", args.steps, workdir) if args.compile else None
     print(f"\nSmolLM2-135M LoRA r=8, batch {BATCH} x context {CONTEXT}, {args.steps} steps, {os.cpu_count()} CPUs")
+    print("Each side ran in its own fresh process. wall s: from launch to exit (imports, Ray start-up included).\n"
+          f"Peak memory: that process and all its descendants (Ray's processes too), sampled every {SAMPLE_EVERY_S} s; "
+          "RSS summed per process, PSS with shared pages counted once.")
     columns = [("HF Trainer+PEFT", hf), ("tuneforge", ours)] + ([("+torch_compile", compiled)] if compiled else [])
     print(f"{'':24}" + "".join(f"{name:>18}{'ratio':>8}" if i else f"{name:>18}" for i, (name, _) in enumerate(columns)))
-    for key, label, better in (("tokens_per_second", "real tokens/s", "higher"), ("wall_seconds", "wall s (incl. start)", "lower"),
-                               ("peak_rss_mb", "peak RSS MB", "lower"), ("eval_loss", "final eval loss", "lower")):
+    for key, label, better in (("tokens_per_second", "real tokens/s", "higher"), ("wall_seconds", "wall s (from launch)", "lower"),
+                               ("peak_rss_mb", "peak tree RSS MB", "lower"), ("peak_pss_mb", "peak tree PSS MB", "lower"),
+                               ("eval_loss", "final eval loss", "lower")):
         cells = [f"{hf[key]:>18.4g}"] + [f"{run[key]:>18.4g}{run[key] / hf[key]:>7.2f}x" for _, run in columns[1:]]
         print(f"{label:24}{''.join(cells)}  ({better} is better)")
     for name, run in columns[1:]:

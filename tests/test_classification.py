@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_cli import tuneforge_here
 from tuneforge.config import TrainConfig, load_config
 from tuneforge.data.classification import balanced_class_weights, prepare_classification, stratified_split
 from tuneforge.errors import DataError
@@ -93,6 +94,29 @@ def test_non_utf8_csv(tmp_path, minilm_tokenizer):
         prepare_classification(config_for(path), minilm_tokenizer, 512)
 
 
+def test_a_typo_in_a_check_spec_suggests_the_spec_keys(tmp_path):
+    from tuneforge.check import load_spec
+    from tuneforge.errors import ConfigError
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("invariants:\n  - inputs: [a, b]\n")
+    with pytest.raises(ConfigError, match=r"spec\.yaml:1: unknown key 'invariants' \(did you mean 'invariance'\?\)$"):
+        load_spec(spec, ["nlp", "vision"])
+    spec.write_text("directional:\n  - input: a\n    expectd: nlp\n")
+    with pytest.raises(ConfigError, match=r"spec\.yaml:3: unknown key 'directional\.0\.expectd' \(did you mean 'expected'"):
+        load_spec(spec, ["nlp", "vision"])
+
+
+def test_a_check_case_without_expected_names_its_line(tmp_path):
+    from tuneforge.check import load_spec
+    from tuneforge.errors import ConfigError
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("directional:\n  - input: a\n    expected: nlp\n  - input: b\n")
+    with pytest.raises(ConfigError, match=r"spec\.yaml:4: directional\[1\] needs 'expected' \(the label it should get\)$"):
+        load_spec(spec, ["nlp", "vision"])
+
+
 def test_balanced_class_weights_up_weight_rare_classes():
     labels = [0] * 6 + [1] * 3 + [2]
     assert balanced_class_weights(labels, 3) == pytest.approx([10 / 18, 10 / 9, 10 / 3])
@@ -135,6 +159,52 @@ def test_merged_lora_classifier_matches_the_adapter_on_validation_texts(tmp_path
     assert fidelity["texts"] == 6  # the held-out half, read back from the run's own split
     assert fidelity["max_abs_logit_diff"] <= 1e-4 and fidelity["label_agreement"] == 1.0
     assert (run / "export" / "merged" / "model.safetensors").is_file()
+
+
+@pytest.fixture
+def tiny_classifier_run(tmp_path, minilm_tokenizer) -> Path:
+    """runs/tiny under tmp_path: a one-layer BERT classifier (untrained) with MiniLM's tokenizer, labels nlp/vision."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tuneforge.train.checkpoints import save_checkpoint
+
+    torch.manual_seed(0)
+    labels = ["nlp", "vision"]
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=len(minilm_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=2, id2label=dict(enumerate(labels)), label2id={"nlp": 0, "vision": 1}))
+    meta = {"task": "classification", "model_id": "minilm-l6", "lora": False, "labels": labels,
+            "text_fields": ["title", "body"], "label_field": "tag", "step": 1}
+    run = tmp_path / "runs" / "tiny"
+    save_checkpoint(run / "best", model, minilm_tokenizer, meta, {"step": 1})
+    return run
+
+
+def test_eval_of_a_run_given_by_name_writes_under_runs(tiny_classifier_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = write_csv(tmp_path / "holdout.csv", rows({"nlp": 2, "vision": 2}))
+    result = tuneforge_here("eval", "tiny", "--data", str(data))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tiny_classifier_run / "eval" / "holdout" / "results.json").read_text())["rows"] == 4
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_eval_counts_unseen_labels_as_wrong_and_fails_unless_allowed(tiny_classifier_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = write_csv(tmp_path / "holdout.csv", rows({"nlp": 2, "vision": 2, "quantum": 3}))
+    refused = tuneforge_here("eval", "tiny", "--data", str(data))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    error = refused.stderr.splitlines()[-1]  # after the weight-loading bar, which shows in this process only
+    assert error.startswith("error: ") and error.endswith("; fix those labels or pass --allow-unseen-labels")
+    assert "holdout.csv: 3 row(s) with label(s) 'quantum' (3) never seen in training, scored as wrong" in error
+    results = json.loads((tiny_classifier_run / "eval" / "holdout" / "results.json").read_text())
+    assert results["rows"] == 7 and results["unseen_rows"] == 3 and results["unseen_labels"] == {"quantum": 3}
+    assert results["per_class"]["quantum"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 3}
+    assert results["accuracy"] <= 4 / 7
+    allowed = tuneforge_here("eval", "tiny", "--data", str(data), "--allow-unseen-labels")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "3 row(s) with label(s) 'quantum' (3) never appear in training" in " ".join(allowed.stdout.split())
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ def test_unknown_lora_key_is_refused_with_suggestion(tmp_path):
     path = write_config(tmp_path / "run.yaml", BASE + "lora_config:\n  r: 8\n  lora_alpah: 16\n")
     with pytest.raises(ConfigError) as error:
         load_config(path)
-    assert f"{path}:3:" in str(error.value)
-    assert "lora_alpah" in str(error.value) and "lora_alpha" in str(error.value)
+    assert str(error.value).startswith(f"{path}:5: unknown key 'lora_alpah' in lora_config")
+    assert "did you mean 'lora_alpha'" in str(error.value)
 
 
 def test_wrong_type_names_key_value_and_line(tmp_path):
@@ -120,3 +120,18 @@ def test_saved_config_keeps_unset_keys_as_null(tmp_path):
 
     saved = yaml.safe_load(load_config(write_config(tmp_path / "run.yaml", BASE)).to_yaml())
     assert "valid_path" in saved and saved["valid_path"] is None and "tune" not in saved
+
+
+def test_an_error_in_a_set_value_names_the_set_not_the_file(tmp_path):
+    path = write_config(tmp_path / "run.yaml", BASE + "lora_config:\n  r: 8\n")
+    with pytest.raises(ConfigError, match=r"^--set lora_config\.rank=8: unknown key 'rank' in lora_config "
+                                          r"\(did you mean 'r'\?\)$"):
+        load_config(path, ["lora_config.rank=8"])
+
+
+def test_a_lora_rank_of_zero_names_its_line(tmp_path):
+    path = write_config(tmp_path / "run.yaml", BASE + "lora_config:\n  lora_alpha: 16\n  r: 0\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == (f"{path}:5: lora_config.r must be a positive integer, the adapter's rank, e.g. 8 "
+                                "(got 0)")

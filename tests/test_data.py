@@ -77,6 +77,10 @@ def test_end_of_turn_ids_are_the_chat_template_marker(smol_tokenizer):
         (['{"messages": [{"role": "robot", "content": "hi"}]}'], r"rows\.jsonl:1: messages\[0\] has role 'robot'"),
         (['{"messages": [{"role": "user"}]}'], r"rows\.jsonl:1: messages\[0\] needs 'role' and 'content'"),
         (['{"prompt": "only a prompt"}'], r"rows\.jsonl:1: 'completion' is missing"),
+        (['{"prompt": "p", "completion": "c"}', '{"prompt": "p", "completion": " "}'],
+         r"rows\.jsonl:2: 'completion' is empty, so nothing to learn from"),
+        (['{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}'],
+         r"rows\.jsonl:1: messages\[1\] is an empty assistant reply, so nothing to learn from; write the reply"),
         (['{"question": "?"}'], r"rows\.jsonl:1: row has none of 'messages'.*keys found: question"),
         (['{"text": "a"}', '{"prompt": "p", "completion": "c"}'], r"rows\.jsonl:2: row is prompt_completion but"),
         (['[1, 2]'], r"rows\.jsonl:1: expected a JSON object"),
@@ -100,6 +104,11 @@ def test_missing_file_is_named(tmp_path):
         read_records(tmp_path / "nope.jsonl", "train_path")
 
 
+def test_a_directory_is_not_called_missing(tmp_path):
+    with pytest.raises(DataError, match=r": train_path is a directory, not a file; give a \.jsonl or \.csv file"):
+        read_records(tmp_path, "train_path")
+
+
 def prepared(tmp_path: Path, tokenizer, rows, **overrides):
     path = write_jsonl(tmp_path / "train.jsonl", rows)
     config = TrainConfig(model_id="m", train_path=str(path), **overrides)
@@ -112,6 +121,14 @@ def test_long_rows_are_truncated_and_counted(tmp_path, smol_tokenizer):
     assert data.stats["train"].truncated == 2
     assert all(len(example) <= 64 for example in data.train)
     assert any("truncated" in note for note in data.notes)
+
+
+def test_an_empty_user_message_is_a_note_naming_file_and_line(tmp_path, smol_tokenizer):
+    rows = [chat_row("hi", "yes"), chat_row("", "yes"), chat_row("hello", "no"), chat_row(" ", "no")]
+    data = prepared(tmp_path, smol_tokenizer, rows, valid_split=0)
+    assert len(data.train) == 4
+    assert any(note.startswith(f"{tmp_path / 'train.jsonl'}:2: empty user message (and 1 more row(s))")
+               for note in data.notes), data.notes
 
 
 def test_rows_left_without_targets_are_dropped_and_not_counted(tmp_path, smol_tokenizer):

@@ -209,7 +209,7 @@ def test_unsupported_architecture_is_refused_naming_it(tmp_path):
 def test_run_without_checkpoint_and_missing_base(tmp_path, lora_run):
     import shutil
 
-    with pytest.raises(TuneforgeError, match="no checkpoint yet"):
+    with pytest.raises(TuneforgeError, match="not a tuneforge run or checkpoint directory"):
         export_run(tmp_path, "merged")
     moved = tmp_path / "run"
     shutil.copytree(lora_run, moved)

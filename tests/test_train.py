@@ -109,3 +109,34 @@ def test_qlora_trains_adapters_on_a_4bit_base(tmp_path, tiny_llama_dir):
     evals = [row for row in read_metrics(result.run_dir) if row["type"] == "eval"]
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
     assert (result.run_dir / "best" / "adapter_model.safetensors").is_file()
+
+
+class NoteRecorder:
+    """A reporter that keeps the notes a run shows."""
+
+    def __init__(self):
+        self.notes: list[str] = []
+
+    def phase(self, message):
+        pass
+
+    def note(self, message):
+        self.notes.append(message)
+
+    def event(self, event):
+        pass
+
+
+def test_training_reports_and_records_truncated_and_dropped_rows(tmp_path, tiny_llama_dir):
+    rows = [chat_row(f"Name the {q}.", a) for q, a in FACTS] * 8
+    rows += [chat_row("word " * 60, "blue"),  # its answer lies beyond context_length: dropped
+             chat_row("Name the sky.", "blue " * 60)]  # cut, with answer tokens left: truncated and kept
+    long_rows = write_jsonl(tmp_path / "long.jsonl", rows)
+    reporter = NoteRecorder()
+    result = train(tiny_config(tmp_path, tiny_llama_dir, train_path=str(long_rows), context_length=48, num_epochs=1,
+                               max_num_checkpoints=1), reporter=reporter)
+    counts = {"rows": 49, "truncated": 2, "dropped": 1, "valid": {"rows": 6, "truncated": 0, "dropped": 0}}
+    assert result.results["data"] == counts
+    assert json.loads((result.run_dir / "results.json").read_text())["data"] == counts
+    assert "train: 2 row(s) truncated to context_length 48" in reporter.notes
+    assert any(note.startswith("train: 1 row(s) dropped: no target tokens") for note in reporter.notes), reporter.notes

@@ -189,3 +189,28 @@ def test_interrupted_search_resumes(tmp_path, tiny_llama_dir):
     rows = list(csv.DictReader(open(experiment / "trials.csv")))
     assert [row["status"] for row in rows] == ["done", "done"]
     del config
+
+
+def test_pbt_raising_num_checkpoints_to_keep_is_shown_when_the_search_starts(tmp_path, tiny_llama_dir, monkeypatch):
+    from tuneforge import cluster
+
+    class NoRay(Exception):
+        pass
+
+    def no_ray(*args, **kwargs):
+        raise NoRay
+
+    class Display:
+        def __init__(self):
+            self.notes = []
+
+        def note(self, message):
+            self.notes.append(message)
+
+    monkeypatch.setattr(cluster, "ensure_ray", no_ray)  # the notes come first; no trial needs to start
+    config = experiment_config(tmp_path, tiny_llama_dir, "search_space:\n  learning_rate: {grid: [1.0e-2, 0.0]}\n"
+                               "tune:\n  scheduler: pbt\n  hyperparam_mutations:\n    learning_rate: [1.0e-2, 5.0e-3]\n")
+    display = Display()
+    with pytest.raises(NoRay):
+        search(config, display=display)
+    assert len(display.notes) == 1 and "num_checkpoints_to_keep raised from 1 to 3" in display.notes[0]

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from tuneforge.config import describe_validation_error, parse_yaml_with_lines
+from tuneforge.config import describe_validation_error, entry_error, nearest_source, parse_yaml_with_lines
 from tuneforge.errors import ConfigError
 
 
@@ -50,15 +50,24 @@ class CheckSpec(BaseModel):
     directional: list[Case] = Field(default_factory=list)
     minimum_functionality: list[Case] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _rules(self) -> CheckSpec:
-        for index, case in enumerate(self.invariance):
+    @field_validator("invariance")
+    @classmethod
+    def _two_inputs(cls, cases: list[Case]) -> list[Case]:
+        for index, case in enumerate(cases):
             if len(case.texts) < 2:
-                raise ValueError(f"invariance[{index}] needs at least two inputs")
-        for kind in ("directional", "minimum_functionality"):
-            for index, case in enumerate(getattr(self, kind)):
-                if case.expected is None:
-                    raise ValueError(f"{kind}[{index}] needs 'expected' (the label it should get)")
+                raise entry_error(index, f"invariance[{index}] needs at least two inputs")
+        return cases
+
+    @field_validator("directional", "minimum_functionality")
+    @classmethod
+    def _expected(cls, cases: list[Case], info: ValidationInfo) -> list[Case]:
+        for index, case in enumerate(cases):
+            if case.expected is None:
+                raise entry_error(index, f"{info.field_name}[{index}] needs 'expected' (the label it should get)")
+        return cases
+
+    @model_validator(mode="after")
+    def _has_tests(self) -> CheckSpec:
         if not (self.invariance or self.directional or self.minimum_functionality):
             raise ValueError("the spec has no tests; add invariance, directional or minimum_functionality cases")
         return self
@@ -81,11 +90,11 @@ def load_spec(path: str | Path, labels: list[str]) -> CheckSpec:
     try:
         spec = CheckSpec.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, sources, str(path))) from None
+        raise ConfigError(describe_validation_error(exc, sources, str(path), CheckSpec)) from None
     for kind in ("invariance", "directional", "minimum_functionality"):
         for index, case in enumerate(getattr(spec, kind)):
             if case.expected is not None and case.expected not in labels:
-                at = sources.get((kind,), str(path))
+                at = nearest_source((kind, str(index), "expected"), sources, str(path))
                 raise ConfigError(f"{at}: {kind}[{index}] expects '{case.expected}', which is not a label of this "
                                   f"model ({', '.join(labels)})")
     return spec

@@ -2,19 +2,53 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.ui import console, error_console, key_value_table
+from tuneforge.ui import console, error_console, key_value_table, show_note
+
+# click's UsageError, whichever copy this Typer uses (recent Typers vendor click): BadParameter's base either way.
+USAGE_ERROR = typer.BadParameter.__base__
+HELP_REQUEST = getattr(sys.modules[USAGE_ERROR.__module__], "NoArgsIsHelpError", ())  # a bare `tuneforge`
+
+
+class OneLineUsageErrors(TyperGroup):
+    """A bad option value or a missing argument ends like every other error: one line and exit code 2, instead of
+    Typer's boxed usage message."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> typer.Context:
+        with one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        with one_line_usage_errors():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def one_line_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except HELP_REQUEST:
+        raise
+    except USAGE_ERROR as exc:
+        hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
+        error_console.print(f"[bold red]error:[/bold red] {exc.format_message()}{hint}", highlight=False,
+                            soft_wrap=True)
+        raise typer.Exit(2) from None
+
 
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -77,7 +111,14 @@ def describe_error(exc: BaseException) -> str:
 
 def show_notes(notes: list[str]) -> None:
     for note in notes:
-        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+        show_note(note)
+
+
+def refuse_ignored(conflicts: list[tuple[Any, str]]) -> None:
+    """An option that would have no effect is refused, never silently ignored: (given, why) pairs."""
+    for given, why in conflicts:
+        if given:
+            raise TuneforgeError(why)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -103,6 +144,11 @@ def train(
     from tuneforge.train import train as train_run
     from tuneforge.ui import RichReporter
 
+    refuse_ignored([
+        (resume and config, f"give CONFIG or --resume RUN, not both: a resumed run keeps its config.yaml; drop {config}"),
+        (resume and name, "--name names a new run; a resumed run keeps its directory, so drop --name"),
+        (resume and overwrite, "--overwrite replaces a run; --resume continues one, so drop one of them"),
+    ])
     overrides = list(set_ or []) + ([f"run_name={name}"] if name else [])
     with RichReporter() as reporter:
         if resume:
@@ -212,6 +258,13 @@ def generate(
 
     if not prompt and not input_file:
         raise TuneforgeError("give --prompt TEXT or --input FILE")
+    refuse_ignored([
+        (lora and not gguf, "--lora applies a GGUF adapter and needs --gguf FILE (a run's own adapter loads with RUN)"),
+        (output and not input_file, "--output writes one line per --input row; give --input FILE or drop --output"),
+        (gguf and run, f"give RUN or --gguf FILE, not both; drop {run} or --gguf"),
+        (gguf and compare_base, "--compare-base switches a run's LoRA adapter off; it does not apply to --gguf"),
+        (prompt and input_file, "give --prompt or --input, not both: with --input the prompts come from its rows"),
+    ])
     settings = GenerationSettings(max_new_tokens, temperature, top_p, batch_size)
     if gguf:
         generate_gguf(gguf, lora, prompt or [], input_file, system, settings, output)
@@ -240,23 +293,22 @@ def generate_gguf(model: Path, lora: Path | None, prompts: list[str], input_file
     from tuneforge.gguf_chat import GgufChat
     from tuneforge.io import write_text
 
-    chat = GgufChat(model, lora)
-    if input_file:
-        lines = []
-        for messages, row in read_prompt_rows(input_file):
-            text = chat.complete(messages, settings, system=system)
-            lines.append(json.dumps({**row, "completion": text}, ensure_ascii=False))
-        if output:
-            write_text(output, "\n".join(lines) + "\n")
-            console.print(f"wrote {len(lines)} completions to {output}")
-        else:
-            sys.stdout.write("\n".join(lines) + "\n")
-        return
-    for text in prompts:
-        console.print(f"[bold cyan]> {text}[/bold cyan]")
-        for piece in chat.stream(text, settings, system=system):
-            console.out(piece, end="", highlight=False)
-        console.out("")
+    rows = read_prompt_rows(input_file) if input_file else []  # bad rows are refused before llama.cpp starts
+    with GgufChat(model, lora) as chat:
+        if input_file:
+            lines = [json.dumps({**row, "completion": chat.complete(messages, settings, system=system)},
+                                ensure_ascii=False) for messages, row in rows]
+            if output:
+                write_text(output, "\n".join(lines) + "\n")
+                console.print(f"wrote {len(lines)} completions to {output}")
+            else:
+                sys.stdout.write("\n".join(lines) + "\n")
+            return
+        for text in prompts:
+            console.print(f"[bold cyan]> {text}[/bold cyan]")
+            for piece in chat.stream(text, settings, system=system):
+                console.out(piece, end="", highlight=False)
+            console.out("")
 
 
 def generate_rows(generator: Any, pairs: list[tuple[Any, dict[str, Any]]], settings: Any, system: str | None,
@@ -319,9 +371,11 @@ def eval_(
     name: Optional[str] = typer.Option(None, "--name", help="results go to RUN/eval/NAME (default: data file name)"),
     output: Optional[Path] = typer.Option(None, "--output", help="write results here instead"),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
+    allow_unseen_labels: bool = typer.Option(False, "--allow-unseen-labels",
+                                             help="exit 0 even if some labels never appear in training"),
 ) -> None:
     """Score a run on a data file: classification P/R/F1 + confusion matrix, or causal loss + stop rate."""
-    from tuneforge.evaluate import evaluate_causal, evaluate_classifier
+    from tuneforge.evaluate import evaluate_causal, evaluate_classifier, refuse_unseen_labels
     from tuneforge.train.checkpoints import read_meta, resolve_checkpoint
 
     task = read_meta(resolve_checkpoint(run)).get("task")
@@ -330,6 +384,10 @@ def eval_(
         show_classification_report(report.results)
         console.print(f"results: {report.output_dir / 'results.json'} · confusion matrix: "
                       f"{report.output_dir / 'confusion_matrix.png'}")
+        if not allow_unseen_labels:
+            refuse_unseen_labels(report)
+    elif allow_unseen_labels:
+        raise TuneforgeError(f"--allow-unseen-labels applies to classification runs; {run} is a {task} run")
     else:
         report = evaluate_causal(run, data, name=name, output_dir=output, batch_size=min(batch_size, 8))
         rows = [(key, report.results[key]) for key in ("rows", "eval_loss", "perplexity", "generated", "stopped_rate",
@@ -355,7 +413,8 @@ def show_classification_report(results: dict[str, Any]) -> None:
     console.print(f"accuracy {results['accuracy']:.3f}")
     if results["unseen_labels"]:
         named = ", ".join(f"'{k}' ({v})" for k, v in results["unseen_labels"].items())
-        console.print(f"[yellow]note:[/yellow] label(s) {named} never appear in training; those rows count as wrong")
+        console.print(f"[yellow]note:[/yellow] {results['unseen_rows']} row(s) with label(s) {named} never appear in "
+                      "training; they count as wrong", highlight=False)
 
 
 @app.command()
@@ -438,6 +497,10 @@ def tune(
     from tuneforge.tune import load_experiment_config, objective_direction, search
     from tuneforge.ui import SearchDisplay
 
+    refuse_ignored([
+        (resume and config, f"give CONFIG or --resume EXPERIMENT, not both: a search keeps its config; drop {config}"),
+        (resume and set_, "--set cannot change a resumed search (its trials keep their config); drop --set"),
+    ])
     if resume:
         loaded = load_experiment_config(resume)
     elif config is None:
@@ -538,6 +601,32 @@ def report_rows(report: dict[str, Any], prefix: str = "") -> list[tuple[str, Any
         elif key not in ("tensor_types",):
             rows.append((f"{prefix}{key}", value))
     return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# doctor
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def doctor(
+    smoke: bool = typer.Option(True, "--smoke/--no-smoke", help="run one llama.cpp generation (in a child process)"),
+    ray: bool = typer.Option(True, "--ray/--no-ray", help="time a local Ray start"),
+    as_json: bool = typer.Option(False, "--json", help="print the checks as JSON"),
+) -> None:
+    """Check this machine: versions, CPU features, training precision, threads, llama.cpp, bundled models, Ray.
+    Paste the output into bug reports."""
+    from tuneforge.doctor import as_dict, exit_code, render, run_checks
+
+    with error_console.status("checking") as status:
+        checks = run_checks(smoke=smoke, ray=ray, progress=lambda text: status.update(text))
+    if as_json:
+        sys.stdout.write(json.dumps(as_dict(checks), indent=2) + "\n")
+    else:
+        for line in render(checks):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(exit_code(checks))
 
 
 def main() -> None:

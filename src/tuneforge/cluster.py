@@ -23,6 +23,8 @@ class ClusterInfo:
     gpus: float
     max_node_cpus: float
     local: bool  # started by tuneforge on this machine: nothing will ever join it
+    resources: dict[str, float]  # totals, as ray.cluster_resources() reports them
+    node_resources: tuple[dict[str, float], ...]  # what each live node has
 
 
 _started_locally = False
@@ -33,12 +35,20 @@ def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bo
     """Start (or join) Ray once per process and describe what it offers."""
     global _started_locally, _dashboard_url
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Ray starts workers at nice 15; beside any process at the default priority (an editor, a test run) the
+    # training threads then get a few percent of a shared core, and every step waits for the slowest thread. The
+    # raylet we start reads this from its environment; a user's own setting wins.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     import ray
 
     if not ray.is_initialized():
         env_vars = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
         env_vars["TOKENIZERS_PARALLELISM"] = "false"
+        # torch's OpenMP threads spin while they wait for each other; beside another busy process a spinning thread
+        # burns the share its sibling needs (bench/contention.py: 0.39 of the alone speed spinning, 0.71 passive;
+        # alone, both as fast).
+        env_vars["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
         options: dict[str, Any] = {
             "include_dashboard": dashboard,
             "log_to_driver": debug,
@@ -58,16 +68,33 @@ def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bo
     return describe_cluster()
 
 
+def ray_is_running() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+def local_machine() -> ClusterInfo:
+    """What a Ray started here will offer, known without starting it (under a cgroup CPU quota Ray may see fewer
+    CPUs; what it reports is checked again once it runs)."""
+    import torch
+
+    have = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    return ClusterInfo(have["CPU"], have["GPU"], have["CPU"], local=True, resources=have, node_resources=(have,))
+
+
 def describe_cluster() -> ClusterInfo:
     import ray
 
     total = ray.cluster_resources()
-    node_cpus = [node.get("Resources", {}).get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")]
+    nodes = tuple(dict(node.get("Resources", {})) for node in ray.nodes() if node.get("Alive"))
     return ClusterInfo(
         cpus=float(total.get("CPU", 0.0)),
         gpus=float(total.get("GPU", 0.0)),
-        max_node_cpus=float(max(node_cpus, default=0.0)),
+        max_node_cpus=float(max((node.get("CPU", 0.0) for node in nodes), default=0.0)),
         local=_started_locally,
+        resources=dict(total),
+        node_resources=nodes,
     )
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from tuneforge.errors import ConfigError
 
@@ -143,13 +145,16 @@ class TrainConfig(BaseModel):
 
     @field_validator("lora_config")
     @classmethod
-    def _check_lora_keys(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _check_lora_config(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is None:
             return None
         known = lora_config_fields()
         for key in value:
             if key not in known:
-                raise ValueError(f"unknown lora_config key '{key}'{suggest(key, known)}")
+                raise entry_error(key, f"unknown key '{key}' in lora_config{suggest(key, known)}")
+        rank = value.get("r", 8)
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise entry_error("r", f"lora_config.r must be a positive integer, the adapter's rank, e.g. 8 (got {rank!r})")
         return value
 
     @field_validator("best_metric")
@@ -233,6 +238,31 @@ def config_keys() -> list[str]:
     return list(TrainConfig.model_fields)
 
 
+def entry_error(entry: str | int, message: str) -> PydanticCustomError:
+    """A complete message about one entry of a mapping or list field (a lora_config key, a spec case): the error
+    then points at that entry's line rather than the field's."""
+    return PydanticCustomError("entry", "{message}", {"message": message, "entry": entry})
+
+
+def model_keys(model: type[BaseModel], parent: tuple[str, ...]) -> list[str]:
+    """The valid keys at `parent` (where a validation error happened) inside `model`, following nested models."""
+    for part in parent:
+        field = model.model_fields.get(part)
+        if field is not None:  # else a list index
+            model = nested_model(field.annotation) or model
+    return list(model.model_fields)
+
+
+def nested_model(annotation: Any) -> type[BaseModel] | None:
+    if typing.get_origin(annotation) is None and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in typing.get_args(annotation):  # Optional[X], list[X]
+        found = nested_model(argument)
+        if found is not None:
+            return found
+    return None
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Loading
 # ------------------------------------------------------------------------------------------------------------
@@ -277,11 +307,17 @@ def parse_yaml_with_lines(text: str, path: Path) -> tuple[dict[str, Any], dict[t
 
 
 def collect_key_lines(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
+    """Lines of mapping keys, and of list items under their index (as validation errors locate them)."""
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = (*prefix, str(key_node.value))
             out[key] = key_node.start_mark.line + 1
             collect_key_lines(value_node, key, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            key = (*prefix, str(index))
+            out[key] = item.start_mark.line + 1
+            collect_key_lines(item, key, out)
 
 
 def apply_override(raw: dict[str, Any], override: str) -> str:
@@ -324,16 +360,18 @@ def validate_config(
     return config
 
 
-def describe_validation_error(exc: ValidationError, sources: dict[tuple[str, ...], str], default_source: str) -> str:
+def describe_validation_error(exc: ValidationError, sources: dict[tuple[str, ...], str], default_source: str,
+                              model: type[BaseModel] = TrainConfig) -> str:
     """One line for the first error: where (file:line or --set), which key, what is wrong, how to fix."""
     errors = exc.errors()
     first = errors[0]
     loc = tuple(str(part) for part in first["loc"])
-    where = nearest_source(loc, sources, default_source)
     key = ".".join(loc) or "config"
-    if first["type"] == "extra_forbidden":
-        candidates = config_keys() if len(loc) == 1 else list(TuneSettings.model_fields)
-        message = f"unknown key '{key}'{suggest(loc[-1], candidates)}"
+    if first["type"] == "entry":
+        loc = (*loc, str(first["ctx"]["entry"]))
+        message = first["ctx"]["message"]
+    elif first["type"] == "extra_forbidden":
+        message = f"unknown key '{key}'{suggest(loc[-1], model_keys(model, loc[:-1]))}"
     elif first["type"] == "missing":
         message = f"missing required key '{key}'"
     else:
@@ -342,7 +380,7 @@ def describe_validation_error(exc: ValidationError, sources: dict[tuple[str, ...
         shown = f" (got {value!r})" if value is not None and not isinstance(value, dict) else ""
         message = f"{key}: {detail}{shown}"
     more = f" [and {len(errors) - 1} more problem(s)]" if len(errors) > 1 else ""
-    return f"{where}: {message}{more}"
+    return f"{nearest_source(loc, sources, default_source)}: {message}{more}"
 
 
 def nearest_source(loc: tuple[str, ...], sources: dict[tuple[str, ...], str], default: str) -> str:

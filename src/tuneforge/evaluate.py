@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.data.classification import read_labelled, row_text
+from tuneforge.errors import DataError
 from tuneforge.io import atomic_dir, write_json
 
 
@@ -31,10 +32,12 @@ def evaluate_classifier(run: str | Path, data_path: str | Path, *, name: str | N
                         output_dir: str | Path | None = None, batch_size: int = 32) -> EvalReport:
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+    from tuneforge.data.records import check_data_file
     from tuneforge.predict import Predictor
 
-    predictor = Predictor.from_path(run)
     data_path = Path(data_path)
+    check_data_file(data_path, "eval data")  # before the model loads
+    predictor = Predictor.from_path(run)
     label_field = predictor.meta["label_field"]
     records, labels = read_labelled(data_path, "eval data", predictor.text_fields, label_field)
     predictions = predictor.predict([row_text(r.data, predictor.text_fields) for r in records], batch_size)
@@ -50,16 +53,36 @@ def evaluate_classifier(run: str | Path, data_path: str | Path, *, name: str | N
         "per_class": {label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                       for label, p, r, f, s in zip(names, precision, recall, f1, support, strict=True)},
         "unseen_labels": dict(unseen),
+        "unseen_rows": sum(unseen.values()),
         "confusion_matrix": {"labels": names, "matrix": confusion_matrix(labels, y_pred, labels=names).tolist()},
         "mistakes": [{"source": f"{data_path}:{r.line}", "label": t, "predicted": p.label,
                       "confidence": round(p.confidence, 4)}
                      for r, t, p in zip(records, labels, predictions, strict=True) if t != p.label][:50],
     }
-    target = Path(output_dir) if output_dir else Path(run) / "eval" / (name or data_path.stem)
+    target = eval_dir(run, data_path, name, output_dir)
     with atomic_dir(target) as staged:
         write_json(staged / "results.json", results)
         plot_confusion(results["confusion_matrix"], staged / "confusion_matrix.png")
     return EvalReport(results, target)
+
+
+def eval_dir(run: str | Path, data_path: Path, name: str | None, output_dir: str | Path | None) -> Path:
+    """Where results go: `output_dir`, else RUN/eval/<name>, with RUN found by name under ./runs as every command
+    that takes a run finds it."""
+    from tuneforge.train.checkpoints import locate_run
+
+    return Path(output_dir) if output_dir else locate_run(run) / "eval" / (name or data_path.stem)
+
+
+def refuse_unseen_labels(report: EvalReport) -> None:
+    """Rows whose label training never saw are already counted and scored as wrong; unless the caller accepts
+    them, such an evaluation fails, since the model cannot predict those classes at all."""
+    unseen = report.results["unseen_labels"]
+    if unseen:
+        named = ", ".join(f"'{label}' ({count})" for label, count in unseen.items())
+        raise DataError(f"{report.results['data']}: {report.results['unseen_rows']} row(s) with label(s) {named} "
+                        f"never seen in training, scored as wrong (results in {report.output_dir}); "
+                        "fix those labels or pass --allow-unseen-labels")
 
 
 def plot_confusion(confusion: dict[str, Any], path: Path) -> None:
@@ -102,11 +125,11 @@ def evaluate_causal(run: str | Path, data_path: str | Path, *, name: str | None 
     from tuneforge.generate import GenerationSettings, Generator, read_prompt_rows
     from tuneforge.train.objectives import CausalLMObjective
 
-    generator = Generator.from_path(run)
     data_path = Path(data_path)
     records = read_records(data_path, "eval data")
     shape = causal.detect_shape(records, data_path)
     causal.validate_rows(records, data_path, shape)
+    generator = Generator.from_path(run)
     tokenizer = generator.tokenizer
     tokenizer.padding_side = "right"
     examples = causal.tokenize_records(records, data_path, shape, tokenizer, train_on_inputs=False)
@@ -133,7 +156,7 @@ def evaluate_causal(run: str | Path, data_path: str | Path, *, name: str | None 
         "samples": [{"reference": row["reference"], "completion": c.text, "finish_reason": c.finish_reason}
                     for c, (_, row) in list(zip(completions, pairs, strict=True))[:10]],
     }
-    target = Path(output_dir) if output_dir else Path(run) / "eval" / (name or data_path.stem)
+    target = eval_dir(run, data_path, name, output_dir)
     with atomic_dir(target) as staged:
         write_json(staged / "results.json", results)
     return EvalReport(results, target)

@@ -58,6 +58,9 @@ class Generator:
 
     def render(self, prompt: str | list[dict[str, str]], system: str | None = None) -> str:
         """The exact text the model sees: chat runs get the chat template with the assistant turn opened."""
+        if system and not self.chat:
+            raise TuneforgeError(f"a system message (--system) needs a chat run; this run was trained on "
+                                 f"{self.meta.get('shape')} rows, which have none: drop --system")
         if isinstance(prompt, str) and not self.chat:
             return prompt
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)

@@ -1,4 +1,8 @@
-"""Chatting with a GGUF model on the CPU through llama.cpp, with the chat template stored in the file."""
+"""Chatting with a GGUF model on the CPU through llama.cpp, with the chat template stored in the file.
+
+llama.cpp runs in a child process (`tuneforge.native`): if it crashes, `generate --gguf` ends with one error line
+naming the signal instead of dying silently.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +11,68 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import TuneforgeError
+from tuneforge.native import NativeWorker
 
 
 class GgufChat:
     def __init__(self, model: Path, lora: Path | None = None):
-        from tuneforge.export.parity import open_gguf
+        from tuneforge.export.gguf_file import require_llama_cpp
 
         for path in (model, lora):
             if path is not None and not Path(path).is_file():
                 raise TuneforgeError(f"{path}: no such GGUF file")
-        self.llm = open_gguf(Path(model), Path(lora) if lora else None)
-
-    def messages(self, prompt: str | list[dict[str, str]], system: str | None) -> list[dict[str, str]]:
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        if system and messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": system})
-        return messages
-
-    def options(self, settings: Any) -> dict[str, Any]:
-        sampling = {"temperature": settings.temperature, "top_p": settings.top_p} if settings.temperature > 0 else {
-            "temperature": 0.0, "top_k": 1}
-        return {"max_tokens": settings.max_new_tokens, **sampling}
+        require_llama_cpp(load=False)
+        self.worker = NativeWorker("GGUF generation")
+        self.worker.call(load, Path(model), Path(lora) if lora else None)
 
     def complete(self, prompt: Any, settings: Any, *, system: str | None = None) -> str:
-        reply = self.llm.create_chat_completion(messages=self.messages(prompt, system), **self.options(settings))
-        return reply["choices"][0]["message"]["content"].strip()
+        return self.worker.call(complete, prompt, sampling_options(settings), system)
 
     def stream(self, prompt: Any, settings: Any, *, system: str | None = None) -> Iterator[str]:
-        chunks = self.llm.create_chat_completion(messages=self.messages(prompt, system), stream=True,
-                                                 **self.options(settings))
-        for chunk in chunks:
-            piece = chunk["choices"][0].get("delta", {}).get("content")
-            if piece:
-                yield piece
+        yield from self.worker.stream(stream, prompt, sampling_options(settings), system)
+
+    def close(self) -> None:
+        self.worker.close()
+
+    def __enter__(self) -> GgufChat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# What runs in the child process: one loaded model per child.
+LOADED: dict[str, Any] = {}
+
+
+def load(model: Path, lora: Path | None) -> None:
+    from tuneforge.export.parity import open_gguf
+
+    LOADED["llm"] = open_gguf(model, lora)
+
+
+def messages_for(prompt: str | list[dict[str, str]], system: str | None) -> list[dict[str, str]]:
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+def sampling_options(settings: Any) -> dict[str, Any]:
+    """Plain options for the child, which never imports tuneforge.generate (and so torch)."""
+    sampling = {"temperature": settings.temperature, "top_p": settings.top_p} if settings.temperature > 0 else {
+        "temperature": 0.0, "top_k": 1}
+    return {"max_tokens": settings.max_new_tokens, **sampling}
+
+
+def complete(prompt: Any, options: dict[str, Any], system: str | None) -> str:
+    reply = LOADED["llm"].create_chat_completion(messages=messages_for(prompt, system), **options)
+    return reply["choices"][0]["message"]["content"].strip()
+
+
+def stream(prompt: Any, options: dict[str, Any], system: str | None) -> Iterator[str]:
+    chunks = LOADED["llm"].create_chat_completion(messages=messages_for(prompt, system), stream=True, **options)
+    for chunk in chunks:
+        piece = chunk["choices"][0].get("delta", {}).get("content")
+        if piece:
+            yield piece

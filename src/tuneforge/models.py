@@ -369,14 +369,41 @@ def check_lora_targets(config: Any, model_config: Any, labels: list[str]) -> Non
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    lora = make_lora_config(config.lora_config, config.task)
+    at = config.source_of("lora_config")
+    try:
+        lora = make_lora_config(config.lora_config, config.task)
+    except ModelError as exc:
+        raise ModelError(f"{at}: {exc}") from None
     with torch.device("meta"):
         if config.task == "classification":
             model_config.num_labels = max(len(labels), 2)
             skeleton = AutoModelForSequenceClassification.from_config(model_config, trust_remote_code=config.trust_remote_code)
         else:
             skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.trust_remote_code)
+    check_target_modules(config, skeleton)
     try:
         get_peft_model(skeleton, lora)
     except (ValueError, TypeError, KeyError) as exc:
-        raise ModelError(f"lora_config: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"{at}: lora_config: {str(exc).splitlines()[0]}") from None
+
+
+def check_target_modules(config: Any, model: Any) -> None:
+    """Every listed target names a module of the model (PEFT itself refuses only a list that matches nothing)."""
+    targets = config.lora_config.get("target_modules")
+    if not isinstance(targets, (list, tuple)):
+        return  # "all-linear", or a regex that PEFT matches itself
+    names = [name for name, _ in model.named_modules()]
+    missing = [str(target) for target in targets if not any(n == target or n.endswith(f".{target}") for n in names)]
+    if missing:
+        raise ModelError(
+            f"{config.source_of('lora_config', 'target_modules')}: lora_config.target_modules: {', '.join(missing)} "
+            f"not in {type(model).__name__}; its layers LoRA can target: {', '.join(lora_target_names(model))}"
+        )
+
+
+def lora_target_names(model: Any) -> list[str]:
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    kinds = (torch.nn.Linear, torch.nn.Embedding, Conv1D)
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, kinds)})

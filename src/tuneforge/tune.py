@@ -275,6 +275,9 @@ class TuneReporter:
     def phase(self, message: str) -> None:
         pass
 
+    def note(self, message: str) -> None:
+        pass
+
     def event(self, event: dict[str, Any]) -> None:
         if event.get("type") == "start":
             self.total_steps = event["total_steps"]
@@ -370,16 +373,23 @@ class SearchResult:
 def search(config: TrainConfig, *, address: str | None = None, resume_dir: Path | None = None,
            display: Any = None, debug: bool = False) -> SearchResult:
     """Run (or resume) a search and write trials.csv, best_run.json and objective_by_trial.png. `display`
-    (optional) gets trial_result(trial_id, result) and trial_done(trial_id, status) calls as trials progress."""
+    (optional) gets note(message) for what the search changed in the config, then trial_result(trial_id, result)
+    and trial_done(trial_id, status) calls as trials progress."""
     from ray import tune
 
     from tuneforge.cluster import ensure_ray
     from tuneforge.train import prepare_run
+    from tuneforge.train.run import check_writable, scaling_config
 
     settings = config.tune or TuneSettings()
     space = validate_search(config)
     prepare_run(config)  # data, model id and LoRA targets fail here, before any trial starts
+    if not resume_dir:
+        check_writable(Path(config.output_dir), config.source_of("output_dir"))
     config, notes = apply_pbt_rules(config, settings)
+    for note in notes:
+        if display:
+            display.note(note)
     metric, mode = objective_direction(config, settings)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the runs keep their own metrics and TB
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # tuneforge draws its own progress
@@ -387,6 +397,7 @@ def search(config: TrainConfig, *, address: str | None = None, resume_dir: Path 
     # stopped by the scheduler leaves its workers' CPUs reserved, and later trials wait for them forever.
     cluster = ensure_ray(address, dashboard=True, debug=debug)
     plan = plan_resources(config, settings, cluster.cpus, cluster.gpus)
+    scaling_config(config, cluster, plan.cpus_per_worker)  # refuses trial workers Ray could never place
     if resume_dir:
         from tuneforge.train.checkpoints import locate_run
 
@@ -687,8 +698,28 @@ def load_experiment_config(experiment_dir: Path) -> TrainConfig:
 def read_best_run(experiment_dir: Path) -> dict[str, Any]:
     from tuneforge.train.checkpoints import locate_run
 
-    path = locate_run(experiment_dir) / "best_run.json"
+    directory = locate_run(experiment_dir)
+    path = directory / "best_run.json"
     if not path.is_file():
-        raise TuneforgeError(f"{experiment_dir}: no best_run.json (the search has not finished; resume it with "
-                             f"tuneforge tune --resume {experiment_dir})")
-    return json.loads(path.read_text(encoding="utf-8"))
+        raise TuneforgeError(missing_best_run(directory))
+    rewrite = f"write it again with tuneforge tune --resume {directory}"
+    try:
+        best = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise TuneforgeError(f"{path}: not valid JSON, probably cut short; {rewrite}") from None
+    if not isinstance(best, dict) or not BEST_RUN_KEYS <= best.keys():
+        raise TuneforgeError(f"{path}: incomplete, it needs {', '.join(sorted(BEST_RUN_KEYS))}; {rewrite}")
+    return best
+
+
+BEST_RUN_KEYS = frozenset({"run_id", "objective", "metric", "mode", "hyperparameters", "checkpoint"})
+
+
+def missing_best_run(directory: Path) -> str:
+    if (directory / "tune_config.yaml").is_file():
+        return (f"{directory}: no best_run.json (the search has not finished; resume it with "
+                f"tuneforge tune --resume {directory})")
+    if (directory / "config.yaml").is_file():
+        return (f"{directory}: a training run, not a search; its best checkpoint is {directory / 'best'} "
+                "(tuneforge runs list shows the searches)")
+    return f"{directory}: not a tuneforge search (no tune_config.yaml); tuneforge runs list shows the searches"

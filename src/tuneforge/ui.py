@@ -54,6 +54,9 @@ class RichReporter:
         if self.task_id is None:
             console.print(f"[dim]· {message}[/dim]")
 
+    def note(self, message: str) -> None:
+        show_note(message)
+
     def event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "start":
@@ -91,6 +94,10 @@ class RichReporter:
                       + " · checkpoint saved")
 
 
+def show_note(message: str) -> None:
+    console.print(f"[yellow]note:[/yellow] {message}", highlight=False)
+
+
 def key_value_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     table = Table(title=title, show_header=False, title_justify="left", title_style="bold")
     table.add_column(style="dim")
@@ -124,6 +131,9 @@ class SearchDisplay:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
+
+    def note(self, message: str) -> None:
+        show_note(message)
 
     def expect(self, trials: int) -> None:
         self.progress.update(self.task_id, total=trials)

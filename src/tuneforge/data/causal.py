@@ -58,9 +58,11 @@ def row_shape(row: dict[str, Any]) -> Shape | None:
     return None
 
 
-def validate_rows(records: list[Record], path: Path, shape: Shape, *, need_target: bool = True) -> None:
-    """Every row has the file's shape and usable fields; the first bad row raises a DataError."""
+def validate_rows(records: list[Record], path: Path, shape: Shape, *, need_target: bool = True) -> list[str]:
+    """Every row has the file's shape and usable fields; the first bad row raises a DataError. Returns notes on
+    rows that are usable but look like a mistake (an empty user message)."""
     check = {"chat": check_chat_row, "prompt_completion": check_prompt_row, "text": check_text_row}[shape]
+    empty_user = []
     for record in records:
         found = row_shape(record.data)
         if found != shape:
@@ -69,6 +71,16 @@ def validate_rows(records: list[Record], path: Path, shape: Shape, *, need_targe
                 f"{shape} (keys found: {', '.join(sorted(record.data)) or 'none'}); one shape per file"
             )
         check(record.data, where(path, record.line), need_target)
+        if shape == "chat" and any(m["role"] == "user" and not m["content"].strip() for m in record.data["messages"]):
+            empty_user.append(record.line)
+    return empty_user_note(path, empty_user)
+
+
+def empty_user_note(path: Path, lines: list[int]) -> list[str]:
+    if not lines:
+        return []
+    others = f" (and {len(lines) - 1} more row(s))" if len(lines) > 1 else ""
+    return [f"{where(path, lines[0])}: empty user message{others}; its reply is learnt with no question to it, check the row"]
 
 
 def check_chat_row(row: dict[str, Any], at: str, need_target: bool) -> None:
@@ -86,6 +98,10 @@ def check_chat_row(row: dict[str, Any], at: str, need_target: bool) -> None:
             raise DataError(f"{at}: messages[{index}].content must be a string")
     if need_target and not any(message["role"] == "assistant" for message in messages):
         raise DataError(f"{at}: no assistant message, so nothing to learn from; add the assistant's reply")
+    empty_replies = [i for i, m in enumerate(messages) if m["role"] == "assistant" and not m["content"].strip()]
+    if need_target and empty_replies:
+        raise DataError(f"{at}: messages[{empty_replies[0]}] is an empty assistant reply, so nothing to learn from; "
+                        "write the reply or remove the row")
     if not need_target and messages[-1]["role"] == "assistant":
         raise DataError(f"{at}: the last message is the assistant's; a prompt must end with a user turn")
 
@@ -96,6 +112,8 @@ def check_prompt_row(row: dict[str, Any], at: str, need_target: bool) -> None:
         if not isinstance(row.get(key), str):
             problem = "is missing" if key not in row else "must be a string"
             raise DataError(f"{at}: '{key}' {problem}")
+    if need_target and not row["completion"].strip():
+        raise DataError(f"{at}: 'completion' is empty, so nothing to learn from; write the completion or remove the row")
 
 
 def check_text_row(row: dict[str, Any], at: str, need_target: bool) -> None:

@@ -24,6 +24,7 @@ class LengthStats:
     truncated: int
     tokens: int
     target_tokens: int
+    dropped: int = 0  # rows left with no target tokens within context_length
 
     @classmethod
     def of(cls, lengths: list[int], target_tokens: int, truncated: int) -> LengthStats:
@@ -71,14 +72,14 @@ def prepare_causal(config: TrainConfig, tokenizer: Any, model_max_length: int | 
     train_path = Path(config.train_path)
     train_records = read_records(train_path, "train_path")
     shape = causal.detect_shape(train_records, train_path)
-    causal.validate_rows(train_records, train_path, shape)
+    notes = causal.validate_rows(train_records, train_path, shape)
     if config.valid_path:
         valid_path = Path(config.valid_path)
         valid_records = read_records(valid_path, "valid_path")
         valid_shape = causal.detect_shape(valid_records, valid_path)
         if valid_shape != shape:
             raise DataError(f"{valid_path}: rows are {valid_shape} but train_path's rows are {shape}; use one shape")
-        causal.validate_rows(valid_records, valid_path, shape)
+        notes += causal.validate_rows(valid_records, valid_path, shape)
     else:
         valid_path = train_path
         train_records, valid_records = split_records(train_records, config.valid_split, config.seed, train_path)
@@ -86,7 +87,6 @@ def prepare_causal(config: TrainConfig, tokenizer: Any, model_max_length: int | 
     train = causal.tokenize_records(train_records, train_path, shape, tokenizer, config.train_on_inputs)
     valid = causal.tokenize_records(valid_records, valid_path, shape, tokenizer, config.train_on_inputs)
     context_length = choose_context_length(config.context_length, [len(e) for e in train + valid], model_max_length)
-    notes: list[str] = []
     stats = {}
     kept = {}
     for name, examples in (("train", train), ("valid", valid)):
@@ -99,7 +99,7 @@ def prepare_causal(config: TrainConfig, tokenizer: Any, model_max_length: int | 
             notes.append(f"{name}: {truncated} row(s) truncated to context_length {context_length}")
         target_tokens = int(sum(example.target_mask.sum() for example in kept[name]))
         # Token lengths describe every row read; the row count is what training uses (steps/epoch follow it).
-        stats[name] = replace(LengthStats.of(lengths, target_tokens, truncated), rows=len(kept[name]))
+        stats[name] = replace(LengthStats.of(lengths, target_tokens, truncated), rows=len(kept[name]), dropped=dropped)
     if not kept["train"]:
         raise DataError(f"{train_path}: no row has target tokens within context_length {context_length}")
     return PreparedData(shape, kept["train"], kept["valid"], context_length, stats, notes=notes)

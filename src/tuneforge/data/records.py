@@ -25,8 +25,7 @@ class Record:
 def read_records(path: str | Path, role: str = "data") -> list[Record]:
     """All rows of a JSONL or CSV file; a DataError names the file, line and fix for anything unreadable."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: {role} file not found")
+    check_data_file(path, role)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataError(f"{path}: unsupported file type '{suffix}'; use .jsonl or .csv")
@@ -35,6 +34,14 @@ def read_records(path: str | Path, role: str = "data") -> list[Record]:
     if not records:
         raise DataError(f"{path}: {role} file is empty; it needs at least one row")
     return records
+
+
+def check_data_file(path: Path, role: str = "data") -> None:
+    """The path is an existing file: cheap enough to check before a model loads."""
+    if path.is_dir():
+        raise DataError(f"{path}: {role} is a directory, not a file; give a .jsonl or .csv file")
+    if not path.is_file():
+        raise DataError(f"{path}: {role} file not found")
 
 
 def decode_utf8(path: Path) -> str:

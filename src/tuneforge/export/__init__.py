@@ -1,5 +1,16 @@
 """Export: merged HF weights, GGUF models and GGUF LoRA adapters, each checked against the trained model."""
 
-from tuneforge.export.run import FORMATS, ExportResult, ExportSettings, export_run
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["FORMATS", "ExportResult", "ExportSettings", "export_run"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that the child process that runs llama.cpp (export.parity) never imports torch.
+    if name in __all__:
+        from tuneforge.export import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'tuneforge.export' has no attribute '{name}'")

@@ -4,7 +4,6 @@ cascade into a meaningless string diff."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +12,7 @@ import torch
 from tuneforge.config import load_config
 from tuneforge.data.records import read_records
 from tuneforge.errors import TuneforgeError
-
-
-@dataclass
-class Probe:
-    """One validation prompt and the reference model's greedy continuation of it."""
-
-    prompt_ids: list[int]
-    answer_ids: list[int]
-    text: str  # the prompt as rendered for the model
-
-    @property
-    def ids(self) -> list[int]:
-        return self.prompt_ids + self.answer_ids
+from tuneforge.export.parity import Probe
 
 
 def validation_prompts(run_dir: Path, limit: int) -> list[Any]:

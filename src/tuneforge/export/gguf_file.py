@@ -254,27 +254,33 @@ def finish(writer: Any) -> None:
 
 
 def quantize_with_llama_cpp(model_dir: Path, path: Path, *, name: str, tokenizer_pre: str | None) -> dict[str, Any]:
-    """K-quants need llama.cpp's quantizer (importance-aware block scales): write f16, then quantize."""
-    llama_cpp = require_llama_cpp()
+    """K-quants need llama.cpp's quantizer (importance-aware block scales): write f16, then quantize in a child
+    process, where a crash of llama.cpp cannot take tuneforge down."""
+    from tuneforge.export.parity import quantize_file
+    from tuneforge.native import run_isolated
+
+    require_llama_cpp(load=False)
     f16 = path.with_name(f".{path.stem}-f16.gguf")
     try:
         info = write_model_gguf(model_dir, f16, "f16", name=name, tokenizer_pre=tokenizer_pre)
         with staged_file(path) as staged:
-            params = llama_cpp.llama_model_quantize_default_params()
-            params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
-            params.nthread = os.cpu_count() or 1
-            if llama_cpp.llama_model_quantize(str(f16).encode(), str(staged).encode(), params) != 0:
-                raise ExportError(f"llama.cpp could not quantize {f16} to q4_k_m")
+            run_isolated("q4_k_m quantization", quantize_file, f16, staged, "LLAMA_FTYPE_MOSTLY_Q4_K_M")
     finally:
         f16.unlink(missing_ok=True)
     return {**info, "path": str(path), "quant": "q4_k_m", "bytes": path.stat().st_size, "tensor_types": "llama.cpp"}
 
 
-def require_llama_cpp() -> Any:
-    try:
-        import llama_cpp
-    except ImportError:
-        raise ExportError("this needs llama.cpp's Python bindings: pip install 'tuneforge[gguf]'") from None
+def require_llama_cpp(*, load: bool = True) -> Any:
+    """llama.cpp's bindings; `load=False` only checks they are installed (the parent of a native child process
+    never loads llama.cpp itself)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ExportError("this needs llama.cpp's Python bindings: pip install 'tuneforge[gguf]' (make install-dev)")
+    if not load:
+        return None
+    import llama_cpp
+
     return llama_cpp
 
 

@@ -1,18 +1,64 @@
-"""Running a GGUF through llama.cpp (llama-cpp-python) and checking it against the torch model."""
+"""Running a GGUF through llama.cpp (llama-cpp-python) and checking it against the torch model.
+
+`llama_cpp_checks` and `quantize_file` are the entry points of the child process that runs llama.cpp (see
+`tuneforge.native`), so this module imports no torch.
+"""
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from tuneforge.export.gguf_file import require_llama_cpp
 
-if TYPE_CHECKING:  # torch stays out of processes that only run llama.cpp
-    from tuneforge.export.fidelity import Probe
+
+@dataclass
+class Probe:
+    """One validation prompt and the reference model's greedy continuation of it."""
+
+    prompt_ids: list[int]
+    answer_ids: list[int]
+    text: str  # the prompt as rendered for the model
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prompt_ids + self.answer_ids
+
+
+@dataclass
+class BosToken:
+    """What `without_added_bos` needs of the HF tokenizer, as plain data for the child process."""
+
+    text: str | None
+    id: int | None
+
+
+def llama_cpp_checks(path: Path, lora: Path | None, probes: list[Probe], bos: BosToken,
+                     max_new_tokens: int) -> dict[str, Any]:
+    """Parity with the torch model's answers, then llama.cpp's greedy tokens/s (run in a child process)."""
+    llm = open_gguf(path, lora, logits_all=True)
+    parity = gguf_parity(llm, probes, bos)
+    del llm
+    fast = open_gguf(path, lora)
+    speed = gguf_speed(fast, [probe.prompt_ids for probe in probes[:4]], max_new_tokens)
+    return {"parity": parity, "llama_cpp_tokens_per_second": round(speed, 1)}
+
+
+def quantize_file(source: Path, target: Path, ftype: str) -> None:
+    """llama.cpp's quantizer, e.g. ftype "LLAMA_FTYPE_MOSTLY_Q4_K_M" (run in a child process)."""
+    from tuneforge.export.gguf_file import ExportError
+
+    llama_cpp = require_llama_cpp()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, ftype)
+    params.nthread = os.cpu_count() or 1
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params) != 0:
+        raise ExportError(f"llama.cpp could not quantize {source} ({ftype})")
 
 
 def open_gguf(path: Path, lora: Path | None = None, *, logits_all: bool = False, n_ctx: int = 2048) -> Any:
@@ -33,7 +79,7 @@ def teacher_forced_argmax(llm: Any, probe: Probe) -> np.ndarray:
     return scores.argmax(-1)
 
 
-def gguf_parity(llm: Any, probes: list[Probe], tokenizer: Any) -> dict[str, Any]:
+def gguf_parity(llm: Any, probes: list[Probe], bos: BosToken) -> dict[str, Any]:
     """Greedy-token agreement with the torch model's answers, and whether llama.cpp tokenizes the prompts alike."""
     agree = total = same_tokens = 0
     for probe in probes:
@@ -42,16 +88,15 @@ def gguf_parity(llm: Any, probes: list[Probe], tokenizer: Any) -> dict[str, Any]
             agree += int((choices == np.asarray(probe.answer_ids)).sum())
             total += len(probe.answer_ids)
         native = list(llm.tokenize(probe.text.encode("utf-8"), add_bos=False, special=True))
-        same_tokens += int(native == without_added_bos(probe, tokenizer))
+        same_tokens += int(native == without_added_bos(probe, bos))
     return {"positions": total, "greedy_token_agreement": agree / total if total else None,
             "same_prompt_tokens": same_tokens / len(probes) if probes else None}
 
 
-def without_added_bos(probe: Probe, tokenizer: Any) -> list[int]:
+def without_added_bos(probe: Probe, bos: BosToken) -> list[int]:
     """The prompt ids minus a BOS the HF tokenizer added itself (not one written in the text)."""
     ids = probe.prompt_ids
-    bos = tokenizer.bos_token
-    if ids and ids[0] == tokenizer.bos_token_id and not (bos and probe.text.startswith(bos)):
+    if ids and ids[0] == bos.id and not (bos.text and probe.text.startswith(bos.text)):
         return ids[1:]
     return ids
 

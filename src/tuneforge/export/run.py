@@ -32,6 +32,7 @@ class ExportResult:
     output_dir: Path
     artifact: str
     report: dict[str, Any] = field(default_factory=dict)
+    failure: TuneforgeError | None = None  # raised once the report is written: what was made is kept and explained
 
 
 @dataclass
@@ -60,6 +61,8 @@ def export_run(run: str | Path, fmt: str, settings: ExportSettings | None = None
     exporter = {"merged": export_merged, "gguf": export_gguf, "gguf-lora": export_gguf_lora}[fmt]
     result = exporter(checkpoint, meta, run_dir, out, settings)
     record(out, result)
+    if result.failure:
+        raise result.failure
     return result
 
 
@@ -199,9 +202,9 @@ def export_gguf(checkpoint: Path, meta: dict[str, Any], run_dir: Path, out: Path
         else:
             fidelity, source = None, checkpoint
         info = write_model_gguf(source, path, settings.quant, name=name, tokenizer_pre=pre)
-    report = {**info, "merge_fidelity": fidelity, **check_gguf(path, None, generator, probes, settings)}
+    checks, failure = check_gguf(path, None, generator, probes, settings, artifact=path)
     write_modelfile(out / f"Modelfile.{settings.quant}", path.name, None, generator.tokenizer, run_dir)
-    return ExportResult(out, f"gguf-{settings.quant}", report)
+    return ExportResult(out, f"gguf-{settings.quant}", {**info, "merge_fidelity": fidelity, **checks}, failure)
 
 
 def tokenizer_pre(model_dir: str) -> str | None:
@@ -211,20 +214,25 @@ def tokenizer_pre(model_dir: str) -> str | None:
     return json.loads(origin.read_text(encoding="utf-8")).get("tokenizer_pre") if origin.is_file() else None
 
 
-def check_gguf(path: Path, lora: Path | None, generator: Any, probes: list[Any], settings: ExportSettings) -> dict[str, Any]:
-    """Parity through llama.cpp against the torch model that produced the probes, and both speeds."""
-    from tuneforge.export.parity import gguf_parity, gguf_speed, open_gguf, torch_speed
+def check_gguf(path: Path, lora: Path | None, generator: Any, probes: list[Any], settings: ExportSettings,
+               artifact: Path) -> tuple[dict[str, Any], TuneforgeError | None]:
+    """Parity through llama.cpp (in a child process) against the torch model that produced the probes, and both
+    speeds. A llama.cpp crash leaves the GGUF in place and is reported, not fatal to the report."""
+    from tuneforge.export.parity import BosToken, llama_cpp_checks, torch_speed
+    from tuneforge.native import NativeCrash, run_isolated
 
-    llm = open_gguf(path, lora, logits_all=True)
-    parity = gguf_parity(llm, probes, generator.tokenizer)
-    del llm
-    fast = open_gguf(path, lora)
-    speed = gguf_speed(fast, [probe.prompt_ids for probe in probes[:4]], settings.max_new_tokens)
-    del fast
-    torch_tps = torch_speed(generator.model, probes[:4], settings.max_new_tokens, generator.tokenizer.pad_token_id)
-    return {"parity": parity, "llama_cpp_tokens_per_second": round(speed, 1),
-            "torch_tokens_per_second": round(torch_tps, 1),
-            "speedup": round(speed / torch_tps, 2) if torch_tps else None}
+    tokenizer = generator.tokenizer
+    try:
+        checked = run_isolated("the GGUF parity check", llama_cpp_checks, path, lora, probes,
+                               BosToken(tokenizer.bos_token, tokenizer.bos_token_id), settings.max_new_tokens)
+    except NativeCrash as crash:
+        kept = ExportError(f"{crash}. {artifact} was written and is kept; {artifact.parent / 'export_report.json'} "
+                           "records that the parity check could not run")
+        return {"parity": {"status": "not run", "reason": f"llama.cpp crashed ({crash.cause})"}}, kept
+    torch_tps = torch_speed(generator.model, probes[:4], settings.max_new_tokens, tokenizer.pad_token_id)
+    speed = checked["llama_cpp_tokens_per_second"]
+    return {**checked, "torch_tokens_per_second": round(torch_tps, 1),
+            "speedup": round(speed / torch_tps, 2) if torch_tps else None}, None
 
 
 def export_gguf_lora(checkpoint: Path, meta: dict[str, Any], run_dir: Path, out: Path,
@@ -243,11 +251,11 @@ def export_gguf_lora(checkpoint: Path, meta: dict[str, Any], run_dir: Path, out:
         quant = settings.quant if settings.with_base else "f16"
         base_info = write_model_gguf(Path(base_dir), base_path, quant, name=str(meta.get("model_id")),
                                      tokenizer_pre=tokenizer_pre(base_dir))
-        report = {**info, "base": base_info if settings.with_base else {"checked_against": "temporary f16 base"},
-                  **check_gguf(base_path, adapter, generator, probes, settings)}
+        checks, failure = check_gguf(base_path, adapter, generator, probes, settings, artifact=adapter)
+    report = {**info, "base": base_info if settings.with_base else {"checked_against": "temporary f16 base"}, **checks}
     write_modelfile(out / "Modelfile.adapter", base_name if settings.with_base else None, adapter.name,
                     generator.tokenizer, run_dir)
-    return ExportResult(out, "gguf-lora", report)
+    return ExportResult(out, "gguf-lora", report, failure)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -67,7 +67,8 @@ def locate_run(path: str | Path) -> Path:
     named = DEFAULT_RUNS_DIR / path
     if not path.is_absolute() and named.exists():
         return named
-    raise CheckpointError(f"{path}: no such run, experiment or checkpoint directory (nor {named}); "
+    also = f" (nor {named})" if not path.is_absolute() and path.parts[:1] != DEFAULT_RUNS_DIR.parts else ""
+    raise CheckpointError(f"{path}: no such run, experiment or checkpoint directory{also}; "
                           "`tuneforge runs list` shows what there is")
 
 
@@ -81,6 +82,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     latest = latest_checkpoint(path)
     if latest is not None:
         return latest
+    if not (path / "config.yaml").is_file():
+        raise CheckpointError(f"{path}: not a tuneforge run or checkpoint directory (no config.yaml, no {META_FILE}); "
+                              "`tuneforge runs list` shows the runs")
     raise CheckpointError(f"{path}: this run has no checkpoint yet (nothing under {path / 'checkpoints'})")
 
 

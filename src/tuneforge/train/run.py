@@ -17,6 +17,7 @@ Layout of `runs/<name>/`:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tuneforge import __version__
-from tuneforge.cluster import ClusterInfo, ensure_ray
+from tuneforge.cluster import ClusterInfo, ensure_ray, local_machine, ray_is_running
 from tuneforge.config import TrainConfig, load_config
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.io import atomic_dir, write_json, write_text
@@ -37,11 +38,16 @@ class Reporter(Protocol):
 
     def phase(self, message: str) -> None: ...
 
+    def note(self, message: str) -> None: ...
+
     def event(self, event: dict[str, Any]) -> None: ...
 
 
 class SilentReporter:
     def phase(self, message: str) -> None:
+        pass
+
+    def note(self, message: str) -> None:
         pass
 
     def event(self, event: dict[str, Any]) -> None:
@@ -84,6 +90,7 @@ def prepare_run(config: TrainConfig, reporter: Reporter | None = None) -> Prepar
     )
 
     reporter = reporter or SilentReporter()
+    check_data_files(config)
     if needs_conversion(config.model_id):
         reporter.phase(f"converting bundled {config.model_id} to a cached HF directory (first use only, ~20 s)")
     else:
@@ -97,6 +104,8 @@ def prepare_run(config: TrainConfig, reporter: Reporter | None = None) -> Prepar
     ensure_distinct_pad(tokenizer)
     reporter.phase("reading and tokenizing data")
     data = prepare_data(config, tokenizer, model_max_length(model_config))
+    for note in data.notes:
+        reporter.note(note)
     check_lora_targets(config, model_config, data.labels)
     config = config.model_copy(update={"context_length": data.context_length})
     plan = make_plan(config, len(data.train))
@@ -119,6 +128,20 @@ def prepare_run(config: TrainConfig, reporter: Reporter | None = None) -> Prepar
     else:
         run_meta.update(classification_meta(config, data))
     return PreparedRun(config, source, tokenizer, data, plan, run_meta, notes=[*config.notes, *data.notes])
+
+
+def check_data_files(config: TrainConfig) -> None:
+    """Data paths that are no file fail before the model is resolved (a bundled model converts for ~20 s)."""
+    from tuneforge.data.records import check_data_file
+    from tuneforge.errors import DataError
+
+    for key in ("train_path", "valid_path"):
+        value = getattr(config, key)
+        try:
+            if value is not None:
+                check_data_file(Path(value), key)
+        except DataError as exc:
+            raise DataError(f"{config.source_of(key)}: {exc}") from None
 
 
 def prepare_data(config: TrainConfig, tokenizer: Any, max_length: int | None) -> Any:
@@ -172,8 +195,9 @@ def train(
     donor); `run_dir` places the run exactly there (replacing what is there)."""
     reporter = reporter or SilentReporter()
     prepared = prepare_run(config, reporter)
-    placement = connect(prepared.config, reporter, address, dashboard, debug, cpus_per_worker)
     run_dir = Path(run_dir) if run_dir else choose_run_dir(prepared.config, overwrite)
+    preflight(prepared.config, run_dir, address, cpus_per_worker)
+    placement = connect(prepared.config, reporter, address, dashboard, debug, cpus_per_worker)
     start_run_dir(run_dir, prepared, continuing=init_checkpoint is not None)
     resume_step = read_meta_step(init_checkpoint) if init_checkpoint else None
     return execute(prepared, run_dir, placement, reporter, callbacks=callbacks, init_checkpoint=init_checkpoint,
@@ -192,6 +216,7 @@ def resume(run_dir: Path, *, overrides: list[str] | None = None, address: str | 
     config = load_config(saved, overrides)
     reporter = reporter or SilentReporter()
     prepared = prepare_run(config, reporter)
+    preflight(prepared.config, run_dir, address, cpus_per_worker)
     placement = connect(prepared.config, reporter, address, dashboard, debug, cpus_per_worker)
     write_text(run_dir / "config.yaml", prepared.config.to_yaml())
     return execute(prepared, run_dir, placement, reporter, resume_step=latest_checkpoint_step(run_dir))
@@ -209,6 +234,29 @@ def connect(config: TrainConfig, reporter: Reporter, address: str | None, dashbo
     reporter.phase("starting Ray" if address is None else f"joining Ray at {address}")
     cluster = ensure_ray(address, dashboard=dashboard, debug=debug)
     return Placement(scaling_config(config, cluster, cpus_per_worker), cluster.local or address is None)
+
+
+def preflight(config: TrainConfig, run_dir: Path, address: str | None, cpus_per_worker: float | None) -> None:
+    """What can be refused before Ray starts (many seconds): a run directory that cannot be created, and on a Ray
+    tuneforge would start here, more workers than this machine has CPUs or GPUs for."""
+    check_writable(run_dir, config.source_of("output_dir"))
+    if address is None and not ray_is_running():
+        machine = local_machine()
+        resources, _ = worker_resources(config, machine, cpus_per_worker)
+        # Custom resources (accelerator_type:...) are only known once Ray has looked at the hardware.
+        fits(config, {name: resources[name] for name in ("CPU", "GPU") if name in resources}, machine)
+
+
+def check_writable(run_dir: Path, at: str) -> None:
+    existing = run_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{at}: cannot create {run_dir}: {existing} is a file, not a directory; "
+                          "choose another output_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{at}: cannot create {run_dir}: no permission to write in {existing}; "
+                          "choose another output_dir")
 
 
 def read_meta_step(checkpoint: Path) -> int:
@@ -322,6 +370,12 @@ def execute(
     return outcome
 
 
+def data_counts(data: Any) -> dict[str, Any]:
+    """Rows training uses, and how many were truncated to context_length or dropped (no target tokens left)."""
+    counts = {name: {"rows": s.rows, "truncated": s.truncated, "dropped": s.dropped} for name, s in data.stats.items()}
+    return {**counts["train"], "valid": counts["valid"]}
+
+
 def fit(inputs: dict[str, Any], scaling: Any, config: TrainConfig, run_dir: Path, callbacks: list[Any] | None,
         *, has_validation: bool, local: bool = True) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
@@ -379,6 +433,14 @@ def scaling_config(config: TrainConfig, cluster: ClusterInfo, cpus_per_worker: f
     worker's torch uses that many threads) and GPU workers take one GPU each."""
     from ray.train import ScalingConfig
 
+    resources, use_gpu = worker_resources(config, cluster, cpus_per_worker)
+    fits(config, resources, cluster)
+    return ScalingConfig(num_workers=config.num_devices, use_gpu=use_gpu, resources_per_worker=resources)
+
+
+def worker_resources(config: TrainConfig, cluster: ClusterInfo,
+                     cpus_per_worker: float | None) -> tuple[dict[str, float], bool]:
+    """What each worker asks Ray for, and whether workers use GPUs."""
     resources = dict(config.worker_resources or {})
     use_gpu = resources.get("GPU", 0) > 0 or any(key.startswith("accelerator_type") for key in resources) or (
         cluster.gpus >= 1 and "GPU" not in resources
@@ -390,21 +452,31 @@ def scaling_config(config: TrainConfig, cluster: ClusterInfo, cpus_per_worker: f
     elif "CPU" not in resources:
         share = cluster.cpus // config.num_devices if not use_gpu else min(8.0, cluster.cpus // config.num_devices)
         resources["CPU"] = max(1.0, min(share, cluster.max_node_cpus or share))
-    check_fits(config.num_devices, resources, cluster)
-    return ScalingConfig(num_workers=config.num_devices, use_gpu=use_gpu, resources_per_worker=resources)
+    return resources, use_gpu
+
+
+def fits(config: TrainConfig, resources: dict[str, float], cluster: ClusterInfo) -> None:
+    try:
+        check_fits(config.num_devices, resources, cluster)
+    except ConfigError as exc:
+        raise ConfigError(f"{config.source_of('num_devices')}: {exc}") from None
 
 
 def check_fits(workers: int, resources: dict[str, float], cluster: ClusterInfo) -> None:
-    """On a local Ray nothing will ever join, so a request larger than the machine would wait forever."""
-    if not cluster.local:
-        return
-    for name, have in (("CPU", cluster.cpus), ("GPU", cluster.gpus)):
-        need = workers * resources.get(name, 0)
+    """A request Ray can never satisfy would wait forever, so it is refused with what Ray has: on a local Ray
+    nothing will ever join, and a cluster's (--address) totals are what it can offer."""
+    where = "this machine has" if cluster.local else "the Ray cluster has"
+    fix = "join a cluster with --address" if cluster.local else "add nodes to the cluster"
+    for name, each in resources.items():
+        need, have = workers * each, cluster.resources.get(name, 0.0)
         if need > have + 1e-9:
-            raise ConfigError(
-                f"num_devices {workers} x {resources.get(name)} {name} per worker needs {need:g} {name}s but this "
-                f"machine has {have:g}; lower num_devices or worker_resources.{name}, or join a cluster with --address"
-            )
+            raise ConfigError(f"num_devices {workers} x {each:g} {name} per worker needs {need:g} {name} but {where} "
+                              f"{have:g}; lower num_devices or worker_resources.{name}, or {fix}")
+    if not any(all(node.get(name, 0.0) + 1e-9 >= each for name, each in resources.items())
+               for node in cluster.node_resources):
+        wanted = ", ".join(f"{each:g} {name}" for name, each in resources.items())
+        raise ConfigError(f"one worker needs {wanted} on a single node but no node of the Ray cluster has that much; "
+                          f"lower worker_resources, or {fix}")
 
 
 class EventPump:
@@ -460,6 +532,7 @@ def finalize(run_dir: Path, prepared: PreparedRun, result: Any, seconds: float) 
         "checkpoints": [str(path) for path, _ in ranked],
         "steps": prepared.plan.total_steps,
         "epochs": prepared.plan.num_epochs,
+        "data": data_counts(prepared.data),
         "train_seconds": round(seconds, 2),
         "tokens_per_second": mean_throughput(steps),
         "first_train_loss": steps[0]["loss"] if steps else None,
