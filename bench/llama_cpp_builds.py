@@ -82,10 +82,11 @@ def measure(wheel: Path, model: Path, args: argparse.Namespace) -> dict:
 
 def label(wheel: Path) -> str:
     """The mode scripts/install_llama_cpp.sh recorded beside the wheel, else the wheel's folder."""
+    from tuneforge.doctor import read_build_record
+
     build = wheel.parent / "BUILD"
     if build.is_file():
-        fields = dict(line.split("=", 1) for line in build.read_text().splitlines() if "=" in line)
-        return f"{fields.get('mode')} ({wheel.parent.name[-16:]})"
+        return f"{read_build_record(build).get('mode')} ({wheel.parent.name[-16:]})"
     return wheel.parent.name
 
 

@@ -412,9 +412,9 @@ def show_classification_report(results: dict[str, Any]) -> None:
     console.print(table)
     console.print(f"accuracy {results['accuracy']:.3f}")
     if results["unseen_labels"]:
-        named = ", ".join(f"'{k}' ({v})" for k, v in results["unseen_labels"].items())
-        console.print(f"[yellow]note:[/yellow] {results['unseen_rows']} row(s) with label(s) {named} never appear in "
-                      "training; they count as wrong", highlight=False)
+        from tuneforge.evaluate import unseen_summary
+
+        show_note(f"{unseen_summary(results)} never appear in training; they count as wrong")
 
 
 @app.command()

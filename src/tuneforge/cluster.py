@@ -14,17 +14,27 @@ from typing import Any
 from tuneforge.errors import TuneforgeError
 
 # Variables the workers must see as the driver does (caches, offline mode, tuneforge's model cache).
-FORWARDED_ENV = ("TUNEFORGE_HOME", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE")
+FORWARDED_ENV = ("TUNEFORGE_HOME", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE",
+                 "OMP_WAIT_POLICY")
 
 
 @dataclass(frozen=True)
 class ClusterInfo:
-    cpus: float
-    gpus: float
-    max_node_cpus: float
     local: bool  # started by tuneforge on this machine: nothing will ever join it
     resources: dict[str, float]  # totals, as ray.cluster_resources() reports them
     node_resources: tuple[dict[str, float], ...]  # what each live node has
+
+    @property
+    def cpus(self) -> float:
+        return float(self.resources.get("CPU", 0.0))
+
+    @property
+    def gpus(self) -> float:
+        return float(self.resources.get("GPU", 0.0))
+
+    @property
+    def max_node_cpus(self) -> float:
+        return float(max((node.get("CPU", 0.0) for node in self.node_resources), default=0.0))
 
 
 _started_locally = False
@@ -48,7 +58,7 @@ def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bo
         # torch's OpenMP threads spin while they wait for each other; beside another busy process a spinning thread
         # burns the share its sibling needs (bench/contention.py: 0.39 of the alone speed spinning, 0.71 passive;
         # alone, both as fast).
-        env_vars["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+        env_vars.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         options: dict[str, Any] = {
             "include_dashboard": dashboard,
             "log_to_driver": debug,
@@ -62,7 +72,7 @@ def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bo
         except (ConnectionError, RuntimeError, ValueError) as exc:
             target = address or "a local Ray instance"
             raise TuneforgeError(f"cannot start or reach {target}: {str(exc).splitlines()[0]}") from None
-        _started_locally = address is None
+        _started_locally = address is None and not os.environ.get("RAY_ADDRESS")
         _dashboard_url = f"http://{context.dashboard_url}" if dashboard and context.dashboard_url else None
         quiet_ray_loggers(debug)
     return describe_cluster()
@@ -80,7 +90,7 @@ def local_machine() -> ClusterInfo:
     import torch
 
     have = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
-    return ClusterInfo(have["CPU"], have["GPU"], have["CPU"], local=True, resources=have, node_resources=(have,))
+    return ClusterInfo(local=True, resources=have, node_resources=(have,))
 
 
 def describe_cluster() -> ClusterInfo:
@@ -88,14 +98,7 @@ def describe_cluster() -> ClusterInfo:
 
     total = ray.cluster_resources()
     nodes = tuple(dict(node.get("Resources", {})) for node in ray.nodes() if node.get("Alive"))
-    return ClusterInfo(
-        cpus=float(total.get("CPU", 0.0)),
-        gpus=float(total.get("GPU", 0.0)),
-        max_node_cpus=float(max((node.get("CPU", 0.0) for node in nodes), default=0.0)),
-        local=_started_locally,
-        resources=dict(total),
-        node_resources=nodes,
-    )
+    return ClusterInfo(local=_started_locally, resources=dict(total), node_resources=nodes)
 
 
 def quiet_ray_loggers(debug: bool) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tuneforge import __version__
+from tuneforge.train.hardware import cpu_flags
 
 Status = Literal["ok", "warn", "fail"]
 REQUIRED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "ray", "gguf", "pydantic")
@@ -77,15 +78,6 @@ def package_check(name: str) -> Check:
         return Check(name, "ok", importlib.metadata.version(name))
     except importlib.metadata.PackageNotFoundError:
         return Check(name, "fail", "not installed", "make install (or pip install -e . in the project's venv)")
-
-
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return set()
-    line = next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
-    return set(line.partition(":")[2].split())
 
 
 def cpu_model() -> str:
@@ -201,8 +193,12 @@ def installed_build_mode() -> str | None:
     marker = Path(spec.origin).parent / "TUNEFORGE_BUILD" if spec and spec.origin else None
     if marker is None or not marker.is_file():
         return None
-    fields = dict(line.split("=", 1) for line in marker.read_text().splitlines() if "=" in line)
-    return f"built by tuneforge: {fields.get('mode', '?')}"
+    return f"built by tuneforge: {read_build_record(marker).get('mode', '?')}"
+
+
+def read_build_record(path: Path) -> dict[str, str]:
+    """The key=value lines scripts/install_llama_cpp.sh writes (mode, cmake_args, cflags)."""
+    return dict(line.split("=", 1) for line in path.read_text(encoding="utf-8").splitlines() if "=" in line)
 
 
 def smoke_check() -> Check:

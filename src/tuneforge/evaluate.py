@@ -77,12 +77,14 @@ def eval_dir(run: str | Path, data_path: Path, name: str | None, output_dir: str
 def refuse_unseen_labels(report: EvalReport) -> None:
     """Rows whose label training never saw are already counted and scored as wrong; unless the caller accepts
     them, such an evaluation fails, since the model cannot predict those classes at all."""
-    unseen = report.results["unseen_labels"]
-    if unseen:
-        named = ", ".join(f"'{label}' ({count})" for label, count in unseen.items())
-        raise DataError(f"{report.results['data']}: {report.results['unseen_rows']} row(s) with label(s) {named} "
-                        f"never seen in training, scored as wrong (results in {report.output_dir}); "
-                        "fix those labels or pass --allow-unseen-labels")
+    if report.results["unseen_labels"]:
+        raise DataError(f"{report.results['data']}: {unseen_summary(report.results)} never seen in training, scored "
+                        f"as wrong (results in {report.output_dir}); fix those labels or pass --allow-unseen-labels")
+
+
+def unseen_summary(results: dict[str, Any]) -> str:
+    named = ", ".join(f"'{label}' ({count})" for label, count in results["unseen_labels"].items())
+    return f"{results['unseen_rows']} row(s) with label(s) {named}"
 
 
 def plot_confusion(confusion: dict[str, Any], path: Path) -> None:

@@ -43,6 +43,7 @@ from tuneforge.io import write_json, write_text
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
 TRIAL_CPU = 0.01  # what a trial's own process reserves: it only waits on its Ray Train workers
+BEST_RUN_KEYS = frozenset({"run_id", "objective", "metric", "mode", "hyperparameters", "checkpoint"})
 NOT_OBJECTIVE = {"step", "epoch", "train_loss", "eval_loss", "eval_seconds", "peak_rss_mb", "eval_perplexity"}
 PBT_MIN_KEEP = 3
 
@@ -379,7 +380,7 @@ def search(config: TrainConfig, *, address: str | None = None, resume_dir: Path 
 
     from tuneforge.cluster import ensure_ray
     from tuneforge.train import prepare_run
-    from tuneforge.train.run import check_writable, scaling_config
+    from tuneforge.train.run import check_fits, check_writable, worker_resources
 
     settings = config.tune or TuneSettings()
     space = validate_search(config)
@@ -387,8 +388,8 @@ def search(config: TrainConfig, *, address: str | None = None, resume_dir: Path 
     if not resume_dir:
         check_writable(Path(config.output_dir), config.source_of("output_dir"))
     config, notes = apply_pbt_rules(config, settings)
-    for note in notes:
-        if display:
+    if display:
+        for note in notes:
             display.note(note)
     metric, mode = objective_direction(config, settings)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the runs keep their own metrics and TB
@@ -397,7 +398,7 @@ def search(config: TrainConfig, *, address: str | None = None, resume_dir: Path 
     # stopped by the scheduler leaves its workers' CPUs reserved, and later trials wait for them forever.
     cluster = ensure_ray(address, dashboard=True, debug=debug)
     plan = plan_resources(config, settings, cluster.cpus, cluster.gpus)
-    scaling_config(config, cluster, plan.cpus_per_worker)  # refuses trial workers Ray could never place
+    check_fits(config, worker_resources(config, cluster, plan.cpus_per_worker)[0], cluster)  # before any trial
     if resume_dir:
         from tuneforge.train.checkpoints import locate_run
 
@@ -711,8 +712,6 @@ def read_best_run(experiment_dir: Path) -> dict[str, Any]:
         raise TuneforgeError(f"{path}: incomplete, it needs {', '.join(sorted(BEST_RUN_KEYS))}; {rewrite}")
     return best
 
-
-BEST_RUN_KEYS = frozenset({"run_id", "objective", "metric", "mode", "hyperparameters", "checkpoint"})
 
 
 def missing_best_run(directory: Path) -> str:

@@ -67,7 +67,7 @@ def locate_run(path: str | Path) -> Path:
     named = DEFAULT_RUNS_DIR / path
     if not path.is_absolute() and named.exists():
         return named
-    also = f" (nor {named})" if not path.is_absolute() and path.parts[:1] != DEFAULT_RUNS_DIR.parts else ""
+    also = f" (nor {named})" if not path.is_absolute() and not path.is_relative_to(DEFAULT_RUNS_DIR) else ""
     raise CheckpointError(f"{path}: no such run, experiment or checkpoint directory{also}; "
                           "`tuneforge runs list` shows what there is")
 

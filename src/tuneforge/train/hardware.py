@@ -17,12 +17,18 @@ CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 @lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (x86 `flags`, Arm `Features`); empty where unknown."""
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return False
-    return any(flag in flags for flag in CPU_BF16_FLAGS)
+        return frozenset()
+    line = next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def cpu_has_bf16() -> bool:
+    return any(flag in cpu_flags() for flag in CPU_BF16_FLAGS)
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,7 +64,6 @@ class PreparedRun:
     data: Any  # PreparedData
     plan: TrainingPlan
     run_meta: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -127,7 +126,7 @@ def prepare_run(config: TrainConfig, reporter: Reporter | None = None) -> Prepar
         run_meta["stop_token_ids"] = end_of_turn_token_ids(tokenizer)
     else:
         run_meta.update(classification_meta(config, data))
-    return PreparedRun(config, source, tokenizer, data, plan, run_meta, notes=[*config.notes, *data.notes])
+    return PreparedRun(config, source, tokenizer, data, plan, run_meta)
 
 
 def check_data_files(config: TrainConfig) -> None:
@@ -238,13 +237,14 @@ def connect(config: TrainConfig, reporter: Reporter, address: str | None, dashbo
 
 def preflight(config: TrainConfig, run_dir: Path, address: str | None, cpus_per_worker: float | None) -> None:
     """What can be refused before Ray starts (many seconds): a run directory that cannot be created, and on a Ray
-    tuneforge would start here, more workers than this machine has CPUs or GPUs for."""
+    tuneforge would start here, more workers than this machine has CPUs or GPUs for. (RAY_ADDRESS, which Ray
+    sets inside its jobs, means joining a cluster: its totals are checked once connected.)"""
     check_writable(run_dir, config.source_of("output_dir"))
-    if address is None and not ray_is_running():
+    if address is None and not os.environ.get("RAY_ADDRESS") and not ray_is_running():
         machine = local_machine()
         resources, _ = worker_resources(config, machine, cpus_per_worker)
         # Custom resources (accelerator_type:...) are only known once Ray has looked at the hardware.
-        fits(config, {name: resources[name] for name in ("CPU", "GPU") if name in resources}, machine)
+        check_fits(config, {name: resources[name] for name in ("CPU", "GPU") if name in resources}, machine)
 
 
 def check_writable(run_dir: Path, at: str) -> None:
@@ -398,7 +398,8 @@ def fit(inputs: dict[str, Any], scaling: Any, config: TrainConfig, run_dir: Path
             checkpoint_config=checkpoint_config,
             callbacks=callbacks or [],
             # Workers that cannot be placed within RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) end the run with an
-            # error instead of Ray retrying forever; a cluster with an autoscaler (--address) may keep waiting.
+            # error instead of Ray retrying forever; on a cluster (--address) a request within its totals (checked
+            # by check_fits) may wait for other jobs to free resources.
             failure_config=FailureConfig(max_failures=0, controller_failure_limit=0 if local else -1),
         ),
     )
@@ -434,7 +435,7 @@ def scaling_config(config: TrainConfig, cluster: ClusterInfo, cpus_per_worker: f
     from ray.train import ScalingConfig
 
     resources, use_gpu = worker_resources(config, cluster, cpus_per_worker)
-    fits(config, resources, cluster)
+    check_fits(config, resources, cluster)
     return ScalingConfig(num_workers=config.num_devices, use_gpu=use_gpu, resources_per_worker=resources)
 
 
@@ -455,28 +456,22 @@ def worker_resources(config: TrainConfig, cluster: ClusterInfo,
     return resources, use_gpu
 
 
-def fits(config: TrainConfig, resources: dict[str, float], cluster: ClusterInfo) -> None:
-    try:
-        check_fits(config.num_devices, resources, cluster)
-    except ConfigError as exc:
-        raise ConfigError(f"{config.source_of('num_devices')}: {exc}") from None
-
-
-def check_fits(workers: int, resources: dict[str, float], cluster: ClusterInfo) -> None:
-    """A request Ray can never satisfy would wait forever, so it is refused with what Ray has: on a local Ray
-    nothing will ever join, and a cluster's (--address) totals are what it can offer."""
+def check_fits(config: TrainConfig, resources: dict[str, float], cluster: ClusterInfo) -> None:
+    """A request Ray can never satisfy would wait forever, so it is refused with what Ray has, naming the config
+    line: on a local Ray nothing will ever join, and a cluster's (--address) totals are what it can offer."""
+    at, workers = config.source_of("num_devices"), config.num_devices
     where = "this machine has" if cluster.local else "the Ray cluster has"
     fix = "join a cluster with --address" if cluster.local else "add nodes to the cluster"
     for name, each in resources.items():
         need, have = workers * each, cluster.resources.get(name, 0.0)
         if need > have + 1e-9:
-            raise ConfigError(f"num_devices {workers} x {each:g} {name} per worker needs {need:g} {name} but {where} "
-                              f"{have:g}; lower num_devices or worker_resources.{name}, or {fix}")
+            raise ConfigError(f"{at}: num_devices {workers} x {each:g} {name} per worker needs {need:g} {name} but "
+                              f"{where} {have:g}; lower num_devices or worker_resources.{name}, or {fix}")
     if not any(all(node.get(name, 0.0) + 1e-9 >= each for name, each in resources.items())
                for node in cluster.node_resources):
         wanted = ", ".join(f"{each:g} {name}" for name, each in resources.items())
-        raise ConfigError(f"one worker needs {wanted} on a single node but no node of the Ray cluster has that much; "
-                          f"lower worker_resources, or {fix}")
+        raise ConfigError(f"{at}: one worker needs {wanted} on a single node but no node of the Ray cluster has "
+                          f"that much; lower worker_resources, or {fix}")
 
 
 class EventPump:
