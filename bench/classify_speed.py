@@ -43,7 +43,7 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
 def run(train_path: Path, precision: str, out: Path, name: str) -> dict:
     from tuneforge.config import load_config
     from tuneforge.train import train
-    from tuneforge.train.tracking import read_metrics
+    from tuneforge.rundir import RunDir
 
     config = load_config(ROOT / "configs" / "classify.yaml", [
         f"train_path={train_path}", f"precision={precision}", "num_epochs=3", "max_num_checkpoints=3",
@@ -52,7 +52,7 @@ def run(train_path: Path, precision: str, out: Path, name: str) -> dict:
     started = time.time()
     result = train(config)
     wall = time.time() - started
-    history = read_metrics(result.run_dir)
+    history = RunDir(result.run_dir).metrics()
     steps = [row for row in history if row["type"] == "step"]
     evals = [row for row in history if row["type"] == "eval"]
     train_seconds = sum(row["step_seconds"] for row in steps) + sum(row["eval_seconds"] for row in evals)

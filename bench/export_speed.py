@@ -79,7 +79,7 @@ def in_child(target, *args) -> dict:
 
 
 def main() -> None:
-    from tuneforge.export import ExportSettings, export_run
+    from tuneforge.export import ExportSettings, export_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="a LoRA run of smollm2-135m-instruct (default: train a short one)")
@@ -87,13 +87,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tuneforge-bench-") as tmp:
         run = args.run or short_run(Path(tmp))
         out = Path(tmp) / "export"
-        merged = export_run(run, "merged", ExportSettings(output_dir=out, prompts=8))
+        merged = export_model(run, "merged", ExportSettings(output_dir=out, prompts=8))
         torch_row = in_child(torch_child, str(run))
         prompt_ids = prompt_token_ids(Path(run))
         rows = {}
         for quant in QUANTS:
             started = time.time()
-            report = export_run(run, "gguf", ExportSettings(quant=quant, output_dir=out, prompts=8)).report
+            report = export_model(run, "gguf", ExportSettings(quant=quant, output_dir=out, prompts=8)).report
             measured = in_child(gguf_child, report["path"], prompt_ids)
             rows[quant] = {**measured, "megabytes": report["bytes"] / 2**20,
                            "agreement": report["parity"]["greedy_token_agreement"], "export_s": time.time() - started}

@@ -172,10 +172,10 @@ def weighted_eval_loss(model, examples, pad_longest, rows, bf16: bool) -> float:
 
 def run_tuneforge(train: Path, valid: Path, steps: int, out: Path, compiled: bool = False) -> dict:
     from tuneforge.train import train as tuneforge_train
-    from tuneforge.train.tracking import read_metrics
+    from tuneforge.rundir import RunDir
 
     result = tuneforge_train(tuneforge_config(train, valid, out, steps, compiled))
-    history = read_metrics(result.run_dir)
+    history = RunDir(result.run_dir).metrics()
     step_rows = [row for row in history if row["type"] == "step"][1:]
     evals = [row for row in history if row["type"] == "eval"]
     return {

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import write_jsonl
 from tests.test_cli import tuneforge_here
 from tuneforge.config import TrainConfig, load_config
 from tuneforge.data.classification import balanced_class_weights, prepare_classification, stratified_split
@@ -138,8 +139,10 @@ def test_merged_lora_classifier_matches_the_adapter_on_validation_texts(tmp_path
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from tuneforge.export import export_run
+    from tuneforge.export import export_model
+    from tuneforge.data.classification import labelled_splits
     from tuneforge.models import resolve_model
+    from tuneforge.rundir import CheckpointMeta, RunDir
     from tuneforge.train.checkpoints import save_checkpoint
 
     data = write_csv(tmp_path / "p.csv", rows({"nlp": 6, "vision": 6}))
@@ -153,9 +156,12 @@ def test_merged_lora_classifier_matches_the_adapter_on_validation_texts(tmp_path
         resolve_model("minilm-l6"), num_labels=2, id2label=dict(enumerate(labels)), label2id={"nlp": 0, "vision": 1})
     model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"],
                                              init_lora_weights=False))
-    meta = {"task": "classification", "model_id": "minilm-l6", "lora": True, "labels": labels, "step": 1}
+    meta = CheckpointMeta(task="classification", model_id="minilm-l6", lora=True, labels=labels,
+                          text_fields=config.text_fields, label_field=config.label_field, step=1)
+    _, (held_out, _) = labelled_splits(config)
+    write_jsonl(RunDir(run).samples_file, [record.data for record in held_out])
     save_checkpoint(run / "best", model, minilm_tokenizer, meta, {"step": 1})
-    fidelity = export_run(run, "merged").report["fidelity"]
+    fidelity = export_model(run, "merged").report["fidelity"]
     assert fidelity["texts"] == 6  # the held-out half, read back from the run's own split
     assert fidelity["max_abs_logit_diff"] <= 1e-4 and fidelity["label_agreement"] == 1.0
     assert (run / "export" / "merged" / "model.safetensors").is_file()
@@ -167,6 +173,7 @@ def tiny_classifier_run(tmp_path, minilm_tokenizer) -> Path:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
+    from tuneforge.rundir import CheckpointMeta
     from tuneforge.train.checkpoints import save_checkpoint
 
     torch.manual_seed(0)
@@ -174,8 +181,8 @@ def tiny_classifier_run(tmp_path, minilm_tokenizer) -> Path:
     model = BertForSequenceClassification(BertConfig(
         vocab_size=len(minilm_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=64, num_labels=2, id2label=dict(enumerate(labels)), label2id={"nlp": 0, "vision": 1}))
-    meta = {"task": "classification", "model_id": "minilm-l6", "lora": False, "labels": labels,
-            "text_fields": ["title", "body"], "label_field": "tag", "step": 1}
+    meta = CheckpointMeta(task="classification", model_id="minilm-l6", lora=False, labels=labels,
+                          text_fields=["title", "body"], label_field="tag", step=1)
     run = tmp_path / "runs" / "tiny"
     save_checkpoint(run / "best", model, minilm_tokenizer, meta, {"step": 1})
     return run

@@ -175,12 +175,12 @@ def test_a_directory_as_train_path_is_named_with_its_config_line_before_the_mode
 def test_eval_refuses_a_missing_data_file_before_loading_the_model(tmp_path, monkeypatch, task):
     import json
 
-    import tuneforge.inference
+    import tuneforge.models.loading
 
-    monkeypatch.setattr(tuneforge.inference, "load_checkpoint", lambda *_, **__: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(tuneforge.models.loading, "load_checkpoint", lambda *_, **__: pytest.fail("the model was loaded"))
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
-    (checkpoint / "tuneforge.json").write_text(json.dumps({"task": task}))
+    (checkpoint / "tuneforge.json").write_text(json.dumps({"task": task, "model_id": "m"}))
     result = tuneforge_here("eval", str(checkpoint), "--data", str(tmp_path / "missing.jsonl"))
     assert_one_clear_line(result, "missing.jsonl: eval data file not found")
 

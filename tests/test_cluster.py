@@ -7,7 +7,7 @@ import pytest
 from tuneforge import cluster
 from tuneforge.config import TrainConfig
 from tuneforge.errors import ConfigError
-from tuneforge.train.run import scaling_config
+from tuneforge.train.driver import scaling_config
 
 NODES = [{"Alive": True, "Resources": {"CPU": 4.0, "memory": 8e9}},
          {"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0, "memory": 8e9}},

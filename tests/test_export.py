@@ -14,7 +14,7 @@ import torch
 from tests.helpers import chat_row, write_jsonl
 from tuneforge.config import TrainConfig
 from tuneforge.errors import TuneforgeError
-from tuneforge.export import ExportSettings, export_run
+from tuneforge.export import ExportSettings, export_model
 from tuneforge.export.gguf_file import ExportError, rotary_permute
 
 pytest.importorskip("llama_cpp")
@@ -26,6 +26,7 @@ def make_run(root: Path, model_dir: Path, tokenizer, *, lora: bool = True) -> Pa
     from transformers import AutoModelForCausalLM
 
     from tuneforge.data.causal import end_of_turn_token_ids
+    from tuneforge.rundir import CheckpointMeta, RunDir
     from tuneforge.train.checkpoints import save_checkpoint
 
     run = root / "run"
@@ -39,8 +40,9 @@ def make_run(root: Path, model_dir: Path, tokenizer, *, lora: bool = True) -> Pa
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     if lora:
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
-    meta = {"task": "causal_lm", "model_id": str(model_dir), "model_source": str(model_dir), "lora": lora,
-            "shape": "chat", "labels": [], "stop_token_ids": end_of_turn_token_ids(tokenizer), "step": 1}
+    meta = CheckpointMeta(task="causal_lm", model_id=str(model_dir), model_source=str(model_dir), lora=lora,
+                          shape="chat", stop_token_ids=end_of_turn_token_ids(tokenizer), step=1)
+    write_jsonl(RunDir(run).samples_file, rows)
     (run / "best").mkdir()
     save_checkpoint(run / "best", model, tokenizer, meta, {"step": 1})
     return run
@@ -62,7 +64,7 @@ SETTINGS = dict(prompts=4, max_new_tokens=8)
 def test_merged_export_matches_base_plus_adapter(lora_run):
     from transformers import AutoModelForCausalLM
 
-    result = export_run(lora_run, "merged", ExportSettings(**SETTINGS))
+    result = export_model(lora_run, "merged", ExportSettings(**SETTINGS))
     fidelity = result.report["fidelity"]
     assert fidelity["max_abs_logit_diff"] <= 1e-3
     assert fidelity["greedy_token_agreement"] == 1.0 and fidelity["positions"] > 0
@@ -77,7 +79,7 @@ def test_merged_export_matches_base_plus_adapter(lora_run):
 def test_gguf_export_runs_in_llama_cpp_like_the_torch_model(lora_run, quant):
     import gguf
 
-    result = export_run(lora_run, "gguf", ExportSettings(quant=quant, **SETTINGS))
+    result = export_model(lora_run, "gguf", ExportSettings(quant=quant, **SETTINGS))
     path = Path(result.report["path"])
     assert path.name == f"model-{quant}.gguf"
     assert result.report["parity"]["greedy_token_agreement"] >= 0.9
@@ -94,7 +96,7 @@ def test_gguf_export_runs_in_llama_cpp_like_the_torch_model(lora_run, quant):
 def test_q4_k_m_goes_through_llama_cpps_quantizer(lora_run):
     import gguf
 
-    result = export_run(lora_run, "gguf", ExportSettings(quant="q4_k_m", **SETTINGS))
+    result = export_model(lora_run, "gguf", ExportSettings(quant="q4_k_m", **SETTINGS))
     reader = gguf.GGUFReader(result.report["path"])
     assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q4_K_M
     assert not list(Path(result.report["path"]).parent.glob(".*f16.gguf"))  # the f16 intermediate is gone
@@ -104,7 +106,7 @@ def test_q4_k_m_goes_through_llama_cpps_quantizer(lora_run):
 def test_gguf_lora_adapter_applies_on_an_unchanged_base(lora_run):
     import gguf
 
-    result = export_run(lora_run, "gguf-lora", ExportSettings(**SETTINGS))
+    result = export_model(lora_run, "gguf-lora", ExportSettings(**SETTINGS))
     adapter = gguf.GGUFReader(result.report["path"])
     assert adapter.fields["general.type"].contents() == "adapter"
     assert adapter.fields["adapter.lora.alpha"].contents() == pytest.approx(8.0)
@@ -122,7 +124,7 @@ def test_generate_runs_a_gguf_with_its_chat_template(lora_run):
 
     path = lora_run / "export" / "model-f16.gguf"
     if not path.exists():
-        export_run(lora_run, "gguf", ExportSettings(quant="f16", **SETTINGS))
+        export_model(lora_run, "gguf", ExportSettings(quant="f16", **SETTINGS))
     chat = GgufChat(path)
     text = chat.complete("Say apple.", GenerationSettings(max_new_tokens=5))
     assert isinstance(text, str)
@@ -177,12 +179,12 @@ def test_rotary_permutation_interleaves_each_heads_halves():
 
 def test_full_fine_tune_has_no_adapter_to_export(full_run):
     with pytest.raises(ExportError, match="full fine-tune has no adapter"):
-        export_run(full_run, "gguf-lora")
+        export_model(full_run, "gguf-lora")
 
 
 def test_unknown_quant_type_is_refused(lora_run):
     with pytest.raises(ExportError, match="unknown quant type 'q3'; choose one of f16, q8_0, q4_0, q4_k_m"):
-        export_run(lora_run, "gguf", ExportSettings(quant="q3", **SETTINGS))
+        export_model(lora_run, "gguf", ExportSettings(quant="q3", **SETTINGS))
 
 
 def test_cli_export_errors_are_one_line(lora_run, tmp_path):
@@ -210,7 +212,7 @@ def test_run_without_checkpoint_and_missing_base(tmp_path, lora_run):
     import shutil
 
     with pytest.raises(TuneforgeError, match="not a tuneforge run or checkpoint directory"):
-        export_run(tmp_path, "merged")
+        export_model(tmp_path, "merged")
     moved = tmp_path / "run"
     shutil.copytree(lora_run, moved)
     meta_path = moved / "best" / "tuneforge.json"
@@ -218,7 +220,7 @@ def test_run_without_checkpoint_and_missing_base(tmp_path, lora_run):
     meta.update(model_id=str(tmp_path / "gone"), model_source=str(tmp_path / "gone"))
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(TuneforgeError, match="gone.*no such directory"):
-        export_run(moved, "merged")
+        export_model(moved, "merged")
 
 
 def test_full_disk_while_writing_leaves_no_partial_file(lora_run, monkeypatch):
@@ -230,6 +232,6 @@ def test_full_disk_while_writing_leaves_no_partial_file(lora_run, monkeypatch):
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", full_disk)
     target = lora_run / "export" / "model-q4_0.gguf"
     with pytest.raises(ExportError, match=r"writing .*model-q4_0\.gguf failed \(No space left on device\)"):
-        export_run(lora_run, "gguf", ExportSettings(quant="q4_0", **SETTINGS))
+        export_model(lora_run, "gguf", ExportSettings(quant="q4_0", **SETTINGS))
     assert not target.exists()
     assert not list(target.parent.glob(".*partial"))

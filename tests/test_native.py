@@ -46,12 +46,12 @@ def test_a_crash_in_the_parity_check_keeps_the_gguf_and_reports_why(monkeypatch,
     pytest.importorskip("llama_cpp")
     from tests.helpers import die_of_sigill
     from tests.test_export import SETTINGS, make_run
-    from tuneforge.export import ExportSettings, export_run
+    from tuneforge.export import ExportSettings, export_model
 
     run = make_run(tmp_path, tiny_llama_dir, smol_tokenizer)
     monkeypatch.setattr("tuneforge.export.parity.llama_cpp_checks", die_of_sigill)
     with pytest.raises(TuneforgeError) as raised:
-        export_run(run, "gguf", ExportSettings(quant="q8_0", **SETTINGS))
+        export_model(run, "gguf", ExportSettings(quant="q8_0", **SETTINGS))
     message = str(raised.value)
     assert "during the GGUF parity check (SIGILL" in message and "model-q8_0.gguf was written and is kept" in message
     export = run / "export"

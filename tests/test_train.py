@@ -9,8 +9,7 @@ import pytest
 from tests.helpers import chat_row, write_jsonl
 from tuneforge.config import TrainConfig
 from tuneforge.train import resume, train
-from tuneforge.train.checkpoints import list_checkpoints, read_meta
-from tuneforge.train.tracking import read_metrics
+from tuneforge.rundir import CheckpointMeta, RunDir
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -40,17 +39,17 @@ def test_lora_run_learns_and_leaves_a_complete_run_directory(tmp_path, tiny_llam
     for name in ("config.yaml", "plan.json", "lr_schedule.png", "metrics.jsonl", "results.json", "run.json"):
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    history = read_metrics(run)
+    history = RunDir(run).metrics()
     evals = [row for row in history if row["type"] == "eval"]
     steps = [row for row in history if row["type"] == "step"]
     assert len(steps) == 48 and [row["step"] for row in evals] == [12, 24, 36, 48]
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] * 0.7
     assert steps[-1]["loss"] < steps[0]["loss"]
     # best-k by validation loss, plus the latest for resuming
-    kept = list_checkpoints(run)
+    kept = RunDir(run).checkpoints()
     assert 2 <= len(kept) <= 3
     best = min(evals, key=lambda row: row["eval_loss"])
-    assert read_meta(run / "best")["step"] == best["step"]
+    assert CheckpointMeta.read(run / "best").step == best["step"]
     # a LoRA checkpoint holds the adapter, not the base
     assert (run / "best" / "adapter_model.safetensors").is_file() and not (run / "best" / "model.safetensors").exists()
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
@@ -73,11 +72,11 @@ def test_two_workers_match_one_worker_with_the_same_global_batch(tmp_path, tiny_
     two = train(tiny_config(tmp_path / "two", tiny_llama_dir, train_batch_size_per_device=4, num_devices=2,
                             worker_resources={"CPU": 1}, run_name="two", **common))
     assert two.best_metrics["eval_loss"] == pytest.approx(one.best_metrics["eval_loss"], rel=2e-3)
-    steps_one = [r for r in read_metrics(one.run_dir) if r["type"] == "step"]
-    steps_two = [r for r in read_metrics(two.run_dir) if r["type"] == "step"]
+    steps_one = [r for r in RunDir(one.run_dir).metrics() if r["type"] == "step"]
+    steps_two = [r for r in RunDir(two.run_dir).metrics() if r["type"] == "step"]
     assert [r["tokens"] for r in steps_two] == [r["tokens"] for r in steps_one]  # every row seen once per step
     # one writer: a single checkpoint directory per event, with one adapter file in it
-    assert all(len(list(p.glob("adapter_model*.safetensors"))) == 1 for p in list_checkpoints(two.run_dir))
+    assert all(len(list(p.glob("adapter_model*.safetensors"))) == 1 for p in RunDir(two.run_dir).checkpoints())
 
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, tiny_llama_dir):
@@ -94,7 +93,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, tiny_llama_d
     assert not (run / "results.json").exists()
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
     result = resume(run)
-    history = read_metrics(run)
+    history = RunDir(run).metrics()
     starts = [row["step"] for row in history if row["type"] == "step"]
     assert starts == list(range(1, 49))  # steps after the last checkpoint were dropped and trained again, once
     assert (run / "results.json").is_file()
@@ -106,7 +105,7 @@ def test_qlora_trains_adapters_on_a_4bit_base(tmp_path, tiny_llama_dir):
     pytest.importorskip("bitsandbytes")
     result = train(tiny_config(tmp_path, tiny_llama_dir, load_in_4bit=True, num_epochs=2, max_num_checkpoints=2,
                                precision="bf16"))
-    evals = [row for row in read_metrics(result.run_dir) if row["type"] == "eval"]
+    evals = [row for row in RunDir(result.run_dir).metrics() if row["type"] == "eval"]
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
     assert (result.run_dir / "best" / "adapter_model.safetensors").is_file()
 

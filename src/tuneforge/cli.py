@@ -291,7 +291,7 @@ def generate_gguf(model: Path, lora: Path | None, prompts: list[str], input_file
                   settings: Any, output: Path | None) -> None:
     from tuneforge.generate import read_prompt_rows
     from tuneforge.gguf_chat import GgufChat
-    from tuneforge.io import write_text
+    from tuneforge.atomic import write_text
 
     rows = read_prompt_rows(input_file) if input_file else []  # bad rows are refused before llama.cpp starts
     with GgufChat(model, lora) as chat:
@@ -313,7 +313,7 @@ def generate_gguf(model: Path, lora: Path | None, prompts: list[str], input_file
 
 def generate_rows(generator: Any, pairs: list[tuple[Any, dict[str, Any]]], settings: Any, system: str | None,
                   output: Path | None, compare_base: bool) -> None:
-    from tuneforge.io import write_text
+    from tuneforge.atomic import write_text
 
     prompts = [prompt for prompt, _ in pairs]
     completions = generator.complete(prompts, settings, system=system)
@@ -376,9 +376,9 @@ def eval_(
 ) -> None:
     """Score a run on a data file: classification P/R/F1 + confusion matrix, or causal loss + stop rate."""
     from tuneforge.evaluate import evaluate_causal, evaluate_classifier, refuse_unseen_labels
-    from tuneforge.train.checkpoints import read_meta, resolve_checkpoint
+    from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
 
-    task = read_meta(resolve_checkpoint(run)).get("task")
+    task = CheckpointMeta.read(resolve_checkpoint(run)).task
     if task == "classification":
         report = evaluate_classifier(run, data, name=name, output_dir=output, batch_size=batch_size)
         show_classification_report(report.results)
@@ -430,7 +430,7 @@ def predict(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
 ) -> None:
     """Label texts with a probability per class, as JSON lines."""
-    from tuneforge.io import write_text
+    from tuneforge.atomic import write_text
     from tuneforge.predict import Predictor, apply_threshold
 
     if not text and not input_file:
@@ -544,7 +544,7 @@ def runs_list(directory: Path = typer.Argument(Path("runs"), help="output_dir to
     """Every run and search with its status and best metric."""
     from rich.table import Table
 
-    from tuneforge.runs import list_runs
+    from tuneforge.rundir import list_runs
 
     table = Table(title=f"runs in {directory}", title_justify="left", title_style="bold")
     for column in ("name", "kind", "status", "task", "best", "path"):
@@ -583,12 +583,12 @@ def export(
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
 ) -> None:
     """Export for local use: merged HF weights, a GGUF model, or a GGUF LoRA adapter; always checked."""
-    from tuneforge.export import ExportSettings, export_run
+    from tuneforge.export import ExportSettings, export_model
 
     settings = ExportSettings(quant=quant, output_dir=output, with_base=with_base, prompts=prompts,
                               max_new_tokens=max_new_tokens)
     console.print(f"[dim]· exporting {run} as {format_}{'' if format_ == 'merged' else ' (' + quant + ')'}[/dim]")
-    result = export_run(run, format_, settings)
+    result = export_model(run, format_, settings)
     console.print(key_value_table(f"export: {result.artifact}", report_rows(result.report)))
     console.print(f"report: {result.output_dir / 'export_report.json'}")
 

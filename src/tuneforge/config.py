@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from pydantic_core import PydanticCustomError
 
 from tuneforge.errors import ConfigError
+from tuneforge.metrics import metric_mode
 
 BUNDLED_MODEL_ALIASES = ("smollm2-135m-instruct", "minilm-l6")
 
@@ -72,7 +73,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # --- what to train -------------------------------------------------------------------------------------
-    task: Literal["causal_lm", "classification"] = Field("causal_lm", description="causal_lm or classification")
+    task: str = Field("causal_lm", description="causal_lm or classification (tuneforge.tasks lists them)")
     model_id: str = Field(description="local HF dir, hub id, or bundled alias (smollm2-135m-instruct, minilm-l6)")
     trust_remote_code: bool = Field(False, description="let the model's repo run its own Python code")
     load_in_4bit: bool = Field(False, description="QLoRA: load the base in 4-bit NF4 (bitsandbytes)")
@@ -140,8 +141,14 @@ class TrainConfig(BaseModel):
 
     @field_validator("task", mode="before")
     @classmethod
-    def _task_alias(cls, value: Any) -> Any:
-        return "causal_lm" if value == "instruction_tuning" else value
+    def _known_task(cls, value: Any) -> Any:
+        from tuneforge.tasks import ALIASES, TASKS
+
+        value = ALIASES.get(value, value)
+        if value not in TASKS:
+            raise ValueError(f"unknown task {value!r}{suggest(str(value), TASKS, list_when_none_close=False)}; "
+                             f"tuneforge knows {', '.join(TASKS)}")
+        return value
 
     @field_validator("lora_config")
     @classmethod
@@ -160,7 +167,7 @@ class TrainConfig(BaseModel):
     @field_validator("best_metric")
     @classmethod
     def _check_best_metric(cls, value: str, info: Any) -> str:
-        known = VALIDATION_METRICS[info.data.get("task") or "causal_lm"]
+        known = validation_metrics(info.data.get("task"))
         if value not in known:
             raise ValueError(f"unknown metric '{value}'{suggest(value, known, list_when_none_close=False)}; "
                              f"validation reports {', '.join(known)}")
@@ -168,11 +175,9 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_task_fields(self) -> TrainConfig:
-        if self.task == "classification":
-            if not self.text_fields:
-                raise ValueError("classification needs text_fields (the columns that make the input text)")
-            if not self.label_field:
-                raise ValueError("classification needs label_field (the column holding the label)")
+        from tuneforge.tasks import get_task
+
+        get_task(self.task).check_config(self)
         return self
 
     @property
@@ -195,9 +200,7 @@ class TrainConfig(BaseModel):
 
     @property
     def best_mode(self) -> Literal["min", "max"]:
-        if self.best_metric_mode:
-            return self.best_metric_mode
-        return "min" if "loss" in self.best_metric or "perplexity" in self.best_metric else "max"
+        return self.best_metric_mode or metric_mode(self.best_metric)
 
     def to_yaml(self) -> str:
         """Every key, unset ones as null: the saved config says what each setting was, defaults included."""
@@ -208,11 +211,11 @@ class TrainConfig(BaseModel):
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
-# What a validation event reports, per task: the names best_metric and tune.metric may use.
-VALIDATION_METRICS = {
-    "causal_lm": ("eval_loss", "eval_perplexity"),
-    "classification": ("eval_loss", "eval_accuracy", "eval_precision", "eval_recall", "eval_f1"),
-}
+def validation_metrics(task: str | None) -> tuple[str, ...]:
+    """What a validation event of `task` reports: the names best_metric and tune.metric may use."""
+    from tuneforge.tasks import get_task
+
+    return get_task(task).metrics
 
 
 @lru_cache(maxsize=1)

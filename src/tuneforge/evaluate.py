@@ -10,16 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.data.classification import read_labelled, row_text
+from tuneforge.atomic import atomic_dir, write_json
 from tuneforge.errors import DataError
-from tuneforge.io import atomic_dir, write_json
-
-
-def classification_summary(y_true: list[Any], y_pred: list[Any], prefix: str = "") -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
-
-    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="weighted", zero_division=0)
-    return {f"{prefix}accuracy": float(accuracy_score(y_true, y_pred)), f"{prefix}precision": float(precision),
-            f"{prefix}recall": float(recall), f"{prefix}f1": float(f1)}
+from tuneforge.metrics import classification_summary, perplexity
 
 
 @dataclass
@@ -38,7 +31,7 @@ def evaluate_classifier(run: str | Path, data_path: str | Path, *, name: str | N
     data_path = Path(data_path)
     check_data_file(data_path, "eval data")  # before the model loads
     predictor = Predictor.from_path(run)
-    label_field = predictor.meta["label_field"]
+    label_field = str(predictor.meta.label_field)
     records, labels = read_labelled(data_path, "eval data", predictor.text_fields, label_field)
     predictions = predictor.predict([row_text(r.data, predictor.text_fields) for r in records], batch_size)
     y_pred = [p.label for p in predictions]
@@ -69,9 +62,9 @@ def evaluate_classifier(run: str | Path, data_path: str | Path, *, name: str | N
 def eval_dir(run: str | Path, data_path: Path, name: str | None, output_dir: str | Path | None) -> Path:
     """Where results go: `output_dir`, else RUN/eval/<name>, with RUN found by name under ./runs as every command
     that takes a run finds it."""
-    from tuneforge.train.checkpoints import locate_run
+    from tuneforge.rundir import RunDir
 
-    return Path(output_dir) if output_dir else locate_run(run) / "eval" / (name or data_path.stem)
+    return Path(output_dir) if output_dir else RunDir.locate(run).eval_dir(name or data_path.stem)
 
 
 def refuse_unseen_labels(report: EvalReport) -> None:
@@ -117,8 +110,6 @@ def evaluate_causal(run: str | Path, data_path: str | Path, *, name: str | None 
                     max_new_tokens: int = 128) -> EvalReport:
     """Loss and perplexity on every row (same masks as training), then greedy generation on up to
     `max_generate` rows: how often the model stops by itself, and how often it reproduces the reference."""
-    import math
-
     import torch
 
     from tuneforge.data import causal
@@ -135,7 +126,7 @@ def evaluate_causal(run: str | Path, data_path: str | Path, *, name: str | None 
     tokenizer = generator.tokenizer
     tokenizer.padding_side = "right"
     examples = causal.tokenize_records(records, data_path, shape, tokenizer, train_on_inputs=False)
-    context = int(generator.meta.get("context_length") or max(len(e) for e in examples))
+    context = generator.meta.context_length or max(len(e) for e in examples)
     examples = [causal.Example(e.input_ids[:context], e.target_mask[:context], e.source) for e in examples]
     objective = CausalLMObjective(generator.model)
     loss_sum = count = 0.0
@@ -151,7 +142,7 @@ def evaluate_causal(run: str | Path, data_path: str | Path, *, name: str | None 
     loss = loss_sum / max(count, 1.0)
     results = {
         "data": str(data_path), "checkpoint": str(run), "rows": len(examples), "eval_loss": loss,
-        "perplexity": math.exp(min(loss, 50.0)), "generated": len(completions),
+        "perplexity": perplexity(loss), "generated": len(completions),
         "stopped_rate": sum(c.finish_reason == "stop" for c in completions) / max(len(completions), 1),
         "exact_match": sum(c.text.strip() == row["reference"].strip() for c, (_, row) in zip(completions, pairs, strict=True))
         / max(len(completions), 1),

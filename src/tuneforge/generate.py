@@ -14,6 +14,7 @@ import torch
 
 from tuneforge.data.records import read_records
 from tuneforge.errors import DataError, TuneforgeError, where
+from tuneforge.rundir import CheckpointMeta
 
 
 @dataclass
@@ -39,15 +40,15 @@ class GenerationSettings:
 class Generator:
     """A loaded model ready to complete prompts the way its run was trained (chat template or plain text)."""
 
-    def __init__(self, model: Any, tokenizer: Any, meta: dict[str, Any]):
+    def __init__(self, model: Any, tokenizer: Any, meta: CheckpointMeta):
         self.model, self.tokenizer, self.meta = model, tokenizer, meta
         self.tokenizer.padding_side = "left"
-        self.stop_ids = list(meta.get("stop_token_ids") or [tokenizer.eos_token_id])
-        self.chat = meta.get("shape") == "chat"
+        self.stop_ids = list(meta.stop_token_ids or [tokenizer.eos_token_id])
+        self.chat = meta.shape == "chat"
 
     @classmethod
     def from_path(cls, path: str | Path) -> Generator:
-        from tuneforge.inference import load_checkpoint
+        from tuneforge.models.loading import load_checkpoint
 
         loaded = load_checkpoint(path, task="causal_lm")
         return cls(loaded.model, loaded.tokenizer, loaded.meta)
@@ -60,7 +61,7 @@ class Generator:
         """The exact text the model sees: chat runs get the chat template with the assistant turn opened."""
         if system and not self.chat:
             raise TuneforgeError(f"a system message (--system) needs a chat run; this run was trained on "
-                                 f"{self.meta.get('shape')} rows, which have none: drop --system")
+                                 f"{self.meta.shape} rows, which have none: drop --system")
         if isinstance(prompt, str) and not self.chat:
             return prompt
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
@@ -139,30 +140,31 @@ CHAT_ROLES = ("system", "user", "assistant")
 
 
 def read_prompt_rows(path: str | Path) -> list[tuple[Any, dict[str, Any]]]:
-    """(prompt, row) pairs from a JSONL of chat `messages` or `prompt` rows. A chat row that ends with the
-    assistant's reply keeps that reply as the reference and is prompted with the turns before it."""
+    """(prompt, row) pairs from a JSONL of chat `messages` or `prompt` rows."""
     path = Path(path)
-    pairs = []
-    for record in read_records(path, "input"):
-        row = record.data
-        if "messages" in row:
-            messages = row["messages"]
-            if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
-                raise DataError(f"{where(path, record.line)}: 'messages' must be a non-empty list of {{role, content}}")
-            odd = next((m for m in messages if m["role"] not in CHAT_ROLES or not isinstance(m["content"], str)), None)
-            if odd is not None:
-                raise DataError(f"{where(path, record.line)}: message with role {odd['role']!r} needs a role in "
-                                f"{', '.join(CHAT_ROLES)} and text content")
-            if messages[-1]["role"] == "assistant":
-                row = {**row, "reference": messages[-1]["content"]}
-                messages = messages[:-1]
-            if not messages:
-                raise DataError(f"{where(path, record.line)}: no user message to answer")
-            pairs.append((messages, row))
-        elif isinstance(row.get("prompt"), str):
-            if "completion" in row:
-                row = {**row, "reference": row["completion"]}
-            pairs.append((row["prompt"], row))
-        else:
-            raise DataError(f"{where(path, record.line)}: row needs 'messages' or 'prompt' (keys found: {', '.join(sorted(row)) or 'none'})")
-    return pairs
+    return [prompt_of(record.data, where(path, record.line)) for record in read_records(path, "input")]
+
+
+def prompt_of(row: dict[str, Any], at: str) -> tuple[Any, dict[str, Any]]:
+    """(prompt, row) for one chat `messages` or `prompt` row. A chat row that ends with the assistant's reply keeps
+    that reply as the row's `reference` and is prompted with the turns before it; a completion is the reference of
+    its prompt. `at` (file:line) locates errors."""
+    if "messages" in row:
+        messages = row["messages"]
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+            raise DataError(f"{at}: 'messages' must be a non-empty list of {{role, content}}")
+        odd = next((m for m in messages if m["role"] not in CHAT_ROLES or not isinstance(m["content"], str)), None)
+        if odd is not None:
+            raise DataError(f"{at}: message with role {odd['role']!r} needs a role in {', '.join(CHAT_ROLES)} and text "
+                            "content")
+        if messages[-1]["role"] == "assistant":
+            row = {**row, "reference": messages[-1]["content"]}
+            messages = messages[:-1]
+        if not messages:
+            raise DataError(f"{at}: no user message to answer")
+        return messages, row
+    if isinstance(row.get("prompt"), str):
+        if "completion" in row:
+            row = {**row, "reference": row["completion"]}
+        return row["prompt"], row
+    raise DataError(f"{at}: row needs 'messages' or 'prompt' (keys found: {', '.join(sorted(row)) or 'none'})")

@@ -108,7 +108,7 @@ def plot_learning_rates(config: TrainConfig, plan: TrainingPlan, path: Path) -> 
     axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    from tuneforge.io import atomic_path
+    from tuneforge.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")

@@ -11,6 +11,7 @@ import torch
 
 from tuneforge.data.classification import check_columns, row_text
 from tuneforge.data.records import read_records
+from tuneforge.rundir import CheckpointMeta
 
 
 @dataclass
@@ -32,16 +33,16 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, model: Any, tokenizer: Any, meta: dict[str, Any]):
+    def __init__(self, model: Any, tokenizer: Any, meta: CheckpointMeta):
         self.model, self.tokenizer, self.meta = model, tokenizer, meta
-        self.labels: list[str] = list(meta["labels"])
-        self.text_fields: list[str] = list(meta.get("text_fields") or [])
-        self.max_length = int(meta.get("context_length") or 512)
+        self.labels: list[str] = list(meta.labels)
+        self.text_fields: list[str] = list(meta.text_fields or [])
+        self.max_length = meta.context_length or 512
         self.tokenizer.padding_side = "right"
 
     @classmethod
     def from_path(cls, path: str | Path) -> Predictor:
-        from tuneforge.inference import load_checkpoint
+        from tuneforge.models.loading import load_checkpoint
 
         loaded = load_checkpoint(path, task="classification")
         return cls(loaded.model, loaded.tokenizer, loaded.meta)

@@ -30,16 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import (
-    VALIDATION_METRICS,
     TrainConfig,
     TuneSettings,
     config_keys,
     load_config,
     lora_config_fields,
     suggest,
+    validation_metrics,
 )
 from tuneforge.errors import ConfigError, TuneforgeError
-from tuneforge.io import write_json, write_text
+from tuneforge.atomic import write_json, write_text
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
 TRIAL_CPU = 0.01  # what a trial's own process reserves: it only waits on its Ray Train workers
@@ -147,7 +147,7 @@ def invalid_params(base: dict[str, Any], params: dict[str, Any]) -> str | None:
 
 
 def check_metric(config: TrainConfig, settings: TuneSettings) -> None:
-    known = (*VALIDATION_METRICS[config.task], "train_loss")
+    known = (*validation_metrics(config.task), "train_loss")
     if settings.metric and settings.metric not in known:
         raise ConfigError(f"{config.source_of('tune', 'metric')}: unknown metric '{settings.metric}'"
                           f"{suggest(settings.metric, known, list_when_none_close=False)}; trials report {', '.join(known)}")
@@ -380,7 +380,7 @@ def search(config: TrainConfig, *, address: str | None = None, resume_dir: Path 
 
     from tuneforge.cluster import ensure_ray
     from tuneforge.train import prepare_run
-    from tuneforge.train.run import check_fits, check_writable, worker_resources
+    from tuneforge.train.preflight import check_fits, check_writable, worker_resources
 
     settings = config.tune or TuneSettings()
     space = validate_search(config)
@@ -400,9 +400,9 @@ def search(config: TrainConfig, *, address: str | None = None, resume_dir: Path 
     plan = plan_resources(config, settings, cluster.cpus, cluster.gpus)
     check_fits(config, worker_resources(config, cluster, plan.cpus_per_worker)[0], cluster)  # before any trial
     if resume_dir:
-        from tuneforge.train.checkpoints import locate_run
+        from tuneforge.rundir import locate
 
-        resume_dir = locate_run(resume_dir)
+        resume_dir = locate(resume_dir)
     experiment_dir = resume_dir or choose_experiment_dir(config, settings)
     progress = progress_callback(display) if display else None
     if display:
@@ -579,11 +579,11 @@ def summarize(experiment_dir: Path, grid: Any, metric: str, mode: str, space: di
 def best_kept_checkpoint(run_dir: Path, metric: str, mode: str) -> Path | None:
     """The trial's kept checkpoint that scores best on the search metric. A trial the scheduler stopped never
     wrote `best/`, and a finished trial's `best/` follows its own `best_metric`, which may not be the search's."""
-    from tuneforge.train.checkpoints import list_checkpoints, read_meta
+    from tuneforge.rundir import CheckpointMeta, RunDir
 
     scored = []
-    for path in list_checkpoints(run_dir):
-        value = objective_value(read_meta(path).get("metrics", {}), metric)
+    for path in RunDir(run_dir).checkpoints():
+        value = objective_value(CheckpointMeta.read(path).metrics, metric)
         if value is not None:
             scored.append((value, path))
     if not scored:
@@ -607,9 +607,9 @@ def tune_statuses(experiment_dir: Path) -> dict[str, str]:
 
 def scored_evals(run_dir: Path, metric: str) -> list[tuple[float, dict[str, Any]]]:
     """(objective, metrics) at each validation event of a trial's run, from its own metrics.jsonl."""
-    from tuneforge.train.tracking import read_metrics
+    from tuneforge.rundir import RunDir
 
-    evals = [row for row in read_metrics(run_dir) if row.get("type") == "eval"]
+    evals = [row for row in RunDir(run_dir).metrics() if row.get("type") == "eval"]
     return [(value, row) for row in evals if (value := objective_value(row, metric)) is not None]
 
 
@@ -670,7 +670,7 @@ def plot_objective(path: Path, trials: list[dict[str, Any]], metric: str) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tuneforge.io import atomic_path
+    from tuneforge.atomic import atomic_path
 
     names = [t["run_id"].removeprefix("trial_") for t in trials]
     values = [t["best_objective"] if t["best_objective"] is not None else float("nan") for t in trials]
@@ -688,18 +688,18 @@ def plot_objective(path: Path, trials: list[dict[str, Any]], metric: str) -> Non
 
 
 def load_experiment_config(experiment_dir: Path) -> TrainConfig:
-    from tuneforge.train.checkpoints import locate_run
+    from tuneforge.rundir import locate
 
-    saved = locate_run(experiment_dir) / "tune_config.yaml"
+    saved = locate(experiment_dir) / "tune_config.yaml"
     if not saved.is_file():
         raise TuneforgeError(f"{experiment_dir}: not a tuneforge experiment (no tune_config.yaml)")
     return load_config(saved)
 
 
 def read_best_run(experiment_dir: Path) -> dict[str, Any]:
-    from tuneforge.train.checkpoints import locate_run
+    from tuneforge.rundir import locate
 
-    directory = locate_run(experiment_dir)
+    directory = locate(experiment_dir)
     path = directory / "best_run.json"
     if not path.is_file():
         raise TuneforgeError(missing_best_run(directory))

@@ -261,3 +261,10 @@ def make_example(ids: list[int], offsets: list[tuple[int, int]], spans: list[tup
             continue  # tokens with no characters (a BOS added by the tokenizer) are never targets
         mask[index] = any(tok_start < span_end and tok_end > span_start for span_start, span_end in spans)
     return Example(np.asarray(ids, dtype=np.int32), mask, source)
+
+
+def shared_system_prompt(rows: list[dict[str, Any]]) -> str | None:
+    """The system message every chat row uses, if they all use the same one (export's Modelfile sets it)."""
+    systems = {next((m.get("content") for m in row.get("messages") or [] if m.get("role") == "system"), None)
+               for row in rows}
+    return systems.pop() if len(systems) == 1 and None not in systems else None

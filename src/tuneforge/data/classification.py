@@ -93,7 +93,7 @@ def labelled_splits(config: TrainConfig) -> tuple[tuple[list[Record], list[str]]
 
 
 def prepare_classification(config: TrainConfig, tokenizer: Any, max_length: int | None) -> Any:
-    from tuneforge.data.prepare import LengthStats, PreparedData, choose_context_length
+    from tuneforge.data.prepare import VALID_ROWS_KEPT, LengthStats, PreparedData, choose_context_length
 
     text_fields = list(config.text_fields or [])
     train_path = Path(config.train_path)
@@ -117,7 +117,8 @@ def prepare_classification(config: TrainConfig, tokenizer: Any, max_length: int 
         splits[name] = examples
     counts = Counter(train_labels)
     notes.append("train rows per label: " + ", ".join(f"{label} {counts[label]}" for label in label_names))
-    return PreparedData("classification", splits["train"], splits["valid"], context_length, stats, label_names, notes)
+    return PreparedData("classification", splits["train"], splits["valid"], context_length, stats, label_names, notes,
+                        valid_rows=[record.data for record in (valid_records or train_records)[:VALID_ROWS_KEPT]])
 
 
 def refuse_unseen(valid_labels: list[str], label_names: list[str], path: Path) -> None:

@@ -50,9 +50,3 @@ def collate_classification(
 
 def count_real_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int(batch["attention_mask"].sum())
-
-
-def collate_batch(examples: list[Any], *, task: str, pad_id: int, padding: str, context_length: int,
-                  multiple_of: int | None) -> dict[str, torch.Tensor]:
-    collate = collate_classification if task == "classification" else collate_causal
-    return collate(examples, pad_id, padding=padding, context_length=context_length, multiple_of=multiple_of)

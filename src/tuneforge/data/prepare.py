@@ -15,6 +15,9 @@ from tuneforge.data.records import Record, read_records
 from tuneforge.errors import DataError
 
 
+VALID_ROWS_KEPT = 64
+
+
 @dataclass
 class LengthStats:
     rows: int
@@ -51,6 +54,8 @@ class PreparedData:
     stats: dict[str, LengthStats]
     labels: list[str] = field(default_factory=list)  # classification only
     notes: list[str] = field(default_factory=list)
+    valid_rows: list[dict[str, Any]] = field(default_factory=list)  # raw rows, a few, kept in the run for later stages
+    system_prompt: str | None = None  # causal chat: the system message every training row shared, if one
 
 
 def split_records(records: list[Record], share: float, seed: int, path: Path) -> tuple[list[Record], list[Record]]:
@@ -102,7 +107,9 @@ def prepare_causal(config: TrainConfig, tokenizer: Any, model_max_length: int | 
         stats[name] = replace(LengthStats.of(lengths, target_tokens, truncated), rows=len(kept[name]), dropped=dropped)
     if not kept["train"]:
         raise DataError(f"{train_path}: no row has target tokens within context_length {context_length}")
-    return PreparedData(shape, kept["train"], kept["valid"], context_length, stats, notes=notes)
+    return PreparedData(shape, kept["train"], kept["valid"], context_length, stats, notes=notes,
+                        valid_rows=[record.data for record in (valid_records or train_records)[:VALID_ROWS_KEPT]],
+                        system_prompt=causal.shared_system_prompt([record.data for record in train_records]))
 
 
 def choose_context_length(configured: int | None, lengths: list[int], model_max_length: int | None) -> int:

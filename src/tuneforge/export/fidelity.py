@@ -1,37 +1,49 @@
-"""What an exported model is checked against: the run's validation prompts, and the torch model's own greedy
-answers to them. Comparisons are teacher-forced on [prompt + reference answer], so one early disagreement does not
-cascade into a meaningless string diff."""
+"""What an exported model is checked against: the validation rows the run kept, and the trained model's outputs on
+them. Causal models are compared teacher-forced on [prompt + the trained model's greedy answer], so one early
+disagreement does not cascade into a meaningless string diff; classifiers on their logits."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from tuneforge.config import load_config
-from tuneforge.data.records import read_records
-from tuneforge.errors import TuneforgeError
 from tuneforge.export.parity import Probe
 
+Outputs = Callable[[Any], list[torch.Tensor]]  # model -> the logits to compare, one tensor per validation row
 
-def validation_prompts(run_dir: Path, limit: int) -> list[Any]:
-    """Up to `limit` prompts from the run's validation data (valid_path, or the same seeded split training used)."""
-    from tuneforge.data.prepare import split_records
-    from tuneforge.generate import read_prompt_rows
 
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        raise TuneforgeError(f"{run_dir}: no config.yaml, so no validation prompts to check the export against")
-    config = load_config(saved)
-    path = Path(config.valid_path or config.train_path)
-    pairs = read_prompt_rows(path)
-    if not config.valid_path:
-        records = read_records(path)
-        _, held_out = split_records(records, config.valid_split or 0.1, config.seed, path)
-        lines = {record.line for record in held_out}
-        pairs = [pair for pair, record in zip(pairs, records, strict=True) if record.line in lines] or pairs
-    return [prompt for prompt, _ in pairs[:limit]]
+@dataclass
+class FidelityCheck:
+    """How an exported copy is compared with the trained model: `outputs(model)` gives the logits to compare;
+    `rows` and `agreement` name the report's keys; `probes` are the generated answers (causal models)."""
+
+    outputs: Outputs
+    rows: str
+    agreement: str
+    probes: list[Probe] = field(default_factory=list)
+
+    def compare(self, reference: list[torch.Tensor], candidate: list[torch.Tensor]) -> dict[str, Any]:
+        return compare(reference, candidate, rows=self.rows, agreement=self.agreement)
+
+
+def generation_check(generator: Any, samples: list[dict[str, Any]], prompts: int, max_new_tokens: int) -> FidelityCheck:
+    """Teacher-forced logits on the trained model's own greedy answers to the first validation prompts."""
+    from tuneforge.generate import prompt_of
+
+    chosen = [prompt_of(row, f"validation sample {number}")[0] for number, row in enumerate(samples[:prompts], start=1)]
+    probes = make_probes(generator, chosen, max_new_tokens)
+    return FidelityCheck(answer_outputs(probes), "prompts", "greedy_token_agreement", probes)
+
+
+def classifier_check(predictor: Any, samples: list[dict[str, Any]], limit: int = 32) -> FidelityCheck:
+    """Logits of the first validation texts."""
+    from tuneforge.data.classification import row_text
+
+    texts = [row_text(row, predictor.text_fields) for row in samples[:limit]]
+    return FidelityCheck(classifier_outputs(predictor.tokenizer, texts), "texts", "label_agreement")
 
 
 def make_probes(generator: Any, prompts: list[Any], max_new_tokens: int) -> list[Probe]:
@@ -58,15 +70,29 @@ def answer_logits(model: Any, probe: Probe) -> torch.Tensor:
     return logits[start : start + len(probe.answer_ids)]
 
 
-def compare_models(reference: Any, candidate: Any, probes: list[Probe]) -> dict[str, Any]:
-    """max |Δlogit| and greedy-token agreement of `candidate` against `reference` on the answer positions."""
+def answer_outputs(probes: list[Probe]) -> Outputs:
+    answered = [probe for probe in probes if probe.answer_ids]
+    return lambda model: [answer_logits(model, probe) for probe in answered]
+
+
+def classifier_outputs(tokenizer: Any, texts: list[str]) -> Outputs:
+    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+
+    @torch.no_grad()
+    def outputs(model: Any) -> list[torch.Tensor]:
+        return list(model(**batch).logits.float())
+
+    return outputs
+
+
+def compare(reference: list[torch.Tensor], candidate: list[torch.Tensor], *, rows: str,
+            agreement: str) -> dict[str, Any]:
+    """max |Δlogit| and how often the top choice agrees, over every compared position; `rows` and `agreement` name
+    the report's keys (prompts / greedy_token_agreement for generation, texts / label_agreement for classifiers)."""
     max_delta, agree, total = 0.0, 0, 0
-    for probe in probes:
-        if not probe.answer_ids:
-            continue
-        ref, cand = answer_logits(reference, probe), answer_logits(candidate, probe)
+    for ref, cand in zip(reference, candidate, strict=True):
         max_delta = max(max_delta, float((ref - cand).abs().max()))
         agree += int((ref.argmax(-1) == cand.argmax(-1)).sum())
-        total += len(probe.answer_ids)
-    return {"prompts": len(probes), "positions": total, "max_abs_logit_diff": max_delta,
-            "greedy_token_agreement": agree / total if total else None}
+        total += int(ref.argmax(-1).numel())
+    return {rows: len(reference), "positions": total, "max_abs_logit_diff": max_delta,
+            agreement: agree / total if total else None}

@@ -15,6 +15,7 @@ import contextlib
 import random
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,34 +26,52 @@ import torch.distributed as dist
 from tuneforge.config import TrainConfig
 from tuneforge.data.collate import count_real_tokens
 from tuneforge.plan import TrainingPlan, make_scheduler
+from tuneforge.rundir import CheckpointMeta
+from tuneforge.tasks import get_task
 from tuneforge.train import checkpoints
 from tuneforge.train.batching import epoch_batches, eval_batches
 from tuneforge.train.hardware import autocast_context, make_grad_scaler, resolve_precision
 
 
-def train_loop_per_worker(inputs: dict[str, Any]) -> None:
+@dataclass
+class WorkerInputs:
+    """What the driver hands every worker."""
+
+    config: dict[str, Any]  # TrainConfig as JSON (validated again in the worker)
+    plan: dict[str, Any]  # TrainingPlan
+    model_source: str  # where the base weights load from
+    meta: CheckpointMeta  # the run's part of every checkpoint's metadata
+    payload: Any  # Ray object ref of {"data": PreparedData, "tokenizer": ...}: put once, shared by the workers
+    events: Any = None  # Ray queue to the driver's tracker and display (rank 0 writes)
+    checkpoint_root: str | None = None  # where Ray persists checkpoints (the driver is told each path)
+    init_checkpoint: str | None = None  # start from this checkpoint's weights and state (a PBT donor)
+    threads: float = 1.0  # CPUs Ray gave each worker
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point."""
-    TrainingLoop(inputs).run()
+    TrainingLoop(loop_config["inputs"]).run()
 
 
 class TrainingLoop:
-    def __init__(self, inputs: dict[str, Any]):
+    def __init__(self, inputs: WorkerInputs):
         import ray
         import ray.train
 
-        self.config = TrainConfig.model_validate(inputs["config"])
-        self.plan = TrainingPlan(**inputs["plan"])
-        self.model_source: str = inputs["model_source"]
-        self.checkpoint_root: str | None = inputs.get("checkpoint_root")
-        self.init_checkpoint: str | None = inputs.get("init_checkpoint")
-        self.run_meta: dict[str, Any] = inputs["run_meta"]
-        self.events = inputs.get("events")
-        payload = ray.get(inputs["payload"])
+        self.config = TrainConfig.model_validate(inputs.config)
+        self.task = get_task(self.config.task)
+        self.plan = TrainingPlan(**inputs.plan)
+        self.model_source = inputs.model_source
+        self.checkpoint_root = inputs.checkpoint_root
+        self.init_checkpoint = inputs.init_checkpoint
+        self.meta = inputs.meta
+        self.events = inputs.events
+        payload = ray.get(inputs.payload)
         self.data, self.tokenizer = payload["data"], payload["tokenizer"]
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         # A Tune trial keeps 0.01 CPU for itself, so its workers get e.g. 1.99: that is still two threads.
-        torch.set_num_threads(max(1, int(float(inputs.get("threads") or 1) + 0.05)))
+        torch.set_num_threads(max(1, int(float(inputs.threads or 1) + 0.05)))
 
     # ----------------------------------------------------------------------------------------------------------
     # setup
@@ -104,11 +123,7 @@ class TrainingLoop:
         )
 
     def build_objective(self) -> torch.nn.Module:
-        from tuneforge.train.objectives import CausalLMObjective, ClassificationObjective
-
-        if self.config.task == "classification":
-            return ClassificationObjective(self.model, self.run_meta.get("class_weights"))
-        return CausalLMObjective(self.model)
+        return self.task.objective(self.model, self.meta)
 
     def ddp_kwargs(self) -> dict[str, Any]:
         from tuneforge.train.hardware import gradient_checkpointing_wanted
@@ -204,13 +219,10 @@ class TrainingLoop:
         return grad_norm
 
     def collate(self, indices: list[int], rows: list[Any] | None = None) -> dict[str, torch.Tensor]:
-        from tuneforge.data.collate import collate_batch
-
         rows = self.data.train if rows is None else rows
-        return collate_batch(
+        return self.task.collate(
             [rows[i] for i in indices],
-            task=self.config.task,
-            pad_id=self.tokenizer.pad_token_id,
+            self.tokenizer.pad_token_id,
             padding=self.config.padding,
             context_length=self.data.context_length,
             multiple_of=self.config.pad_to_multiple_of,
@@ -245,7 +257,7 @@ class TrainingLoop:
             count += float(batch_count)
         objective.train()
         loss_sum, count = all_reduce_sum([loss_sum, count], self.device)
-        if self.config.task == "classification":
+        if self.task.gathers_predictions:
             extra = gather_lists(extra)
         return objective.summarize(loss_sum, count, extra)
 
@@ -263,8 +275,8 @@ class TrainingLoop:
         with tempfile.TemporaryDirectory(prefix="tuneforge-ckpt-") as tmp:
             checkpoint = None
             if self.rank == 0:
-                meta = {**self.run_meta, "step": step, "epoch": metrics["epoch"], "metrics": metrics,
-                        "context_length": self.data.context_length, "precision": self.precision}
+                meta = self.meta.model_copy(update={"step": step, "epoch": metrics["epoch"], "metrics": metrics,
+                                                    "precision": self.precision})
                 checkpoints.save_checkpoint(Path(tmp), self.model, self.tokenizer, meta, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             self.emit({"type": "eval", **metrics})

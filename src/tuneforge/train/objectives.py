@@ -7,7 +7,6 @@ optimizer step across all workers, so gradient accumulation and uneven batches w
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuneforge.data.collate import IGNORE_INDEX
+from tuneforge.metrics import classification_summary, perplexity
 
 # Architectures whose logits are exactly lm_head(final hidden state): for these the loss is computed on target
 # positions only, skipping the vocabulary projection of every prompt and pad token.
@@ -121,7 +121,7 @@ class CausalLMObjective(nn.Module):
     @staticmethod
     def summarize(loss_sum: float, count: float, _extra: dict[str, Any]) -> dict[str, float]:
         loss = loss_sum / max(count, 1.0)
-        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
+        return {"eval_loss": loss, "eval_perplexity": perplexity(loss)}
 
 
 class ClassificationObjective(nn.Module):
@@ -154,8 +154,6 @@ class ClassificationObjective(nn.Module):
 
     @staticmethod
     def summarize(loss_sum: float, count: float, extra: dict[str, Any]) -> dict[str, float]:
-        from tuneforge.evaluate import classification_summary
-
         metrics = {"eval_loss": loss_sum / max(count, 1.0)}
         metrics.update(classification_summary(extra["y_true"], extra["y_pred"], prefix="eval_"))
         return metrics

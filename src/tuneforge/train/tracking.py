@@ -5,11 +5,11 @@ workers run."""
 from __future__ import annotations
 
 import json
-import math
-from pathlib import Path
 from typing import Any
 
-from tuneforge.io import write_text
+from tuneforge.atomic import write_text
+from tuneforge.metrics import perplexity
+from tuneforge.rundir import RunDir
 
 TRAIN_SCALARS = {"loss": "train/loss", "lr": "train/learning_rate", "grad_norm": "train/grad_norm",
                  "tokens_per_second": "train/tokens_per_second"}
@@ -19,18 +19,18 @@ class Tracker:
     """Appends to a run's metrics. When a run resumes from step N, what was logged after N is dropped (from
     metrics.jsonl, and hidden in TensorBoard with purge_step): those steps are about to be trained again."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None):
+    def __init__(self, run: RunDir, resume_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         if resume_step is not None:
             # One row per (kind, step): an attempt cut short may have logged steps it then trained again.
-            latest = {(row.get("type"), row.get("step")): row for row in read_metrics(run_dir)
+            latest = {(row.get("type"), row.get("step")): row for row in run.metrics()
                       if int(row.get("step", 0)) <= resume_step}
             keep = sorted(latest.values(), key=lambda row: (int(row["step"]), row.get("type") != "step"))
-            write_text(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in keep))
-        self.metrics_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            write_text(run.metrics_file, "".join(json.dumps(row) + "\n" for row in keep))
+        self.metrics_file = open(run.metrics_file, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         purge = resume_step + 1 if resume_step is not None else None
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
+        self.writer = SummaryWriter(log_dir=str(run.tensorboard_dir), purge_step=purge)
 
     def record(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -42,7 +42,7 @@ class Tracker:
         if kind == "step":
             for key, tag in TRAIN_SCALARS.items():
                 self.writer.add_scalar(tag, event[key], step)
-            self.writer.add_scalar("train/perplexity", math.exp(min(event["loss"], 50.0)), step)
+            self.writer.add_scalar("train/perplexity", perplexity(event["loss"]), step)
         else:
             for key, value in event.items():
                 if key.startswith("eval_") and isinstance(value, (int, float)) and key != "eval_seconds":
@@ -54,16 +54,3 @@ class Tracker:
     def close(self) -> None:
         self.metrics_file.close()
         self.writer.close()
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-    return rows

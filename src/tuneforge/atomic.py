@@ -1,4 +1,5 @@
-"""Atomic writes: a reader (or a crash) never sees half a file or half a directory."""
+"""Atomic writes: a reader (or a crash) never sees half a file or half a directory. (Named so as not to shadow
+the standard library's io.)"""
 
 from __future__ import annotations
 

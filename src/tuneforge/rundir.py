@@ -1,0 +1,391 @@
+"""The run directory, its checkpoints and its exports: every path and every status change goes through here.
+
+    runs/<name>/
+        config.yaml               the resolved config (defaults and derived values filled in)
+        plan.json                 steps, epochs, events, data statistics; lr_schedule.png
+        run.json                  RunState: created | running | completed | failed | interrupted | stopped
+        validation_samples.jsonl  raw validation rows later stages check against (export's fidelity probes)
+        metrics.jsonl             one line per log step and per validation event
+        tensorboard/              event files
+        checkpoints/step-NNNNNN/  the best `num_checkpoints_to_keep` plus the latest (Ray Train manages them)
+        best/                     copy of the best checkpoint
+        results.json              final and best metrics; a run is complete when it exists
+        eval/<name>/              `tuneforge eval` results
+        export/                   `tuneforge export` artifacts and export_report.json
+
+A checkpoint directory describes itself: weights (a LoRA adapter only, or the full model), the tokenizer,
+`tuneforge.json` (CheckpointMeta) and `training_state.pt` (optimizer, schedule, RNG, step).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tuneforge.atomic import write_json, write_text
+from tuneforge.errors import TuneforgeError
+
+META_FILE = "tuneforge.json"
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
+DEFAULT_RUNS_DIR = Path("runs")  # output_dir's default: a bare run name is looked up here
+
+
+class CheckpointError(TuneforgeError):
+    """A path that is not a usable run or checkpoint."""
+
+
+class CheckpointMeta(BaseModel):
+    """What a checkpoint's `tuneforge.json` holds: enough to load, run, evaluate and export it without the data or
+    the config it was trained from. Written by training (and by export for merged models), read everywhere."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())  # older or newer tuneforge fields are skipped
+
+    tuneforge_version: str = "unknown"
+    task: str = "causal_lm"
+    model_id: str
+    model_source: str | None = None  # where the base weights were at training time
+    lora: bool = False
+    trust_remote_code: bool = False
+    shape: str | None = None  # chat | prompt_completion | text | classification
+    labels: list[str] = []
+    context_length: int | None = None
+    # causal LM
+    stop_token_ids: list[int] | None = None
+    system_prompt: str | None = None  # the system message every training row shared, if one
+    # classification
+    text_fields: list[str] | None = None
+    label_field: str | None = None
+    class_weights: list[float] | None = None
+    # the event that saved it
+    step: int = 0
+    epoch: float = 0.0
+    metrics: dict[str, Any] = {}
+    precision: str | None = None
+    merged_from: str | None = None  # a merged export: the base model the adapter was merged into
+
+    @classmethod
+    def read(cls, checkpoint: str | Path) -> CheckpointMeta:
+        path = Path(checkpoint) / META_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{checkpoint}: not a tuneforge checkpoint (no {META_FILE})")
+        try:
+            return cls.model_validate_json(path.read_text(encoding="utf-8"))
+        except (ValidationError, ValueError) as exc:
+            raise CheckpointError(f"{path}: unreadable checkpoint metadata ({str(exc).splitlines()[0]})") from None
+
+    def write(self, checkpoint: str | Path) -> None:
+        write_text(Path(checkpoint) / META_FILE, self.model_dump_json(indent=2) + "\n")
+
+
+class RunState(BaseModel):
+    """run.json: where a run is in its life."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: Literal["created", "running", "completed", "failed", "interrupted", "stopped", "unknown"] = "unknown"
+    created: str | None = None
+    started: str | None = None
+    ended: str | None = None
+    error: str | None = None
+    resumed_from_step: int | None = None
+    started_from: str | None = None  # a checkpoint of another lineage this run continued (a PBT donor)
+    workers: int | None = None
+    stopped_by: str | None = None
+
+
+def now() -> str:
+    return datetime.now().isoformat(timespec="seconds")
+
+
+class RunDir:
+    """One run's directory. Paths are properties; changes are methods that write atomically."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @classmethod
+    def locate(cls, path: str | Path) -> RunDir:
+        return cls(locate(path))
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> RunDir | None:
+        """The run a checkpoint belongs to (best/ and checkpoints/step-N/ both live under it), if any."""
+        checkpoint = Path(checkpoint)
+        for candidate in (checkpoint, checkpoint.parent, checkpoint.parent.parent):
+            if (candidate / "config.yaml").is_file():
+                return cls(candidate)
+        return None
+
+    # --- paths ---------------------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def plan_file(self) -> Path:
+        return self.path / "plan.json"
+
+    @property
+    def lr_plot(self) -> Path:
+        return self.path / "lr_schedule.png"
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def samples_file(self) -> Path:
+        return self.path / "validation_samples.jsonl"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.path / "best"
+
+    @property
+    def results_file(self) -> Path:
+        return self.path / "results.json"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path / "export"
+
+    def eval_dir(self, name: str) -> Path:
+        return self.path / "eval" / name
+
+    def is_run(self) -> bool:
+        return self.config_file.is_file()
+
+    # --- what it says --------------------------------------------------------------------------------------------
+    def read_config(self, overrides: list[str] | None = None) -> Any:
+        from tuneforge.config import load_config
+
+        if not self.is_run():
+            raise CheckpointError(f"{self.path}: not a tuneforge run (no config.yaml)")
+        return load_config(self.config_file, overrides)
+
+    @property
+    def task(self) -> str:
+        """The run's task, from its results or its config (a run that never finished has no results)."""
+        task = read_json(self.results_file).get("task")
+        if task:
+            return task
+        import yaml
+
+        try:
+            return (yaml.safe_load(self.config_file.read_text(encoding="utf-8")) or {}).get("task") or "causal_lm"
+        except (OSError, yaml.YAMLError):
+            return "unknown"
+
+    def state(self) -> RunState:
+        return RunState.model_validate(read_json(self.state_file))
+
+    def results(self) -> dict[str, Any]:
+        return read_json(self.results_file)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """metrics.jsonl's rows (a line cut short by a crash is skipped)."""
+        if not self.metrics_file.is_file():
+            return []
+        rows = []
+        for line in self.metrics_file.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+    def validation_samples(self) -> list[dict[str, Any]]:
+        if not self.samples_file.is_file():
+            raise CheckpointError(f"{self.path}: no {self.samples_file.name} (a run from an older tuneforge); "
+                                  "train it again to export with fidelity checks")
+        return [json.loads(line) for line in self.samples_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    # --- changes -------------------------------------------------------------------------------------------------
+    def write_files(self, *, config_yaml: str, plan: dict[str, Any], samples: list[dict[str, Any]]) -> None:
+        """The files a run starts with (the plot of the schedule is written by the caller into lr_plot)."""
+        write_text(self.config_file, config_yaml)
+        write_json(self.plan_file, plan)
+        write_text(self.samples_file, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in samples))
+        self.set_state(RunState(status="created", created=now()))
+
+    def set_state(self, state: RunState) -> None:
+        write_json(self.state_file, state.model_dump(exclude_none=True))
+
+    def update_state(self, **changes: Any) -> RunState:
+        state = self.state().model_copy(update=changes)
+        self.set_state(state)
+        return state
+
+    def mark_stopped(self, by: str) -> None:
+        """A run whose process was ended from outside before its last step (a search scheduler stopping a trial)."""
+        if self.state_file.is_file() and self.state().status != "completed":
+            self.update_state(status="stopped", error=None, stopped_by=by)
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        write_json(self.results_file, results)
+
+    def drop_lineage(self) -> None:
+        """Forget checkpoints and results (a run taking over another checkpoint's lineage, as a PBT trial does)."""
+        import shutil
+
+        for stale in (self.checkpoints_dir, self.best_dir):
+            shutil.rmtree(stale, ignore_errors=True)
+        self.results_file.unlink(missing_ok=True)
+
+    # --- checkpoints ---------------------------------------------------------------------------------------------
+    def checkpoints(self) -> list[Path]:
+        """Registered checkpoints, oldest first. Ray Train's snapshot is the authority: a directory a crash left
+        behind before Ray registered it is not a checkpoint of the run."""
+        folder = self.checkpoints_dir
+        if not folder.is_dir():
+            return []
+        registered, _ = read_snapshot(folder)
+        candidates = [folder / name for name in registered] if registered is not None else folder.iterdir()
+        return sorted(p for p in candidates if p.is_dir() and is_checkpoint(p))
+
+    def latest_checkpoint(self) -> Path | None:
+        """The checkpoint a resumed run continues from."""
+        _, latest = read_snapshot(self.checkpoints_dir)
+        if latest and is_checkpoint(self.checkpoints_dir / latest):
+            return self.checkpoints_dir / latest
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def latest_step(self) -> int:
+        """The step training continues from: the latest registered checkpoint's, or 0."""
+        latest = self.latest_checkpoint()
+        return CheckpointMeta.read(latest).step if latest else 0
+
+    def checkpoint(self) -> Path:
+        """The checkpoint to use from this run: best/, else the latest."""
+        if is_checkpoint(self.best_dir):
+            return self.best_dir
+        latest = self.latest_checkpoint()
+        if latest is not None:
+            return latest
+        if not self.is_run():
+            raise CheckpointError(f"{self.path}: not a tuneforge run or checkpoint directory (no config.yaml, no "
+                                  f"{META_FILE}); `tuneforge runs list` shows the runs")
+        raise CheckpointError(f"{self.path}: this run has no checkpoint yet (nothing under {self.checkpoints_dir})")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / META_FILE).is_file()
+
+
+def locate(path: str | Path) -> Path:
+    """A run, experiment or checkpoint directory given as a path, or as a name under ./runs."""
+    path = Path(path)
+    if path.exists():
+        return path
+    named = DEFAULT_RUNS_DIR / path
+    if not path.is_absolute() and named.exists():
+        return named
+    also = f" (nor {named})" if not path.is_absolute() and not path.is_relative_to(DEFAULT_RUNS_DIR) else ""
+    raise CheckpointError(f"{path}: no such run, experiment or checkpoint directory{also}; "
+                          "`tuneforge runs list` shows what there is")
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a run directory (its best checkpoint, else its latest) or a checkpoint path."""
+    found = locate(path)
+    return found if is_checkpoint(found) else RunDir(found).checkpoint()
+
+
+def read_snapshot(folder: Path) -> tuple[list[str] | None, str | None]:
+    """(registered checkpoint names, latest name) from Ray Train's checkpoint-manager snapshot, if readable."""
+    try:
+        snapshot = json.loads((folder / RAY_SNAPSHOT).read_text(encoding="utf-8"))
+        names = [entry["checkpoint_dir_name"] for entry in snapshot["checkpoint_results"]]
+        latest = (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+        return names, latest
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+
+
+def record_export(out: Path, artifact: str, report: dict[str, Any]) -> None:
+    """Add one artifact's report to `out/export_report.json` (other artifacts' reports are kept)."""
+    path = out / "export_report.json"
+    existing = read_json(path)
+    existing[artifact] = report
+    write_json(path, existing)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Listing what is under an output directory
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunEntry:
+    name: str
+    kind: str  # run | search
+    status: str
+    task: str
+    best: str
+    path: Path
+
+
+def describe_run(run: RunDir) -> RunEntry:
+    results = run.results()
+    best = ""
+    if results:
+        metric = results.get("best_metric", "eval_loss")
+        value = (results.get("best_metrics") or {}).get(metric)
+        best = f"{metric} {value:.4f}" if isinstance(value, (int, float)) else ""
+    return RunEntry(run.name, "run", run.state().status, run.task, best, run.path)
+
+
+def describe_search(path: Path) -> RunEntry:
+    best = read_json(path / "best_run.json")
+    trials = sum(1 for child in path.iterdir() if (child / "config.yaml").is_file())
+    shown = f"{best['metric']} {best['objective']:.4f} ({best['run_id']})" if best else ""
+    status = f"done, {trials} trials" if best else f"incomplete, {trials} trials"
+    return RunEntry(path.name, "search", status, "", shown, path)
+
+
+def list_runs(directory: str | Path) -> list[RunEntry]:
+    """Every run and search directly under `directory` (an output_dir)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise TuneforgeError(f"{directory}: no such directory")
+    entries = []
+    for child in sorted(directory.iterdir()):
+        run = RunDir(child)
+        if (child / "tune_config.yaml").is_file():
+            entries.append(describe_search(child))
+        elif run.is_run() and run.state_file.is_file():
+            entries.append(describe_run(run))
+    return entries

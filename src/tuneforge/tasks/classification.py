@@ -1,0 +1,81 @@
+"""Sequence classification with an encoder: text columns joined, one label column; class-weighted cross-entropy;
+validation reports accuracy and weighted precision / recall / F1. Inference predicts a label and a probability per
+class; evaluation adds per-class scores and a confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuneforge.tasks.base import Task
+
+
+class SequenceClassification(Task):
+    name = "classification"
+    metrics = ("eval_loss", "eval_accuracy", "eval_precision", "eval_recall", "eval_f1")
+    lora_task_type = "SEQ_CLS"
+    export_formats = ("merged",)
+    gathers_predictions = True
+
+    def check_config(self, config: Any) -> None:
+        if not config.text_fields:
+            raise ValueError("classification needs text_fields (the columns that make the input text)")
+        if not config.label_field:
+            raise ValueError("classification needs label_field (the column holding the label)")
+
+    def prepare_data(self, config: Any, tokenizer: Any, max_length: int | None) -> Any:
+        from tuneforge.data.classification import prepare_classification
+
+        return prepare_classification(config, tokenizer, max_length)
+
+    def run_facts(self, config: Any, tokenizer: Any, data: Any) -> dict[str, Any]:
+        from tuneforge.data.classification import balanced_class_weights
+
+        facts: dict[str, Any] = {"text_fields": list(config.text_fields), "label_field": config.label_field}
+        if config.class_weights == "balanced":
+            facts["class_weights"] = balanced_class_weights([example.label for example in data.train], len(data.labels))
+        return facts
+
+    def collate(self, examples: list[Any], pad_id: int, *, padding: str, context_length: int,
+                multiple_of: int | None) -> dict[str, Any]:
+        from tuneforge.data.collate import collate_classification
+
+        return collate_classification(examples, pad_id, padding=padding, context_length=context_length,
+                                      multiple_of=multiple_of)
+
+    def auto_model(self) -> Any:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+
+    def model_kwargs(self, labels: list[str]) -> dict[str, Any]:
+        # A fresh head of the right size replaces whatever head the checkpoint had.
+        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                "label2id": {label: i for i, label in enumerate(labels)}, "ignore_mismatched_sizes": True}
+
+    def skeleton_config(self, model_config: Any, labels: list[str]) -> Any:
+        model_config.num_labels = max(len(labels), 2)
+        return model_config
+
+    def objective(self, model: Any, meta: Any) -> Any:
+        from tuneforge.train.objectives import ClassificationObjective
+
+        return ClassificationObjective(model, meta.class_weights)
+
+    def load(self, path: str | Path) -> Any:
+        from tuneforge.predict import Predictor
+
+        return Predictor.from_path(path)
+
+    def evaluate(self, run: str | Path, data_path: str | Path, **options: Any) -> Any:
+        from tuneforge.evaluate import evaluate_classifier
+
+        return evaluate_classifier(run, data_path, **options)
+
+    def fidelity_check(self, loaded: Any, samples: list[dict[str, Any]], *, prompts: int, max_new_tokens: int) -> Any:
+        from tuneforge.export.fidelity import classifier_check
+
+        return classifier_check(loaded, samples)
+
+    def next_step_hint(self, run_dir: Path) -> str | None:
+        return f"tuneforge predict {run_dir} --text \"...\""

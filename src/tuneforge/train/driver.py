@@ -1,0 +1,338 @@
+"""The Ray driver of a training run: start or join Ray, lay out the run directory, train on Ray Train, keep the
+best checkpoint. What it runs was validated by `preflight` first; the run directory's layout is `rundir.RunDir`'s.
+A run directory is complete when it has `results.json`; `run.json` says whether it is running, completed, failed or
+interrupted."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tuneforge.cluster import ClusterInfo, ensure_ray
+from tuneforge.config import TrainConfig
+from tuneforge.atomic import atomic_dir, write_text
+from tuneforge.errors import ConfigError, TuneforgeError
+from tuneforge.metrics import better, mean_throughput
+from tuneforge.plan import plot_learning_rates
+from tuneforge.rundir import CheckpointMeta, RunDir, now
+from tuneforge.train.preflight import (
+    PreparedRun,
+    Reporter,
+    SilentReporter,
+    check_before_ray,
+    check_fits,
+    prepare_run,
+    worker_resources,
+)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    best_checkpoint: Path | None
+    best_metrics: dict[str, Any]
+    final_metrics: dict[str, Any]
+    results: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def train(
+    config: TrainConfig,
+    *,
+    address: str | None = None,
+    dashboard: bool = False,
+    overwrite: bool = False,
+    reporter: Reporter | None = None,
+    run_dir: Path | None = None,
+    cpus_per_worker: float | None = None,
+    callbacks: list[Any] | None = None,
+    init_checkpoint: Path | None = None,
+    debug: bool = False,
+) -> RunResult:
+    """Train one run and return where its best checkpoint is. The library entry point of `tuneforge train`.
+
+    `init_checkpoint` starts from a checkpoint's weights, optimizer and step (how a PBT trial takes over its
+    donor); `run_dir` places the run exactly there (replacing what is there)."""
+    reporter = reporter or SilentReporter()
+    prepared = prepare_run(config, reporter)
+    run = RunDir(run_dir) if run_dir else choose_run_dir(prepared.config, overwrite)
+    check_before_ray(prepared.config, run.path, address, cpus_per_worker)
+    placement = connect(prepared.config, reporter, address, dashboard, debug, cpus_per_worker)
+    start_run_dir(run, prepared, continuing=init_checkpoint is not None)
+    resume_step = CheckpointMeta.read(init_checkpoint).step if init_checkpoint else None
+    return execute(prepared, run, placement, reporter, callbacks=callbacks, init_checkpoint=init_checkpoint,
+                   resume_step=resume_step)
+
+
+def resume(run_dir: Path, *, overrides: list[str] | None = None, address: str | None = None, dashboard: bool = False,
+           reporter: Reporter | None = None, cpus_per_worker: float | None = None, debug: bool = False) -> RunResult:
+    """Continue a run from its latest checkpoint (Ray Train restores it from the run's checkpoint snapshot)."""
+    run = RunDir.locate(run_dir)
+    if not run.is_run():
+        raise TuneforgeError(f"{run.path}: not a tuneforge run (no config.yaml); give the run directory to --resume")
+    config = run.read_config(overrides)
+    reporter = reporter or SilentReporter()
+    prepared = prepare_run(config, reporter)
+    check_before_ray(prepared.config, run.path, address, cpus_per_worker)
+    placement = connect(prepared.config, reporter, address, dashboard, debug, cpus_per_worker)
+    write_text(run.config_file, prepared.config.to_yaml())
+    return execute(prepared, run, placement, reporter, resume_step=run.latest_step())
+
+
+@dataclass
+class Placement:
+    scaling: Any  # ray.train.ScalingConfig
+    local: bool  # a Ray that tuneforge started here: nothing will join it, so waiting for resources is pointless
+
+
+def connect(config: TrainConfig, reporter: Reporter, address: str | None, dashboard: bool, debug: bool,
+            cpus_per_worker: float | None) -> Placement:
+    """Start or join Ray and size the workers; refuses a request the machine can never satisfy."""
+    reporter.phase("starting Ray" if address is None else f"joining Ray at {address}")
+    cluster = ensure_ray(address, dashboard=dashboard, debug=debug)
+    return Placement(scaling_config(config, cluster, cpus_per_worker), cluster.local or address is None)
+
+
+def choose_run_dir(config: TrainConfig, overwrite: bool) -> RunDir:
+    base = Path(config.output_dir)
+    if config.run_name:
+        run_dir = base / config.run_name
+        if run_dir.exists() and not overwrite:
+            raise ConfigError(
+                f"run directory {run_dir} already exists; continue it with --resume {run_dir}, "
+                "replace it with --overwrite, or pick another run_name"
+            )
+        return RunDir(run_dir)
+    run_dir = base / config.source_name
+    if run_dir.exists() and not overwrite:
+        run_dir = base / f"{config.source_name}-{datetime.now():%Y%m%d-%H%M%S}"
+    return RunDir(run_dir)
+
+
+def start_run_dir(run: RunDir, prepared: PreparedRun, *, continuing: bool = False) -> None:
+    """Create the run directory with its config, plan, samples and schedule plot, all in one rename (an old run of
+    the same name, with --overwrite, is replaced only now that the new one is known to be valid).
+
+    `continuing` (a run taking over another checkpoint's lineage, as a PBT trial does) keeps the directory and
+    its metrics history, and drops only what belonged to the abandoned lineage: its checkpoints and results."""
+    if continuing and run.path.is_dir():
+        run.drop_lineage()
+        write_run_files(run, prepared)
+        return
+    with atomic_dir(run.path) as staged:
+        write_run_files(RunDir(staged), prepared)
+
+
+def write_run_files(run: RunDir, prepared: PreparedRun) -> None:
+    run.write_files(config_yaml=prepared.config.to_yaml(),
+                    plan={**prepared.plan.to_dict(), "data": data_summary(prepared.data)}, samples=prepared.samples)
+    plot_learning_rates(prepared.config, prepared.plan, run.lr_plot)
+
+
+def data_summary(data: Any) -> dict[str, Any]:
+    stats = {name: vars(value) for name, value in data.stats.items()}
+    return {"shape": data.shape, "context_length": data.context_length, "stats": stats, "labels": data.labels,
+            "notes": data.notes}
+
+
+def execute(
+    prepared: PreparedRun, run: RunDir, placement: Placement, reporter: Reporter, *, callbacks: list[Any] | None = None,
+    resume_step: int | None = None, init_checkpoint: Path | None = None,
+) -> RunResult:
+    import ray
+    from ray.util.queue import Queue
+
+    from tuneforge.train.loop import WorkerInputs
+    from tuneforge.train.tracking import Tracker
+
+    events = Queue(actor_options={"num_cpus": 0})
+    inputs = WorkerInputs(
+        config=prepared.config.model_dump(mode="json"),
+        plan=prepared.plan.to_dict(),
+        model_source=prepared.model_source,
+        meta=prepared.meta,
+        payload=ray.put({"data": prepared.data, "tokenizer": prepared.tokenizer}),
+        events=events,
+        checkpoint_root=str(run.checkpoints_dir.resolve()),
+        init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
+        threads=placement.scaling.resources_per_worker.get("CPU", 1),
+    )
+    started = time.time()
+    run.update_state(status="running", started=now(), ended=None, error=None, resumed_from_step=resume_step,
+                     started_from=str(init_checkpoint) if init_checkpoint else None,
+                     workers=prepared.config.num_devices)
+    tracker = Tracker(run, resume_step)
+    pump = EventPump(events, [tracker.record, reporter.event])
+    reporter.phase("training")
+    try:
+        result = fit(inputs, placement.scaling, prepared.config, run, callbacks,
+                     has_validation=bool(prepared.data.valid), local=placement.local)
+    except BaseException as exc:
+        run.update_state(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                         error=str(exc)[:2000], ended=now())
+        raise
+    finally:
+        pump.stop()
+        tracker.close()
+        try:
+            events.shutdown()
+        except Exception:  # noqa: BLE001 - the queue actor may already be gone with a failed run
+            pass
+    outcome = finalize(run, prepared, result, seconds=time.time() - started)
+    run.update_state(status="completed", ended=now())
+    return outcome
+
+
+def data_counts(data: Any) -> dict[str, Any]:
+    """Rows training uses, and how many were truncated to context_length or dropped (no target tokens left)."""
+    counts = {name: {"rows": s.rows, "truncated": s.truncated, "dropped": s.dropped} for name, s in data.stats.items()}
+    return {**counts["train"], "valid": counts["valid"]}
+
+
+def fit(inputs: Any, scaling: Any, config: TrainConfig, run: RunDir, callbacks: list[Any] | None,
+        *, has_validation: bool, local: bool = True) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from tuneforge.train.loop import train_loop_per_worker
+
+    checkpoint_config = CheckpointConfig(
+        num_to_keep=config.num_checkpoints_to_keep,
+        checkpoint_score_attribute=config.best_metric if has_validation else None,
+        checkpoint_score_order=config.best_mode,
+    )
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"inputs": inputs},
+        scaling_config=scaling,
+        run_config=RunConfig(
+            name=run.checkpoints_dir.name,
+            storage_path=str(run.path.resolve()),
+            checkpoint_config=checkpoint_config,
+            callbacks=callbacks or [],
+            # Workers that cannot be placed within RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) end the run with an
+            # error instead of Ray retrying forever; on a cluster (--address) a request within its totals (checked
+            # by check_fits) may wait for other jobs to free resources.
+            failure_config=FailureConfig(max_failures=0, controller_failure_limit=0 if local else -1),
+        ),
+    )
+    try:
+        return trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - unwrap Ray's wrapper to show the worker's own error
+        raise unwrap_training_error(exc) from exc
+
+
+def unwrap_training_error(exc: Exception) -> Exception:
+    controller = getattr(exc, "controller_failure", None)
+    if controller is not None and "Timeout" in type(controller).__name__:
+        return TuneforgeError("the training workers could not be placed on the cluster in time: Ray has fewer free "
+                              "resources than num_devices x worker_resources asks for (other runs may hold them)")
+    failures = getattr(exc, "worker_failures", None)
+    if failures:
+        rank, error = sorted(failures.items())[0]
+        cause = getattr(error, "cause", None) or error
+        if isinstance(cause, TuneforgeError):
+            return cause
+        return TuneforgeError(f"training failed on worker {rank}: {type(cause).__name__}: {first_line(cause)}")
+    return exc if isinstance(exc, TuneforgeError) else TuneforgeError(f"training failed: {first_line(exc)}")
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def scaling_config(config: TrainConfig, cluster: ClusterInfo, cpus_per_worker: float | None) -> Any:
+    """One worker per device. Without explicit worker_resources, CPU workers split the CPUs between them (each
+    worker's torch uses that many threads) and GPU workers take one GPU each."""
+    from ray.train import ScalingConfig
+
+    resources, use_gpu = worker_resources(config, cluster, cpus_per_worker)
+    check_fits(config, resources, cluster)
+    return ScalingConfig(num_workers=config.num_devices, use_gpu=use_gpu, resources_per_worker=resources)
+
+
+class EventPump:
+    """Moves the workers' events from the Ray queue to the tracker and reporter, on a background thread."""
+
+    def __init__(self, queue: Any, sinks: list[Any]):
+        self.queue, self.sinks = queue, sinks
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="tuneforge-events", daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        from ray.util.queue import Empty
+
+        while True:
+            try:
+                event = self.queue.get(timeout=0.25)
+            except Empty:
+                if self.stopping.is_set():
+                    return
+                continue
+            except Exception:  # noqa: BLE001 - the queue actor died with the run
+                return
+            for sink in self.sinks:
+                sink(event)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=10)
+
+
+def finalize(run: RunDir, prepared: PreparedRun, result: Any, seconds: float) -> RunResult:
+    """Copy the best checkpoint to best/ and write results.json (both atomically)."""
+    config = prepared.config
+    ranked = [(Path(checkpoint.path), metrics) for checkpoint, metrics in (result.best_checkpoints or [])]
+    best_path, best_metrics = pick_best(ranked, config)
+    if best_path is not None:
+        copy_checkpoint(best_path, run.best_dir)
+    history = run.metrics()
+    steps = [row for row in history if row.get("type") == "step"]
+    evals = [row for row in history if row.get("type") == "eval"]
+    results = {
+        "run_dir": str(run.path),
+        "task": config.task,
+        "model_id": config.model_id,
+        "best_checkpoint": str(run.best_dir) if best_path else None,
+        "best_checkpoint_source": str(best_path) if best_path else None,
+        "best_metric": config.best_metric,
+        "best_metrics": best_metrics,
+        "final_metrics": evals[-1] if evals else {},
+        "checkpoints": [str(path) for path, _ in ranked],
+        "steps": prepared.plan.total_steps,
+        "epochs": prepared.plan.num_epochs,
+        "data": data_counts(prepared.data),
+        "train_seconds": round(seconds, 2),
+        "tokens_per_second": mean_throughput(steps),
+        "first_train_loss": steps[0]["loss"] if steps else None,
+        "last_train_loss": steps[-1]["loss"] if steps else None,
+    }
+    run.write_results(results)
+    best = run.best_dir if best_path else None
+    return RunResult(run.path, best, best_metrics, results["final_metrics"], results)
+
+
+def pick_best(ranked: list[tuple[Path, dict[str, Any]]], config: TrainConfig) -> tuple[Path | None, dict[str, Any]]:
+    scored = [(path, metrics) for path, metrics in ranked if config.best_metric in metrics]
+    if not scored:
+        return (ranked[-1][0], ranked[-1][1]) if ranked else (None, {})
+    return better(config.best_mode)(scored, key=lambda item: item[1][config.best_metric])
+
+
+def copy_checkpoint(source: Path, target: Path) -> None:
+    import shutil
+
+    with atomic_dir(target) as staged:
+        shutil.copytree(source, staged, dirs_exist_ok=True)
+
+
