@@ -35,19 +35,14 @@ def short_run(out: Path) -> Path:
     return train(config).run_dir
 
 
-def prompts(run: Path) -> list:
-    from tuneforge.export.fidelity import validation_prompts
-
-    return validation_prompts(run, 4)
-
-
 def torch_child(run: str, queue: mp.Queue) -> None:
-    from tuneforge.export.fidelity import make_probes
+    from tuneforge.export.fidelity import generation_check
     from tuneforge.export.parity import torch_speed
     from tuneforge.generate import Generator
+    from tuneforge.rundir import RunDir
 
     generator = Generator.from_path(run)
-    probes = make_probes(generator, prompts(Path(run)), 8)
+    probes = generation_check(generator, RunDir(run).validation_samples(), 4, 8).probes
     speed = torch_speed(generator.model, probes, NEW_TOKENS, generator.tokenizer.pad_token_id)
     queue.put({"tokens_per_second": speed, "peak_rss_mb": peak_rss_mb()})
 
@@ -62,10 +57,12 @@ def gguf_child(path: str, prompt_ids: list[list[int]], queue: mp.Queue) -> None:
 
 def prompt_token_ids(run: Path) -> list[list[int]]:
     """The validation prompts rendered and tokenized as the run does (chat template included)."""
+    from tuneforge.export.fidelity import generation_check
     from tuneforge.generate import Generator
+    from tuneforge.rundir import RunDir
 
     generator = Generator.from_path(run)
-    return [generator.encode([generator.render(p)])["input_ids"][0].tolist() for p in prompts(run)]
+    return [probe.prompt_ids for probe in generation_check(generator, RunDir(run).validation_samples(), 4, 1).probes]
 
 
 def in_child(target, *args) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -55,6 +56,12 @@ def tiny_llama_dir(tmp_path_factory, smol_dir) -> Path:
     return folder
 
 
+@pytest.fixture
+def wide_terminal(monkeypatch):
+    """Rich tables printed one line per row, however long the paths in them (Rich reads COLUMNS as it prints)."""
+    monkeypatch.setenv("COLUMNS", "400")
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     from tuneforge.cluster import ensure_ray
@@ -64,3 +71,73 @@ def ray_session():
     import ray
 
     ray.shutdown()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tiny runs trained once per session through the real entry point (tuneforge.train.train): later stages (eval,
+# export, generate, runs) are tested on what training really leaves behind, not on hand-written run directories.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_data(tmp_path_factory) -> dict[str, Path]:
+    """Chat rows "Say X." -> "X": train.jsonl (16 rows) and valid.jsonl (the 4 distinct rows)."""
+    from tests.helpers import SAY_WORDS, chat_row, write_jsonl
+
+    folder = tmp_path_factory.mktemp("tiny-chat-data")
+    rows = [chat_row(f"Say {word}.", word) for word in SAY_WORDS]
+    return {"train": write_jsonl(folder / "train.jsonl", rows * 4), "valid": write_jsonl(folder / "valid.jsonl", rows)}
+
+
+@pytest.fixture(scope="session")
+def tiny_runs_dir(tmp_path_factory) -> Path:
+    """The output_dir both session runs (lora/, full/) live in."""
+    return tmp_path_factory.mktemp("tiny-runs") / "runs"
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_run(ray_session, tiny_llama_dir, tiny_chat_data, tiny_runs_dir) -> Path:
+    """A completed LoRA run (r 4, alpha 8, every linear layer): 12 steps at lr 2e-2, enough for the adapter to
+    change the model's answers; checkpoints at steps 6 and 12."""
+    from tests.helpers import train_tiny_causal
+
+    result = train_tiny_causal(tiny_llama_dir, tiny_chat_data, tiny_runs_dir / "lora", num_epochs=3,
+                               learning_rate=2e-2, max_num_checkpoints=2, lora_config={"r": 4, "lora_alpha": 8})
+    return result.run_dir
+
+
+@pytest.fixture(scope="session")
+def resumed_full_run(ray_session, tiny_llama_dir, tiny_chat_data, tiny_runs_dir) -> SimpleNamespace:
+    """A full fine-tune (no lora_config), 4 steps with checkpoints at 2 and 4, finished the way a user recovers from
+    a crash: the library run dies right after its first checkpoint (a Ray Train callback raises), then
+    `tuneforge train --resume RUN` (the command line, in this process) completes it. Returns `run`, `after_crash`
+    (what the run directory said between the two) and `cli` (the resume's CompletedProcess)."""
+    from ray.train import UserCallback
+
+    from tests.helpers import train_tiny_causal
+    from tests.test_cli import tuneforge_here
+    from tuneforge.rundir import RunDir
+
+    class CrashAfterFirstCheckpoint(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            raise RuntimeError("simulated crash")
+
+    run = RunDir(tiny_runs_dir / "full")
+    try:
+        train_tiny_causal(tiny_llama_dir, tiny_chat_data, run.path, num_epochs=1, learning_rate=3e-3,
+                          max_num_checkpoints=2, lora_config=None, callbacks=[CrashAfterFirstCheckpoint()])
+    except Exception:  # noqa: BLE001 - the simulated crash, as Ray Train wraps it
+        pass
+    else:
+        pytest.fail("the run was not interrupted by the crashing callback")
+    after_crash = SimpleNamespace(state=run.state(), has_results=run.results_file.exists(),
+                                  latest_step=run.latest_step(), metrics=run.metrics())
+    cli = tuneforge_here("train", "--resume", str(run.path))
+    return SimpleNamespace(run=run.path, after_crash=after_crash, cli=cli)
+
+
+@pytest.fixture(scope="session")
+def tiny_full_run(resumed_full_run) -> Path:
+    """The completed full fine-tune of `resumed_full_run`."""
+    assert resumed_full_run.cli.returncode == 0, resumed_full_run.cli.stderr + resumed_full_run.cli.stdout
+    return resumed_full_run.run

@@ -17,6 +17,21 @@ def chat_row(user: str, answer: str, system: str | None = None) -> dict:
     return {"messages": messages}
 
 
+def table_rows(text: str) -> dict[str, str]:
+    """{key: value} from the two-column key/value tables a command printed (Rich box lines `│ key │ value │`)."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if len(cells) == 2:
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+def table_lines(text: str) -> list[list[str]]:
+    """The cells of every row of the tables a command printed (Rich box lines `│ a │ b │ ... │`)."""
+    return [[cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines() if line.count("│") >= 3]
+
+
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
@@ -41,3 +56,21 @@ def die_of_sigill(*args, **kwargs) -> None:
 def count_then_die(n: int):
     yield from range(n)
     die_of("SIGABRT")
+
+
+SAY_WORDS = ("apple", "river", "cloud", "stone")  # conftest's tiny_chat_data: "Say apple." -> "apple", ...
+
+
+def train_tiny_causal(model_dir: Path, data: dict[str, Path], run_dir: Path, *, callbacks: list | None = None,
+                      **overrides):
+    """A tiny causal run trained by the real entry point into `run_dir` (batch 4, fp32, seed 1, best checkpoint
+    kept); `overrides` are TrainConfig fields."""
+    from tuneforge.config import TrainConfig
+    from tuneforge.train import train
+
+    settings = dict(model_id=str(model_dir), train_path=str(data["train"]), valid_path=str(data["valid"]),
+                    train_batch_size_per_device=4, eval_batch_size_per_device=4, num_warmup_steps=0,
+                    num_checkpoints_to_keep=1, precision="fp32", seed=1, output_dir=str(run_dir.parent),
+                    run_name=run_dir.name)
+    settings.update(overrides)
+    return train(TrainConfig(**settings), run_dir=run_dir, callbacks=callbacks)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import write_jsonl
 from tests.test_cli import tuneforge_here
 from tuneforge.config import TrainConfig, load_config
 from tuneforge.data.classification import balanced_class_weights, prepare_classification, stratified_split
@@ -134,71 +133,78 @@ def test_a_large_split_never_takes_a_whole_class_out_of_training():
     assert {labels[i] for i in train} == {"a", "b"} and len(valid) == 7 + 1
 
 
-def test_merged_lora_classifier_matches_the_adapter_on_validation_texts(tmp_path, minilm_tokenizer):
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification
-
-    from tuneforge.export import export_model
-    from tuneforge.data.classification import labelled_splits
-    from tuneforge.models import resolve_model
-    from tuneforge.rundir import CheckpointMeta, RunDir
-    from tuneforge.train.checkpoints import save_checkpoint
-
-    data = write_csv(tmp_path / "p.csv", rows({"nlp": 6, "vision": 6}))
-    config = config_for(data, valid_split=0.5, lora_config={"r": 4})
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(config.to_yaml())
-    labels = ["nlp", "vision"]
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model("minilm-l6"), num_labels=2, id2label=dict(enumerate(labels)), label2id={"nlp": 0, "vision": 1})
-    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"],
-                                             init_lora_weights=False))
-    meta = CheckpointMeta(task="classification", model_id="minilm-l6", lora=True, labels=labels,
-                          text_fields=config.text_fields, label_field=config.label_field, step=1)
-    _, (held_out, _) = labelled_splits(config)
-    write_jsonl(RunDir(run).samples_file, [record.data for record in held_out])
-    save_checkpoint(run / "best", model, minilm_tokenizer, meta, {"step": 1})
-    fidelity = export_model(run, "merged").report["fidelity"]
-    assert fidelity["texts"] == 6  # the held-out half, read back from the run's own split
-    assert fidelity["max_abs_logit_diff"] <= 1e-4 and fidelity["label_agreement"] == 1.0
-    assert (run / "export" / "merged" / "model.safetensors").is_file()
-
-
-@pytest.fixture
-def tiny_classifier_run(tmp_path, minilm_tokenizer) -> Path:
-    """runs/tiny under tmp_path: a one-layer BERT classifier (untrained) with MiniLM's tokenizer, labels nlp/vision."""
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory, minilm_tokenizer) -> Path:
+    """A one-layer BERT classifier (labels nlp/vision) with MiniLM's tokenizer, saved as an HF model directory:
+    trains in milliseconds per step."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
-
-    from tuneforge.rundir import CheckpointMeta
-    from tuneforge.train.checkpoints import save_checkpoint
 
     torch.manual_seed(0)
     labels = ["nlp", "vision"]
     model = BertForSequenceClassification(BertConfig(
         vocab_size=len(minilm_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=64, num_labels=2, id2label=dict(enumerate(labels)), label2id={"nlp": 0, "vision": 1}))
-    meta = CheckpointMeta(task="classification", model_id="minilm-l6", lora=False, labels=labels,
-                          text_fields=["title", "body"], label_field="tag", step=1)
-    run = tmp_path / "runs" / "tiny"
-    save_checkpoint(run / "best", model, minilm_tokenizer, meta, {"step": 1})
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    model.save_pretrained(folder)
+    minilm_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier_run(tmp_path_factory, tiny_bert_dir, ray_session) -> Path:
+    """ROOT/runs/tiny, trained by `tuneforge.train.train`: a LoRA classifier on the tiny BERT, 12 rows split half
+    and half (stratified) into training and validation, two steps."""
+    from tuneforge.train import train
+
+    root = tmp_path_factory.mktemp("tiny-classifier")
+    data = write_csv(root / "p.csv", rows({"nlp": 6, "vision": 6}))
+    run = root / "runs" / "tiny"
+    config = config_for(data, model_id=str(tiny_bert_dir), valid_split=0.5, lora_config={"r": 4},
+                        train_batch_size_per_device=3, eval_batch_size_per_device=6, num_epochs=1, learning_rate=5e-2,
+                        num_warmup_steps=0, max_num_checkpoints=1, precision="fp32", seed=1,
+                        output_dir=str(run.parent), run_name="tiny")
+    train(config, run_dir=run)
     return run
 
 
+def test_merged_lora_classifier_matches_the_adapter_on_validation_texts(tiny_classifier_run):
+    import torch
+
+    from tuneforge.data.classification import row_text
+    from tuneforge.export import export_model
+    from tuneforge.predict import Predictor
+    from tuneforge.rundir import RunDir
+
+    run = tiny_classifier_run
+    held_out = RunDir(run).validation_samples()
+    assert len(held_out) == 6  # the held-out half of the run's own split, as training wrote it
+    fidelity = export_model(run, "merged").report["fidelity"]
+    assert fidelity["texts"] == 6  # read back from the run: its validation rows
+    assert fidelity["max_abs_logit_diff"] <= 1e-4 and fidelity["label_agreement"] == 1.0
+    assert (run / "export" / "merged" / "model.safetensors").is_file()
+    # The trained adapter and head move the logits far beyond that bound: a merge that lost them would fail above.
+    merged, trained = Predictor.from_path(run / "export" / "merged"), Predictor.from_path(run)
+    batch = merged.tokenizer([row_text(row, merged.text_fields) for row in held_out], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        merged_logits = merged.model(**batch).logits
+        with trained.model.disable_adapter():
+            base_logits = trained.model(**batch).logits
+    assert float((merged_logits - base_logits).abs().max()) > 1e-2
+
+
 def test_eval_of_a_run_given_by_name_writes_under_runs(tiny_classifier_run, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    root = tiny_classifier_run.parent.parent
+    monkeypatch.chdir(root)
     data = write_csv(tmp_path / "holdout.csv", rows({"nlp": 2, "vision": 2}))
     result = tuneforge_here("eval", "tiny", "--data", str(data))
     assert result.returncode == 0, result.stderr
     assert json.loads((tiny_classifier_run / "eval" / "holdout" / "results.json").read_text())["rows"] == 4
-    assert not (tmp_path / "tiny").exists()
+    assert not (root / "tiny").exists()
 
 
 def test_eval_counts_unseen_labels_as_wrong_and_fails_unless_allowed(tiny_classifier_run, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tiny_classifier_run.parent.parent)
     data = write_csv(tmp_path / "holdout.csv", rows({"nlp": 2, "vision": 2, "quantum": 3}))
     refused = tuneforge_here("eval", "tiny", "--data", str(data))
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
@@ -208,7 +214,10 @@ def test_eval_counts_unseen_labels_as_wrong_and_fails_unless_allowed(tiny_classi
     results = json.loads((tiny_classifier_run / "eval" / "holdout" / "results.json").read_text())
     assert results["rows"] == 7 and results["unseen_rows"] == 3 and results["unseen_labels"] == {"quantum": 3}
     assert results["per_class"]["quantum"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 3}
-    assert results["accuracy"] <= 4 / 7
+    matrix = results["confusion_matrix"]["matrix"]  # rows: true nlp, vision, quantum; columns: predicted
+    assert results["confusion_matrix"]["labels"] == ["nlp", "vision", "quantum"] and sum(matrix[2]) == 3
+    assert [row[2] for row in matrix] == [0, 0, 0]  # nothing is ever predicted as a label training never saw
+    assert results["accuracy"] == pytest.approx((matrix[0][0] + matrix[1][1]) / 7)
     allowed = tuneforge_here("eval", "tiny", "--data", str(data), "--allow-unseen-labels")
     assert allowed.returncode == 0, allowed.stderr
     assert "3 row(s) with label(s) 'quantum' (3) never appear in training" in " ".join(allowed.stdout.split())

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.helpers import chat_row, write_config, write_jsonl
+from tests.helpers import chat_row, table_rows, write_config, write_jsonl
 
 
 def tuneforge(*args: str) -> subprocess.CompletedProcess:
@@ -124,14 +124,18 @@ def test_missing_config_and_debug_shows_traceback(tmp_path):
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
+@pytest.mark.usefixtures("wide_terminal")
 def test_plan_prints_statistics_and_writes_the_schedule_plot(tmp_path):
     png = tmp_path / "lr.png"
     result = tuneforge_here("plan", "configs/demo.yaml", "--png", str(png))
     assert result.returncode == 0, result.stderr
-    out = result.stdout
-    assert "train rows" in out and "240" in out
-    assert "steps per epoch" in out and "30" in out
-    assert "validation + checkpoint at steps" in out
+    rows = table_rows(result.stdout)
+    # demo.yaml: 240 + 48 rows, batch 8 on one device, 2 epochs, 3 checkpoint events, 5 warm-up steps
+    assert rows["train rows"] == "240" and rows["valid rows"] == "48" and rows["shape"] == "chat", result.stdout
+    assert rows["rows per optimizer step"] == "8"
+    assert rows["steps per epoch"] == "30" and rows["epochs"] == "2" and rows["total steps"] == "60"
+    assert rows["warm-up steps"] == "5"
+    assert rows["validation + checkpoint at steps"] == "20, 40, 60"
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -244,8 +248,9 @@ def test_a_system_message_for_a_non_chat_run_is_refused_not_ignored(smol_dir):
     from tuneforge.errors import TuneforgeError
     from tuneforge.generate import GenerationSettings, Generator
     from tuneforge.models import load_tokenizer
+    from tuneforge.rundir import CheckpointMeta
 
-    generator = Generator(None, load_tokenizer(str(smol_dir)), {"shape": "prompt_completion"})
+    generator = Generator(None, load_tokenizer(str(smol_dir)), CheckpointMeta(model_id="m", shape="prompt_completion"))
     assert generator.render("Lunch with Bob") == "Lunch with Bob"
     with pytest.raises(TuneforgeError, match=r"--system\) needs a chat run; .* prompt_completion rows"):
         generator.complete(["Lunch with Bob"], GenerationSettings(), system="Answer in JSON.")

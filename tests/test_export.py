@@ -1,5 +1,5 @@
-"""Export: merged weights, GGUF models and GGUF LoRA adapters from a tiny Llama LoRA checkpoint built in the test,
-checked through llama.cpp (the `gguf` extra that `make test` installs)."""
+"""Export: merged weights, GGUF models and GGUF LoRA adapters from a tiny Llama LoRA run trained once per session
+(conftest's `tiny_lora_run`), checked through llama.cpp (the `gguf` extra that `make test` installs)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import chat_row, write_jsonl
-from tuneforge.config import TrainConfig
 from tuneforge.errors import TuneforgeError
 from tuneforge.export import ExportSettings, export_model
 from tuneforge.export.gguf_file import ExportError, rotary_permute
@@ -20,57 +18,46 @@ from tuneforge.export.gguf_file import ExportError, rotary_permute
 pytest.importorskip("llama_cpp")
 
 
-def make_run(root: Path, model_dir: Path, tokenizer, *, lora: bool = True) -> Path:
-    """A run directory as training leaves it: config.yaml, validation data, and best/ with the adapter."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from tuneforge.data.causal import end_of_turn_token_ids
-    from tuneforge.rundir import CheckpointMeta, RunDir
-    from tuneforge.train.checkpoints import save_checkpoint
-
-    run = root / "run"
-    rows = [chat_row(f"Say {word}.", word) for word in ("apple", "river", "cloud", "stone")]
-    valid = write_jsonl(root / "valid.jsonl", rows)
-    config = TrainConfig(model_id=str(model_dir), train_path=str(valid), valid_path=str(valid),
-                         lora_config={"r": 4} if lora else None)
-    run.mkdir(parents=True)
-    (run / "config.yaml").write_text(config.to_yaml())
-    torch.manual_seed(3)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    if lora:
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
-    meta = CheckpointMeta(task="causal_lm", model_id=str(model_dir), model_source=str(model_dir), lora=lora,
-                          shape="chat", stop_token_ids=end_of_turn_token_ids(tokenizer), step=1)
-    write_jsonl(RunDir(run).samples_file, rows)
-    (run / "best").mkdir()
-    save_checkpoint(run / "best", model, tokenizer, meta, {"step": 1})
-    return run
+@pytest.fixture(scope="module")
+def lora_run(tiny_lora_run):
+    """A LoRA run as `tuneforge.train.train` leaves it (conftest's session run): config.yaml,
+    validation_samples.jsonl, checkpoints/ and best/ with the adapter."""
+    return tiny_lora_run
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, tiny_llama_dir, smol_tokenizer):
-    return make_run(tmp_path_factory.mktemp("export-lora"), tiny_llama_dir, smol_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory, tiny_llama_dir, smol_tokenizer):
-    return make_run(tmp_path_factory.mktemp("export-full"), tiny_llama_dir, smol_tokenizer, lora=False)
+def full_run(tiny_full_run):
+    return tiny_full_run
 
 
 SETTINGS = dict(prompts=4, max_new_tokens=8)
 
 
-def test_merged_export_matches_base_plus_adapter(lora_run):
+def prompt_logits(model_dir: Path, prompt: str) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits[0]
+
+
+def test_merged_export_matches_base_plus_adapter(lora_run, tiny_llama_dir):
     from transformers import AutoModelForCausalLM
 
     result = export_model(lora_run, "merged", ExportSettings(**SETTINGS))
     fidelity = result.report["fidelity"]
+    assert fidelity["prompts"] == 4  # the run's validation rows, read back from validation_samples.jsonl
     assert fidelity["max_abs_logit_diff"] <= 1e-3
     assert fidelity["greedy_token_agreement"] == 1.0 and fidelity["positions"] > 0
     merged = lora_run / "export" / "merged"
     assert (merged / "model.safetensors").is_file() and not (merged / "adapter_model.safetensors").exists()
     assert AutoModelForCausalLM.from_pretrained(merged).config.model_type == "llama"
+    # The trained adapter moves the logits far beyond the fidelity bound: a merge that lost it would fail above.
+    assert float((prompt_logits(merged, "Say apple.") - prompt_logits(tiny_llama_dir, "Say apple.")).abs().max()) > 0.5
     report = json.loads((lora_run / "export" / "export_report.json").read_text())
     assert report["merged"]["fidelity"] == fidelity
 
@@ -119,16 +106,19 @@ def test_gguf_lora_adapter_applies_on_an_unchanged_base(lora_run):
 
 
 def test_generate_runs_a_gguf_with_its_chat_template(lora_run):
-    from tuneforge.generate import GenerationSettings
+    from tuneforge.generate import GenerationSettings, Generator
     from tuneforge.gguf_chat import GgufChat
 
     path = lora_run / "export" / "model-f16.gguf"
     if not path.exists():
         export_model(lora_run, "gguf", ExportSettings(quant="f16", **SETTINGS))
-    chat = GgufChat(path)
-    text = chat.complete("Say apple.", GenerationSettings(max_new_tokens=5))
-    assert isinstance(text, str)
-    assert list(chat.stream("Say apple.", GenerationSettings(max_new_tokens=5)))  # streams pieces
+    settings = GenerationSettings(max_new_tokens=5)  # greedy
+    with GgufChat(path) as chat:
+        text = chat.complete("Say apple.", settings)
+        pieces = list(chat.stream("Say apple.", settings))
+    assert pieces and "".join(pieces).strip() == text  # the stream is the same greedy completion, piece by piece
+    # ...and the same answer the trained torch model (base + adapter) gives through the same chat template
+    assert text == Generator.from_path(lora_run).complete(["Say apple."], settings)[0].text
 
 
 def test_llama3_rope_scaling_is_exported_as_llama_cpp_frequency_factors(tmp_path, smol_tokenizer):

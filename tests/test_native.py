@@ -41,37 +41,31 @@ def test_a_worker_keeps_serving_and_a_stream_ends_in_the_crash():
             worker.call(sorted, [1])
 
 
-def test_a_crash_in_the_parity_check_keeps_the_gguf_and_reports_why(monkeypatch, tmp_path, tiny_llama_dir,
-                                                                    smol_tokenizer):
+def test_a_crash_in_the_parity_check_keeps_the_gguf_and_reports_why(monkeypatch, tmp_path, tiny_lora_run):
     pytest.importorskip("llama_cpp")
     from tests.helpers import die_of_sigill
-    from tests.test_export import SETTINGS, make_run
     from tuneforge.export import ExportSettings, export_model
 
-    run = make_run(tmp_path, tiny_llama_dir, smol_tokenizer)
+    export = tmp_path / "export"  # not the shared run's own export/, which other tests check
     monkeypatch.setattr("tuneforge.export.parity.llama_cpp_checks", die_of_sigill)
     with pytest.raises(TuneforgeError) as raised:
-        export_model(run, "gguf", ExportSettings(quant="q8_0", **SETTINGS))
+        export_model(tiny_lora_run, "gguf", ExportSettings(quant="q8_0", output_dir=export, prompts=4, max_new_tokens=8))
     message = str(raised.value)
     assert "during the GGUF parity check (SIGILL" in message and "model-q8_0.gguf was written and is kept" in message
-    export = run / "export"
     assert (export / "model-q8_0.gguf").stat().st_size > 0 and (export / "Modelfile.q8_0").is_file()
     report = json.loads((export / "export_report.json").read_text())["gguf-q8_0"]
     assert report["parity"] == {"status": "not run", "reason": report["parity"]["reason"]}
     assert "SIGILL" in report["parity"]["reason"]
 
 
-def test_the_cli_turns_a_native_crash_into_one_line_and_a_non_zero_exit(monkeypatch, tmp_path, tiny_llama_dir,
-                                                                       smol_tokenizer):
+def test_the_cli_turns_a_native_crash_into_one_line_and_a_non_zero_exit(monkeypatch, tmp_path):
     pytest.importorskip("llama_cpp")
     from typer.testing import CliRunner
 
     from tests.helpers import die_of_sigill
-    from tests.test_export import make_run
     from tuneforge.cli import app
 
-    run = make_run(tmp_path, tiny_llama_dir, smol_tokenizer)
-    model = run / "model.gguf"
+    model = tmp_path / "model.gguf"
     model.write_bytes(b"GGUF")  # never opened: the child dies first
     monkeypatch.setattr("tuneforge.gguf_chat.load", die_of_sigill)
     result = CliRunner().invoke(app, ["generate", "--gguf", str(model), "--prompt", "hi"])

@@ -60,8 +60,12 @@ def test_lora_run_learns_and_leaves_a_complete_run_directory(tmp_path, tiny_llam
 def test_full_fine_tuning_checkpoint_holds_the_whole_model(tmp_path, tiny_llama_dir):
     result = train(tiny_config(tmp_path, tiny_llama_dir, lora_config=None, learning_rate=3e-3, num_epochs=1,
                                max_num_checkpoints=1))
-    assert (result.run_dir / "best" / "model.safetensors").is_file()
-    assert result.best_metrics["eval_loss"] > 0
+    best = result.run_dir / "best"
+    assert (best / "model.safetensors").is_file() and not (best / "adapter_model.safetensors").exists()
+    assert CheckpointMeta.read(best).lora is False
+    steps = [row for row in RunDir(result.run_dir).metrics() if row["type"] == "step"]
+    assert len(steps) == 6 and steps[-1]["loss"] < steps[0]["loss"]  # every weight trains: the loss falls fast
+    assert result.best_metrics["eval_loss"] < steps[0]["loss"]
 
 
 def test_two_workers_match_one_worker_with_the_same_global_batch(tmp_path, tiny_llama_dir):

@@ -11,25 +11,24 @@ import pytest
 from tests.helpers import chat_row, write_config, write_jsonl
 from tuneforge.config import TrainConfig, TuneSettings, load_config
 from tuneforge.errors import ConfigError
-from tuneforge.tune import (
-    best_kept_checkpoint,
-    default_objective,
-    plan_resources,
-    read_best_run,
-    search,
-    validate_search,
-)
+from tuneforge.metrics import default_objective
+from tuneforge.tune import read_best_run, search, validate_search
+from tuneforge.tune.resources import plan_resources
+from tuneforge.tune.results import best_kept_checkpoint, summarize
+from tuneforge.tune.tuner import objective_direction, progress_callback, progress_shown_by
+from tuneforge.tune.space import SpaceSpec, dotted, parse_spec, with_params
 
 FACTS = [("colour of the sky", "blue"), ("opposite of hot", "cold"), ("number after two", "three"),
          ("first letter", "A"), ("capital of France", "Paris"), ("a baby cat", "kitten")]
 
 
-def experiment_config(tmp_path, model_dir, search_block: str) -> TrainConfig:
+def experiment_config(tmp_path, model_dir, search_block: str, *, repeat: int = 8, epochs: int = 4,
+                      checkpoints: int = 4) -> TrainConfig:
     rows = [chat_row(f"Name the {q}.", a) for q, a in FACTS]
-    train = write_jsonl(tmp_path / "train.jsonl", rows * 8)
+    train = write_jsonl(tmp_path / "train.jsonl", rows * repeat)
     valid = write_jsonl(tmp_path / "valid.jsonl", rows)
     text = (f"model_id: {model_dir}\ntrain_path: {train}\nvalid_path: {valid}\ntrain_batch_size_per_device: 8\n"
-            f"num_epochs: 4\nmax_num_checkpoints: 4\nnum_warmup_steps: 2\nprecision: fp32\nseed: 1\n"
+            f"num_epochs: {epochs}\nmax_num_checkpoints: {checkpoints}\nnum_warmup_steps: 2\nprecision: fp32\nseed: 1\n"
             f"lora_config: {{r: 8, lora_alpha: 16}}\noutput_dir: {tmp_path / 'runs'}\n" + search_block)
     return load_config(write_config(tmp_path / "search.yaml", text))
 
@@ -87,6 +86,112 @@ def test_grid_needs_the_basic_search_algorithm(tmp_path):
         validate_search(load_config(path))
 
 
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("{uniform: [1.0e-5]}", r"s\.yaml:4: search_space\.learning_rate: uniform takes \[low, high\] numbers"),
+        ("{quniform: [0.1, 0.2]}", r"s\.yaml:4: search_space\.learning_rate: quniform takes \[low, high, step\]"),
+        ("{choice: []}", r"s\.yaml:4: search_space\.learning_rate: choice needs a non-empty list"),
+        ("{grid: 0.1}", r"s\.yaml:4: search_space\.learning_rate: grid needs a non-empty list"),
+        ("{uniform: [1e-5, 1e-3]}", r"s\.yaml:4: .*uniform takes \[low, high\] numbers"),  # YAML 1.1: strings
+        ("{grid: [0.1], choice: [0.2]}", r"s\.yaml:4: search_space\.learning_rate: expected one of grid, choice, "
+                                         r"uniform, loguniform, randint, quniform, e\.g\. .*\(got grid, choice\)"),
+    ],
+)
+def test_a_malformed_space_spec_names_its_line_and_the_problem(tmp_path, spec, message):
+    path = write_config(tmp_path / "s.yaml", f"model_id: m\ntrain_path: t.jsonl\nsearch_space:\n  learning_rate: {spec}\n")
+    with pytest.raises(ConfigError, match=message):
+        validate_search(load_config(path))
+
+
+def test_space_spec_knows_its_kind_values_and_the_values_worth_validating():
+    spec = parse_spec({"randint": [2, 9]})
+    assert isinstance(spec, SpaceSpec) and spec.kind == "randint" and spec.values == [2, 9]
+    assert spec.samples() == [2, 8]  # randint's high is exclusive
+    assert parse_spec({"grid": ["a", "b"]}).samples() == ["a", "b"]
+    with pytest.raises(ValueError, match=r"loguniform range \[0, 1\] is empty or not positive"):
+        parse_spec({"loguniform": [0, 1]})
+
+
+def test_dotted_and_nested_lora_keys_set_nested_values(tmp_path):
+    base = TrainConfig(model_id="m", train_path="t", lora_config={"r": 8, "lora_alpha": 16}).model_dump(mode="json")
+    changed = with_params(base, {"lora_config.r": 4, "learning_rate": 0.1})
+    assert changed["lora_config"] == {"r": 4, "lora_alpha": 16} and changed["learning_rate"] == 0.1
+    assert base["lora_config"]["r"] == 8  # the base is left alone
+    assert dotted({"lora_config": {"r": 4}, "learning_rate": 0.1}) == {"lora_config.r": 4, "learning_rate": 0.1}
+    for written in ("  lora_config.r: {grid: [4, 8]}\n", "  lora_config:\n    r: {grid: [4, 8]}\n"):
+        path = write_config(tmp_path / "s.yaml", "model_id: m\ntrain_path: t.jsonl\nlora_config: {r: 8}\n"
+                            "search_space:\n" + written)
+        assert list(validate_search(load_config(path))) == ["lora_config.r"]
+
+
+def write_trial(experiment, name: str, status: str, losses: list[float]) -> None:
+    from tuneforge.rundir import RunDir, RunState
+
+    run = RunDir(experiment / name)
+    run.path.mkdir(parents=True)
+    run.set_state(RunState(status=status))
+    rows = [{"type": "eval", "step": 2 * (i + 1), "eval_loss": loss, "eval_perplexity": 2.0} for i, loss in
+            enumerate(losses)]
+    run.metrics_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_summarize_reads_trial_statuses_from_tunes_results(tmp_path):
+    from ray.tune import Result
+
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.rundir import RunDir
+
+    experiment = tmp_path / "exp"
+    for name, status, losses in [("trial_a", "completed", [1.0, 0.5]), ("trial_b", "running", [2.0]),
+                                 ("trial_c", "failed", [])]:
+        write_trial(experiment, name, status, losses)
+
+    def result(name, done, error=None, config=None):
+        metrics = {"done": done, "config": config or {"learning_rate": 0.1, "lora_config.r": 4}}
+        return Result(metrics=metrics, checkpoint=None, error=error, path=str(experiment / name))
+
+    grid = [result("trial_a", True), result("trial_b", True), result("trial_c", False, RuntimeError("boom\nmore"))]
+    summary = summarize(experiment, grid, "eval_loss", "min")
+    assert [t["status"] for t in summary.trials] == ["done", "stopped early", "error"]
+    assert summary.best["run_id"] == "trial_a" and summary.best["objective"] == 0.5
+    assert summary.best["hyperparameters"] == {"learning_rate": 0.1, "lora_config.r": 4}
+    state = RunDir(experiment / "trial_b").state()
+    assert state.status == "stopped" and state.stopped_by == "scheduler"
+    rows = list(csv.DictReader(open(experiment / "trials.csv")))
+    assert "param.lora_config.r" in rows[0] and rows[2]["error"] == "boom"
+
+    write_trial(experiment, "trial_d", "running", [1.5])  # Tune had not ended it when the search was cut short
+    with pytest.raises(TuneforgeError, match="search interrupted with 1 of 4 trial"):
+        summarize(experiment, [*grid, result("trial_d", False)], "eval_loss", "min")
+    assert [row["status"] for row in csv.DictReader(open(experiment / "trials.csv"))][-1] == "interrupted"
+    summary = summarize(experiment, [*grid, result("trial_d", False)], "eval_loss", "min", budget_spent=True)
+    assert summary.trials[-1]["status"] == "stopped early"
+    assert RunDir(experiment / "trial_d").state().stopped_by == "time_budget_s"
+
+
+def test_a_restored_progress_callback_reports_to_the_resuming_display():
+    import pickle
+
+    first, second = object(), object()
+    with progress_shown_by(first):
+        pickled = pickle.dumps(progress_callback(first))  # what Tune keeps in the experiment
+    with progress_shown_by(second):
+        assert pickle.loads(pickled).display is second
+    assert not hasattr(pickle.loads(pickled), "display")  # no search running: a callback that does nothing
+
+
+def test_objective_direction_follows_the_metric_and_the_task():
+    causal = TrainConfig(model_id="m", train_path="t")
+    assert objective_direction(causal, TuneSettings()) == ("objective", "min")
+    assert objective_direction(causal, TuneSettings(metric="eval_perplexity")) == ("eval_perplexity", "min")
+    classifier = TrainConfig(model_id="m", train_path="t", task="classification", text_fields=["text"],
+                             label_field="label", best_metric="eval_f1")
+    assert objective_direction(classifier, TuneSettings()) == ("objective", "max")
+    assert objective_direction(classifier, TuneSettings(metric="eval_f1")) == ("eval_f1", "max")
+    assert objective_direction(classifier, TuneSettings(mode="min")) == ("objective", "min")
+
+
 def test_objective_follows_hf_default_compute_objective():
     assert default_objective({"eval_loss": 0.7, "eval_perplexity": 2.0, "step": 5}) == 0.7
     assert default_objective({"eval_loss": 0.7, "eval_accuracy": 0.9, "eval_f1": 0.8}) == pytest.approx(1.7)
@@ -105,6 +210,35 @@ def test_resources_fit_two_cpus_and_refuse_what_cannot_fit():
     assert plan_resources(config, TuneSettings(max_concurrent_trials=1), cpus=2, gpus=0).cpus_per_worker == pytest.approx(1.99)
     with pytest.raises(ConfigError, match="GPU"):
         plan_resources(TrainConfig(model_id="m", train_path="t", num_devices=2), TuneSettings(), cpus=16, gpus=1)
+
+
+# The sampled searches run before the ASHA test: the workers of a trial ASHA stops can keep their CPUs reserved
+# for minutes on a loaded machine (Ray Train's placement-group cleaner waits on the State API), and a search
+# right after it then fails to place its workers.
+@pytest.mark.usefixtures("ray_session")
+def test_optuna_samples_a_dotted_lora_key(tmp_path, tiny_llama_dir):
+    config = experiment_config(tmp_path, tiny_llama_dir, "search_space:\n  lora_config.r: {choice: [4, 8]}\n"
+                               "tune:\n  search_alg: optuna\n  num_samples: 2\n  experiment_name: optuna\n",
+                               repeat=2, epochs=2, checkpoints=2)
+    result = search(config)
+    assert len(result.trials) == 2 and all(t["status"] == "done" for t in result.trials)
+    assert result.best["hyperparameters"]["lora_config.r"] in (4, 8)
+    for trial in result.trials:  # the dotted key set r inside lora_config, and lora_alpha stayed
+        saved = load_config(Path(trial["run_dir"]) / "config.yaml")
+        assert saved.lora_config["r"] == trial["param.lora_config.r"] and saved.lora_config["lora_alpha"] == 16
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "optuna" / "trials.csv")))
+    assert {row["param.lora_config.r"] for row in rows} <= {"4", "8"}
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_hyperopt_samples_a_range(tmp_path, tiny_llama_dir):
+    config = experiment_config(tmp_path, tiny_llama_dir, "search_space:\n  learning_rate: {loguniform: [1.0e-3, 1.0e-2]}\n"
+                               "tune:\n  search_alg: hyperopt\n  num_samples: 2\n  experiment_name: hyperopt\n",
+                               repeat=2, epochs=2, checkpoints=2)
+    result = search(config)
+    assert len(result.trials) == 2 and all(t["status"] == "done" for t in result.trials)
+    assert all(1.0e-3 <= t["param.learning_rate"] <= 1.0e-2 for t in result.trials)
+    assert json.loads((tmp_path / "runs" / "hyperopt" / "best_run.json").read_text())["mode"] == "min"
 
 
 @pytest.mark.usefixtures("ray_session")

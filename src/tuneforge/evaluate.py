@@ -85,21 +85,16 @@ def plot_confusion(confusion: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
+    from sklearn.metrics import ConfusionMatrixDisplay
 
-    labels, matrix = confusion["labels"], confusion["matrix"]
+    labels = confusion["labels"]
     size = 2.2 + 0.7 * len(labels)
     figure, axes = plt.subplots(figsize=(size + 1, size), dpi=110)
-    image = axes.imshow(matrix, cmap="Blues")
-    axes.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
-    axes.set_yticks(range(len(labels)), labels, fontsize=8)
+    display = ConfusionMatrixDisplay(np.asarray(confusion["matrix"]), display_labels=labels)
+    display.plot(ax=axes, cmap="Blues", xticks_rotation=35, values_format="d", colorbar=True)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
-    peak = max((max(row) for row in matrix), default=0)
-    for i, row in enumerate(matrix):
-        for j, value in enumerate(row):
-            axes.text(j, i, str(value), ha="center", va="center", fontsize=8,
-                      color="white" if value > peak / 2 else "black")
-    figure.colorbar(image, ax=axes, fraction=0.046)
     figure.tight_layout()
     figure.savefig(path, format="png")
     plt.close(figure)

@@ -364,8 +364,12 @@ def retarget_learning_rate(optimizer: torch.optim.Optimizer, scheduler: Any, lea
 
 
 def trainable_counts(model: torch.nn.Module) -> dict[str, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """PEFT's count for adapters (it counts 4-bit packed weights at their real size); a plain sum for full FT."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": total}
 
 

@@ -1,11 +1,10 @@
-"""Terminal display for the CLI: a live progress bar for training (loss, tokens/s, time left) and Rich tables."""
+"""Live displays: a progress bar for training (loss, tokens/s, time left) and a view of a hyperparameter search."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,10 +14,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
-console = Console()
-error_console = Console(stderr=True)
+from tuneforge.ui.console import console, show_note, show_phase
 
 PLAIN_LOG_EVERY_S = 30.0  # without a live terminal, a progress line at most this often
 
@@ -52,7 +49,7 @@ class RichReporter:
 
     def phase(self, message: str) -> None:
         if self.task_id is None:
-            console.print(f"[dim]· {message}[/dim]")
+            show_phase(message)
 
     def note(self, message: str) -> None:
         show_note(message)
@@ -92,27 +89,6 @@ class RichReporter:
         train_loss = f"train_loss {event['train_loss']:.4f} · " if event.get("train_loss") is not None else ""
         console.print(f"[cyan]step {event['step']} (epoch {event['epoch']:.2f})[/cyan] {train_loss}" + " · ".join(shown)
                       + " · checkpoint saved")
-
-
-def show_note(message: str) -> None:
-    console.print(f"[yellow]note:[/yellow] {message}", highlight=False)
-
-
-def key_value_table(title: str, rows: list[tuple[str, Any]]) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left", title_style="bold")
-    table.add_column(style="dim")
-    table.add_column()
-    for key, value in rows:
-        table.add_row(key, format_value(value))
-    return table
-
-
-def format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(format_value(v) for v in value)
-    return str(value)
 
 
 class SearchDisplay:

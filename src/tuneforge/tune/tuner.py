@@ -1,0 +1,270 @@
+"""Running a search on Ray Tune: the objective and its direction, the search algorithm and scheduler, the
+experiment directory, and the progress shown while trials run."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from tuneforge.atomic import write_json, write_text
+from tuneforge.config import TrainConfig, TuneSettings, validation_metrics
+from tuneforge.errors import ConfigError
+from tuneforge.metrics import default_objective_mode, metric_mode
+from tuneforge.rundir import locate
+from tuneforge.tune.resources import TRIAL_CPU, ResourcePlan, plan_resources
+from tuneforge.tune.results import SearchResult, summarize
+from tuneforge.tune.space import (
+    SpaceSpec,
+    check_space_key,
+    expected_trials,
+    mutation_domain,
+    to_domain,
+    validate_search,
+)
+from tuneforge.tune.trial import train_trial, trial_name
+
+PBT_MIN_KEEP = 3
+
+
+def search(config: TrainConfig, *, address: str | None = None, resume_dir: Path | None = None,
+           display: Any = None, debug: bool = False) -> SearchResult:
+    """Run (or resume) a search and write trials.csv, best_run.json and objective_by_trial.png. `display`
+    (optional) gets note(message) for what the search changed in the config, then trial_result(trial_id, result)
+    and trial_done(trial_id, status) calls as trials progress."""
+    from tuneforge.cluster import ensure_ray
+    from tuneforge.train import prepare_run
+    from tuneforge.train.preflight import check_fits, check_writable, worker_resources
+
+    settings = config.tune or TuneSettings()
+    space = validate_search(config)
+    prepare_run(config)  # data, model id and LoRA targets fail here, before any trial starts
+    if not resume_dir:
+        check_writable(Path(config.output_dir), config.source_of("output_dir"))
+    config, notes = apply_pbt_rules(config, settings)
+    if display:
+        for note in notes:
+            display.note(note)
+    metric, mode = objective_direction(config, settings)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the runs keep their own metrics and TB
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # tuneforge draws its own progress
+    # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner needs: without it a trial
+    # stopped by the scheduler leaves its workers' CPUs reserved, and later trials wait for them forever.
+    cluster = ensure_ray(address, dashboard=True, debug=debug)
+    plan = plan_resources(config, settings, cluster.cpus, cluster.gpus)
+    check_fits(config, worker_resources(config, cluster, plan.cpus_per_worker)[0], cluster)  # before any trial
+    experiment_dir = locate(resume_dir) if resume_dir else choose_experiment_dir(config, settings)
+    if display:
+        display.expect(expected_trials(space, settings))
+    trainable = trial_trainable(config, experiment_dir, plan, settings.scheduler)
+    started = time.monotonic()
+    with progress_shown_by(display):
+        if resume_dir:
+            tuner = restored_tuner(experiment_dir, trainable)
+        else:
+            start_experiment(experiment_dir, config, {"metric": metric, "mode": mode, "concurrency": plan.concurrency,
+                                                      "cpus_per_worker": plan.cpus_per_worker, "notes": notes})
+            tuner = new_tuner(experiment_dir, trainable, config, settings, space, metric, mode, plan, display)
+        grid = tuner.fit()
+    # Tune stops every trial when the time budget runs out, as it does when the search is interrupted; only the
+    # clock tells the two apart (trial_status).
+    budget_spent = settings.time_budget_s is not None and time.monotonic() - started >= settings.time_budget_s
+    return summarize(experiment_dir, grid, metric, mode, budget_spent=budget_spent)
+
+
+def objective_direction(config: TrainConfig, settings: TuneSettings) -> tuple[str, str]:
+    """(metric Tune optimises, mode). Without a named metric: 'objective' (HF's default objective), which way it
+    is better following from what the task's validation reports."""
+    if settings.metric:
+        return settings.metric, settings.mode or metric_mode(settings.metric)
+    return "objective", settings.mode or default_objective_mode(validation_metrics(config.task))
+
+
+def apply_pbt_rules(config: TrainConfig, settings: TuneSettings) -> tuple[TrainConfig, list[str]]:
+    """PBT copies checkpoints between trials; with few kept, a donor's may be deleted before it is copied."""
+    if settings.scheduler != "pbt" or config.num_checkpoints_to_keep >= PBT_MIN_KEEP:
+        return config, []
+    note = (f"num_checkpoints_to_keep raised from {config.num_checkpoints_to_keep} to {PBT_MIN_KEEP}: PBT trials "
+            "restore from each other's checkpoints, which must outlive the exploit step")
+    return config.model_copy(update={"num_checkpoints_to_keep": PBT_MIN_KEEP}), [note]
+
+
+def choose_experiment_dir(config: TrainConfig, settings: TuneSettings) -> Path:
+    from datetime import datetime
+
+    base = Path(config.output_dir)
+    name = settings.experiment_name or f"{config.source_name}-tune"
+    path = base / name
+    if path.exists():
+        path = base / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    return path
+
+
+def start_experiment(experiment_dir: Path, config: TrainConfig, search_info: dict[str, Any]) -> None:
+    """The files that make a directory a tuneforge search (tune_config.yaml: what --resume reloads)."""
+    experiment_dir.mkdir(parents=True, exist_ok=False)
+    write_text(experiment_dir / "tune_config.yaml", config.to_yaml())
+    write_json(experiment_dir / "search.json", search_info)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The Tuner
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def trial_trainable(config: TrainConfig, experiment_dir: Path, plan: ResourcePlan, scheduler: str) -> Any:
+    from ray import tune
+
+    base = config.model_dump(mode="json", exclude={"search_space", "tune"})
+    return tune.with_resources(
+        functools.partial(train_trial, base=base, experiment_dir=str(experiment_dir.resolve()), plan=plan,
+                          scheduler=scheduler),
+        {"cpu": TRIAL_CPU},  # the trial's own bundle; Ray Train puts the workers in a placement group of their own
+    )
+
+
+def new_tuner(experiment_dir: Path, trainable: Any, config: TrainConfig, settings: TuneSettings,
+              space: dict[str, SpaceSpec], metric: str, mode: str, plan: ResourcePlan, display: Any) -> Any:
+    from ray import tune
+
+    return tune.Tuner(
+        trainable,
+        param_space={key: to_domain(spec) for key, spec in space.items()},  # dotted keys; the trial nests them
+        tune_config=tune_config(config, settings, metric, mode, plan.concurrency),
+        run_config=tune.RunConfig(
+            name=experiment_dir.name, storage_path=str(experiment_dir.parent.resolve()), verbose=0,
+            callbacks=[progress_callback(display)] if display else [],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=config.num_checkpoints_to_keep),
+        ),
+    )
+
+
+def restored_tuner(experiment_dir: Path, trainable: Any) -> Any:
+    """The Tuner of an interrupted search. Tune restores its run config, callbacks included, from the experiment:
+    the progress callback reattaches itself to this process's display as it is unpickled (progress_callback)."""
+    from ray import tune
+
+    return tune.Tuner.restore(str(experiment_dir.resolve()), trainable=trainable, resume_unfinished=True,
+                              resume_errored=True)
+
+
+def tune_config(config: TrainConfig, settings: TuneSettings, metric: str, mode: str, concurrency: int) -> Any:
+    from ray import tune
+
+    return tune.TuneConfig(
+        metric=metric, mode=mode, num_samples=settings.num_samples, time_budget_s=settings.time_budget_s,
+        search_alg=search_algorithm(settings, metric, mode, concurrency),
+        scheduler=scheduler_for(config, settings, metric, mode),
+        trial_dirname_creator=trial_name,
+        trial_name_creator=trial_name,
+        # A stopped trial's process must exit: the Ray Train controller it owns, and the workers' placement group,
+        # only go away with it. A reused process would keep them, and the next trial would wait forever.
+        reuse_actors=False,
+    )
+
+
+def search_algorithm(settings: TuneSettings, metric: str, mode: str, concurrency: int) -> Any:
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    points = settings.points_to_evaluate
+    if settings.search_alg == "basic":
+        # max_concurrent must be given here: TuneConfig's max_concurrent_trials is ignored with an explicit one.
+        return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=concurrency)
+    if settings.search_alg == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        algorithm = OptunaSearch(metric=metric, mode=mode, points_to_evaluate=points)
+    else:
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        algorithm = HyperOptSearch(metric=metric, mode=mode, points_to_evaluate=points)
+    return ConcurrencyLimiter(algorithm, max_concurrent=concurrency)
+
+
+def scheduler_for(config: TrainConfig, settings: TuneSettings, metric: str, mode: str) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    if settings.scheduler == "asha":
+        events = settings.max_t or estimated_events(config)
+        return ASHAScheduler(time_attr="training_iteration", max_t=events, grace_period=min(settings.grace_period, events),
+                             reduction_factor=settings.reduction_factor)
+    if settings.scheduler == "pbt":
+        return PopulationBasedTraining(time_attr="training_iteration",
+                                       perturbation_interval=settings.perturbation_interval,
+                                       hyperparam_mutations=pbt_mutations(config, settings))
+    return FIFOScheduler()
+
+
+def pbt_mutations(config: TrainConfig, settings: TuneSettings) -> dict[str, Any]:
+    mutations = {key: mutation_domain(spec) for key, spec in (settings.hyperparam_mutations or {}).items()}
+    for key in mutations:
+        problem = check_space_key(key, config.uses_lora)
+        if problem:
+            raise ConfigError(f"{config.source_of('tune', 'hyperparam_mutations')}: {problem}")
+    if not mutations:
+        raise ConfigError(f"{config.source_of('tune')}: scheduler pbt needs tune.hyperparam_mutations")
+    return mutations
+
+
+def estimated_events(config: TrainConfig) -> int:
+    """Validation events a trial reports (ASHA's max_t by default), from the plan without reading the data."""
+    from tuneforge.plan import event_steps
+
+    if config.num_epochs and config.checkpoint_every_n_epochs:
+        return len(event_steps(config, 1, config.num_epochs))
+    return config.max_num_checkpoints
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Progress
+# ----------------------------------------------------------------------------------------------------------------
+
+# The display of the search this process is running. Tuner.restore takes no callbacks: it unpickles the ones the
+# search started with, and a progress callback unpickles as one attached to whatever display is here.
+ATTACHED_DISPLAYS: list[Any] = []
+
+
+@contextlib.contextmanager
+def progress_shown_by(display: Any) -> Iterator[None]:
+    """While the search runs, progress callbacks (new or restored) report to `display` (None: to nothing)."""
+    ATTACHED_DISPLAYS.append(display)
+    try:
+        yield
+    finally:
+        ATTACHED_DISPLAYS.pop()
+
+
+def attached_progress() -> Any:
+    """A progress callback for the display attached now; Tune's pickles of one unpickle through here."""
+    from ray.tune import Callback
+
+    display = ATTACHED_DISPLAYS[-1] if ATTACHED_DISPLAYS else None
+    return progress_callback(display) if display is not None else Callback()
+
+
+def progress_callback(display: Any) -> Any:
+    """A Tune callback that forwards trial results and endings to `display` (trial_result / trial_done)."""
+    from ray.tune import Callback
+
+    class SearchProgress(Callback):
+        def __init__(self) -> None:
+            self.display = display
+
+        def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+            # Tune pickles its run config into the experiment; the terminal display stays behind, and a restored
+            # search's callback attaches to the display of the process resuming it.
+            return (attached_progress, ())
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            self.display.trial_result(trial.trial_id, result)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.display.trial_done(trial.trial_id, "done")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.display.trial_done(trial.trial_id, "error")
+
+    return SearchProgress()

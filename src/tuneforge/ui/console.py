@@ -1,0 +1,90 @@
+"""The two consoles and the small pieces every display uses: notes, one-line errors, phases, key/value tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console
+from rich.status import Status
+from rich.table import Table
+
+from tuneforge.errors import TuneforgeError
+
+console = Console()
+error_console = Console(stderr=True)  # errors, and spinners that must stay off a stdout of JSON lines
+
+
+def show_note(message: str) -> None:
+    console.print(f"[yellow]note:[/yellow] {message}", highlight=False)
+
+
+def show_notes(notes: Iterable[str]) -> None:
+    for note in notes:
+        show_note(note)
+
+
+def show_phase(message: str) -> None:
+    console.print(f"[dim]· {message}[/dim]")
+
+
+def show_error(message: str) -> None:
+    """Bad input ends in this one red line on stderr."""
+    error_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+
+
+def show_interrupted() -> None:
+    error_console.print("[yellow]interrupted[/yellow]")
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line. An OSError that escaped the library (a full disk, a read-only or missing output directory) names
+    the path and the reason, without the errno noise."""
+    if isinstance(exc, OSError) and not isinstance(exc, TuneforgeError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc} (check the path, its permissions and free disk space)"
+    return str(exc)
+
+
+def busy(message: str) -> Status:
+    """A transient spinner on stderr (stdout may be the command's JSON lines); `.update(text)` changes its text."""
+    return error_console.status(message)
+
+
+def show_written(what: str, path: Any) -> None:
+    console.print(f"{what}: {path}")
+
+
+def show_wrote(count: int, what: str, path: Any) -> None:
+    console.print(f"wrote {count} {what} to {path}")
+
+
+def show_plain_lines(lines: Iterable[str]) -> None:
+    """Text that is shown as is: no markup, no highlighting, no wrapping."""
+    for line in lines:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def show_stream(prompt: str, pieces: Iterable[str]) -> None:
+    """A prompt, then its completion as it is generated."""
+    console.print(f"[bold cyan]> {prompt}[/bold cyan]")
+    for piece in pieces:
+        console.out(piece, end="", highlight=False)
+    console.out("")
+
+
+def key_value_table(title: str, rows: list[tuple[str, Any]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left", title_style="bold")
+    table.add_column(style="dim")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, format_value(value))
+    return table
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(format_value(v) for v in value)
+    return str(value)

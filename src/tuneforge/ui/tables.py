@@ -1,0 +1,210 @@
+"""What a command shows when its work is done: run summaries, plans, comparisons, evaluation reports, checks,
+searches, run listings and export reports. Each function takes what the library returned and prints it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from tuneforge.ui.console import console, key_value_table, show_note
+
+
+def titled_table(title: str, **options: Any) -> Table:
+    return Table(title=title, title_justify="left", title_style="bold", **options)
+
+
+# --- train / plan ---------------------------------------------------------------------------------------------
+
+
+def show_run_summary(result: Any, hint: str | None = None, dashboard: str | None = None) -> None:
+    """A finished run: its best checkpoint and metric, losses, speed, where to look next."""
+    results = result.results
+    best = results.get("best_metrics") or {}
+    rows = [
+        ("run", result.run_dir),
+        ("best checkpoint", results.get("best_checkpoint")),
+        (f"best {results.get('best_metric')}", best.get(results.get("best_metric"), "n/a")),
+        ("best at step", best.get("step", "n/a")),
+        ("train loss first → last", f"{results.get('first_train_loss') or 0:.4f} → {results.get('last_train_loss') or 0:.4f}"),
+        ("tokens/s (mean)", results.get("tokens_per_second")),
+        ("wall time", f"{results.get('train_seconds')} s"),
+    ]
+    console.print(key_value_table("run complete", rows))
+    console.print(f"TensorBoard: [bold]tensorboard --logdir {result.run_dir}[/bold]")
+    if hint:
+        console.print(f"Try it:      [bold]{hint}[/bold]")
+    if dashboard:
+        console.print(f"Ray dashboard: {dashboard}")
+
+
+def show_plan(prepared: Any) -> None:
+    console.print(key_value_table("data", data_rows(prepared)))
+    console.print(key_value_table("schedule", schedule_rows(prepared)))
+
+
+def data_rows(prepared: Any) -> list[tuple[str, Any]]:
+    data = prepared.data
+    rows: list[tuple[str, Any]] = [("shape", data.shape), ("context_length", data.context_length)]
+    for name, stats in data.stats.items():
+        rows.append((f"{name} rows", stats.rows))
+        rows.append((f"{name} tokens p50 / p95 / max", f"{stats.p50} / {stats.p95} / {stats.max}"))
+        rows.append((f"{name} truncated by context_length", stats.truncated))
+    if data.labels:
+        rows.append(("labels", data.labels))
+    return rows
+
+
+def schedule_rows(prepared: Any) -> list[tuple[str, Any]]:
+    plan = prepared.plan
+    return [
+        ("rows per optimizer step", plan.global_batch_size),
+        ("steps per epoch", plan.steps_per_epoch),
+        ("epochs", plan.num_epochs),
+        ("total steps", plan.total_steps),
+        ("warm-up steps", plan.warmup_steps),
+        ("validation + checkpoint at steps", plan.event_steps),
+        ("... at epochs", plan.event_epochs()),
+    ]
+
+
+# --- generate -------------------------------------------------------------------------------------------------
+
+
+def show_comparison(pairs: list[tuple[Any, dict[str, Any]]], base: list[Any], tuned: list[Any]) -> None:
+    """The base model's and the fine-tuned model's completions side by side, one row per prompt."""
+    table = titled_table("before → after fine-tuning", show_lines=True)
+    table.add_column("prompt", ratio=2)
+    table.add_column("base model (before)", ratio=3)
+    table.add_column("fine-tuned (after)", ratio=3)
+    for (prompt, _), before, after in zip(pairs, base, tuned, strict=True):
+        shown = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+        table.add_row(shown, mark_finish(before), mark_finish(after))
+    console.print(table)
+
+
+def mark_finish(completion: Any) -> str:
+    suffix = "" if completion.finish_reason == "stop" else " [dim](… did not stop: max_new_tokens reached)[/dim]"
+    return completion.text.replace("[", "\\[") + suffix
+
+
+# --- eval / check ---------------------------------------------------------------------------------------------
+
+
+def show_eval_report(task: str, report: Any) -> None:
+    """An EvalReport (`.results`, `.output_dir`), shown the way its task's results read best."""
+    EVAL_RENDERERS.get(task, show_eval_results)(report)
+
+
+def show_classification_report(report: Any) -> None:
+    results = report.results
+    table = titled_table(f"evaluation on {results['data']} ({results['rows']} rows)")
+    for column in ("label", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for label, scores in results["per_class"].items():
+        unseen = " [yellow](never trained)[/yellow]" if label in results["unseen_labels"] else ""
+        table.add_row(label + unseen, *(f"{scores[k]:.3f}" for k in ("precision", "recall", "f1")), str(scores["support"]))
+    table.add_section()
+    table.add_row("[bold]weighted[/bold]", *(f"{results[k]:.3f}" for k in ("precision", "recall", "f1")),
+                  str(results["rows"]))
+    console.print(table)
+    console.print(f"accuracy {results['accuracy']:.3f}")
+    if results["unseen_labels"]:
+        from tuneforge.evaluate import unseen_summary
+
+        show_note(f"{unseen_summary(results)} never appear in training; they count as wrong")
+    console.print(f"results: {report.output_dir / 'results.json'} · confusion matrix: "
+                  f"{report.output_dir / 'confusion_matrix.png'}")
+
+
+def show_causal_report(report: Any) -> None:
+    keys = ("rows", "eval_loss", "perplexity", "generated", "stopped_rate", "exact_match")
+    show_eval_results(report, keys)
+
+
+def show_eval_results(report: Any, keys: tuple[str, ...] | None = None) -> None:
+    """Any task's results as a key/value table: `keys`, else every number and string the results hold."""
+    results = report.results
+    if keys is None:
+        keys = tuple(key for key, value in results.items()
+                     if key not in ("data", "checkpoint") and isinstance(value, (int, float, str)))
+    console.print(key_value_table(f"evaluation on {results['data']}", [(key, results[key]) for key in keys]))
+    console.print(f"results: {report.output_dir / 'results.json'}")
+
+
+EVAL_RENDERERS: dict[str, Callable[[Any], None]] = {
+    "classification": show_classification_report,
+    "causal_lm": show_causal_report,
+}
+
+
+def show_checks(spec: Path, results: list[Any]) -> None:
+    """Behavioural checks: pass/FAIL per case, then the counts."""
+    table = titled_table(f"behavioural checks: {spec}")
+    for column in ("", "kind", "case", "predictions"):
+        table.add_column(column)
+    for result in results:
+        table.add_row("[green]pass[/green]" if result.passed else "[red]FAIL[/red]", result.kind, result.name,
+                      result.detail)
+    console.print(table)
+    failed = sum(not r.passed for r in results)
+    console.print(f"{len(results) - failed} passed, {failed} failed")
+
+
+# --- tune / runs ----------------------------------------------------------------------------------------------
+
+
+def show_search_result(result: Any) -> None:
+    """A finished search: every trial, best first, and where its files are."""
+    show_trials(result.trials, result.best)
+    console.print(f"experiment: {result.experiment_dir} (trials.csv, best_run.json, objective_by_trial.png)")
+    console.print(f"TensorBoard over every trial: [bold]tensorboard --logdir {result.experiment_dir}[/bold]")
+
+
+def show_trials(trials: list[dict[str, Any]], best: dict[str, Any]) -> None:
+    params = sorted({key for trial in trials for key in trial if key.startswith("param.")})
+    table = titled_table(f"trials ({best['metric']}, {best['mode']})")
+    for column in ("trial", "status", "evals", *[p.removeprefix("param.") for p in params], "best objective"):
+        table.add_column(column)
+    for trial in sorted(trials, key=lambda t: (t["best_objective"] is None, t["best_objective"] or 0),
+                        reverse=best["mode"] == "max"):
+        marker = " ★" if trial["run_id"] == best["run_id"] else ""
+        objective = trial["best_objective"]
+        table.add_row(trial["run_id"] + marker, trial["status"], str(trial["iterations"]),
+                      *[str(trial.get(p, "")) for p in params], f"{objective:.4f}" if objective is not None else "-")
+    console.print(table)
+
+
+def show_runs(directory: Path, entries: list[Any]) -> None:
+    table = titled_table(f"runs in {directory}")
+    for column in ("name", "kind", "status", "task", "best", "path"):
+        table.add_column(column)
+    for entry in entries:
+        table.add_row(entry.name, entry.kind, entry.status, entry.task, entry.best, str(entry.path))
+    console.print(table)
+
+
+def show_best_run(experiment: Path, best: dict[str, Any]) -> None:
+    rows = [("trial", best["run_id"]), (f"objective ({best['metric']}, {best['mode']})", best["objective"]),
+            *[(f"  {k}", v) for k, v in best["hyperparameters"].items()], ("checkpoint", best["checkpoint"])]
+    console.print(key_value_table(f"best run of {experiment}", rows))
+
+
+# --- export ---------------------------------------------------------------------------------------------------
+
+
+def show_export(result: Any) -> None:
+    console.print(key_value_table(f"export: {result.artifact}", report_rows(result.report)))
+    console.print(f"report: {result.output_dir / 'export_report.json'}")
+
+
+def report_rows(report: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in report.items():
+        if isinstance(value, dict):
+            rows.extend(report_rows(value, f"{prefix}{key}."))
+        elif key not in ("tensor_types",):
+            rows.append((f"{prefix}{key}", value))
+    return rows
