@@ -161,6 +161,7 @@ def tiny_search(tmp_path_factory, ray_session, tiny_llama_dir, tiny_chat_data):
     return root / "runs" / "grid"
 
 
+@pytest.mark.slow  # a search of its own (~65 s); test_tune's grid search covers `runs best` in `make test`
 @pytest.mark.usefixtures("wide_terminal")
 def test_runs_list_and_runs_best_show_a_search_as_it_ended(tiny_search, monkeypatch):
     experiment = tiny_search

@@ -215,6 +215,7 @@ def test_resources_fit_two_cpus_and_refuse_what_cannot_fit():
 # The sampled searches run before the ASHA test: the workers of a trial ASHA stops can keep their CPUs reserved
 # for minutes on a loaded machine (Ray Train's placement-group cleaner waits on the State API), and a search
 # right after it then fails to place its workers.
+@pytest.mark.slow  # two 2-trial searches cost ~3 min on 2 cores; `make test-slow` runs them
 @pytest.mark.usefixtures("ray_session")
 def test_optuna_samples_a_dotted_lora_key(tmp_path, tiny_llama_dir):
     config = experiment_config(tmp_path, tiny_llama_dir, "search_space:\n  lora_config.r: {choice: [4, 8]}\n"
@@ -230,6 +231,7 @@ def test_optuna_samples_a_dotted_lora_key(tmp_path, tiny_llama_dir):
     assert {row["param.lora_config.r"] for row in rows} <= {"4", "8"}
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_hyperopt_samples_a_range(tmp_path, tiny_llama_dir):
     config = experiment_config(tmp_path, tiny_llama_dir, "search_space:\n  learning_rate: {loguniform: [1.0e-3, 1.0e-2]}\n"
