@@ -21,6 +21,10 @@ class DataError(TuneforgeError):
     """A data file is missing, malformed or holds rows tuneforge cannot use."""
 
 
+class ExportError(TuneforgeError):
+    """An export that cannot be done (unsupported model, adapter or quant type) or failed to write."""
+
+
 def where(path: str | Path, line: int | None = None) -> str:
     """`file:line` (or just `file`) for messages."""
     return f"{path}:{line}" if line else str(path)

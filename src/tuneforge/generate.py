@@ -48,9 +48,11 @@ class Generator:
 
     @classmethod
     def from_path(cls, path: str | Path) -> Generator:
+        from transformers import AutoModelForCausalLM
+
         from tuneforge.models.loading import load_checkpoint
 
-        loaded = load_checkpoint(path, task="causal_lm")
+        loaded = load_checkpoint(path, task="causal_lm", auto_model=AutoModelForCausalLM)
         return cls(loaded.model, loaded.tokenizer, loaded.meta)
 
     @property

@@ -16,7 +16,7 @@ from tuneforge.native import NativeWorker
 
 class GgufChat:
     def __init__(self, model: Path, lora: Path | None = None):
-        from tuneforge.export.gguf_file import require_llama_cpp
+        from tuneforge.export.parity import require_llama_cpp
 
         for path in (model, lora):
             if path is not None and not Path(path).is_file():

@@ -42,9 +42,12 @@ class Predictor:
 
     @classmethod
     def from_path(cls, path: str | Path) -> Predictor:
-        from tuneforge.models.loading import load_checkpoint
+        from transformers import AutoModelForSequenceClassification
 
-        loaded = load_checkpoint(path, task="classification")
+        from tuneforge.models.loading import label_head, load_checkpoint
+
+        loaded = load_checkpoint(path, task="classification", auto_model=AutoModelForSequenceClassification,
+                                 head=label_head)
         return cls(loaded.model, loaded.tokenizer, loaded.meta)
 
     @torch.no_grad()

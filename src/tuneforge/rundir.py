@@ -180,13 +180,6 @@ class RunDir:
         return self.config_file.is_file()
 
     # --- what it says --------------------------------------------------------------------------------------------
-    def read_config(self, overrides: list[str] | None = None) -> Any:
-        from tuneforge.config import load_config
-
-        if not self.is_run():
-            raise CheckpointError(f"{self.path}: not a tuneforge run (no config.yaml)")
-        return load_config(self.config_file, overrides)
-
     @property
     def task(self) -> str:
         """The run's task, from its results or its config (a run that never finished has no results)."""

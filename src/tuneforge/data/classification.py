@@ -11,13 +11,15 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tuneforge.config import TrainConfig
 from tuneforge.data.records import Record, read_records
 from tuneforge.errors import DataError, where
+
+if TYPE_CHECKING:
+    from tuneforge.config import TrainConfig
 
 UNSEEN = -1  # label index of an evaluation row whose label the model was never trained on
 

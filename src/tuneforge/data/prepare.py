@@ -5,14 +5,16 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tuneforge.config import TrainConfig
 from tuneforge.data import causal
 from tuneforge.data.records import Record, read_records
 from tuneforge.errors import DataError
+
+if TYPE_CHECKING:
+    from tuneforge.config import TrainConfig
 
 
 VALID_ROWS_KEPT = 64

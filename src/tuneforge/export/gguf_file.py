@@ -19,15 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import ExportError
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
 QUANT_TYPES = ("f16", "q8_0", "q4_0", "q4_k_m")
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED = 1, 3, 4
-
-
-class ExportError(TuneforgeError):
-    """An export that cannot be done (unsupported model, adapter or quant type) or failed to write."""
 
 
 @dataclass(frozen=True)
@@ -256,7 +252,7 @@ def finish(writer: Any) -> None:
 def quantize_with_llama_cpp(model_dir: Path, path: Path, *, name: str, tokenizer_pre: str | None) -> dict[str, Any]:
     """K-quants need llama.cpp's quantizer (importance-aware block scales): write f16, then quantize in a child
     process, where a crash of llama.cpp cannot take tuneforge down."""
-    from tuneforge.export.parity import quantize_file
+    from tuneforge.export.parity import quantize_file, require_llama_cpp
     from tuneforge.native import run_isolated
 
     require_llama_cpp(load=False)
@@ -268,20 +264,6 @@ def quantize_with_llama_cpp(model_dir: Path, path: Path, *, name: str, tokenizer
     finally:
         f16.unlink(missing_ok=True)
     return {**info, "path": str(path), "quant": "q4_k_m", "bytes": path.stat().st_size, "tensor_types": "llama.cpp"}
-
-
-def require_llama_cpp(*, load: bool = True) -> Any:
-    """llama.cpp's bindings; `load=False` only checks they are installed (the parent of a native child process
-    never loads llama.cpp itself)."""
-    import importlib.util
-
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise ExportError("this needs llama.cpp's Python bindings: pip install 'tuneforge[gguf]' (make install-dev)")
-    if not load:
-        return None
-    import llama_cpp
-
-    return llama_cpp
 
 
 # ----------------------------------------------------------------------------------------------------------------

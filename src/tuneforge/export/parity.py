@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tuneforge.export.gguf_file import require_llama_cpp
+from tuneforge.errors import ExportError
 
 
 @dataclass
@@ -51,8 +51,6 @@ def llama_cpp_checks(path: Path, lora: Path | None, probes: list[Probe], bos: Bo
 
 def quantize_file(source: Path, target: Path, ftype: str) -> None:
     """llama.cpp's quantizer, e.g. ftype "LLAMA_FTYPE_MOSTLY_Q4_K_M" (run in a child process)."""
-    from tuneforge.export.gguf_file import ExportError
-
     llama_cpp = require_llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, ftype)
@@ -131,3 +129,17 @@ def torch_speed(model: Any, probes: list[Probe], max_new_tokens: int, pad_id: in
         seconds += time.perf_counter() - started
         tokens += output.shape[1] - ids.shape[1]
     return tokens / seconds if seconds else 0.0
+
+
+def require_llama_cpp(*, load: bool = True) -> Any:
+    """llama.cpp's bindings; `load=False` only checks they are installed (the parent of a native child process
+    never loads llama.cpp itself)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ExportError("this needs llama.cpp's Python bindings: pip install 'tuneforge[gguf]' (make install-dev)")
+    if not load:
+        return None
+    import llama_cpp
+
+    return llama_cpp

@@ -1,7 +1,11 @@
-"""Loading a trained checkpoint for inference (generate, predict, eval, export): base + adapter, unmerged."""
+"""Loading a trained checkpoint for inference (generate, predict, eval, export): base + adapter, unmerged.
+
+The caller says which model class to build (a Generator a causal LM, a Predictor a classifier): this module knows
+checkpoints, not tasks, so that tasks can use it without an import cycle."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +14,6 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.models.sources import ModelError, load_model_config, resolve_model
 from tuneforge.models.tokenizers import load_tokenizer, match_vocab
 from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
-from tuneforge.tasks import get_task
 
 
 @dataclass
@@ -37,23 +40,34 @@ def base_model_source(meta: CheckpointMeta) -> str:
     return source
 
 
-def load_checkpoint(path: str | Path, *, task: str | None = None, dtype: Any = None) -> LoadedCheckpoint:
-    """The checkpoint of a run (best/, else the latest) or a checkpoint directory, ready for inference.
-    `task` refuses a checkpoint of another task (a command that only makes sense for one)."""
+def no_head(labels: list[str]) -> dict[str, Any]:
+    return {}
+
+
+def label_head(labels: list[str]) -> dict[str, Any]:
+    """from_pretrained arguments for a classification head over `labels` (a fresh head of that size replaces
+    whatever head the weights had)."""
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)}, "ignore_mismatched_sizes": True}
+
+
+def load_checkpoint(path: str | Path, *, task: str, auto_model: Any,
+                    head: Callable[[list[str]], dict[str, Any]] = no_head, dtype: Any = None) -> LoadedCheckpoint:
+    """The checkpoint of a run (best/, else the latest) or a checkpoint directory, ready for inference, built with
+    `auto_model` (a transformers Auto class). A checkpoint of another `task` is refused."""
     import torch
 
     checkpoint = resolve_checkpoint(path)
     meta = CheckpointMeta.read(checkpoint)
-    if task and meta.task != task:
+    if meta.task != task:
         raise TuneforgeError(f"{path}: this is a {meta.task} run; the command needs a {task} run")
-    model_task = get_task(meta.task)
     tokenizer = load_tokenizer(str(checkpoint), trust_remote_code=meta.trust_remote_code)
     kwargs = {"dtype": dtype or torch.float32, "trust_remote_code": meta.trust_remote_code}
-    auto = model_task.auto_model()
+    auto = auto_model
     if meta.lora:
         from peft import PeftModel
 
-        base = auto.from_pretrained(base_model_source(meta), **model_task.model_kwargs(meta.labels), **kwargs)
+        base = auto.from_pretrained(base_model_source(meta), **head(meta.labels), **kwargs)
         match_vocab(base, tokenizer)
         model = PeftModel.from_pretrained(base, str(checkpoint))
     else:

@@ -49,9 +49,9 @@ class SequenceClassification(Task):
         return AutoModelForSequenceClassification
 
     def model_kwargs(self, labels: list[str]) -> dict[str, Any]:
-        # A fresh head of the right size replaces whatever head the checkpoint had.
-        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                "label2id": {label: i for i, label in enumerate(labels)}, "ignore_mismatched_sizes": True}
+        from tuneforge.models.loading import label_head
+
+        return label_head(labels)
 
     def skeleton_config(self, model_config: Any, labels: list[str]) -> Any:
         model_config.num_labels = max(len(labels), 2)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.cluster import ClusterInfo, ensure_ray
-from tuneforge.config import TrainConfig
+from tuneforge.config import TrainConfig, load_config
 from tuneforge.atomic import atomic_dir, write_text
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.metrics import better, mean_throughput
@@ -78,7 +78,7 @@ def resume(run_dir: Path, *, overrides: list[str] | None = None, address: str | 
     run = RunDir.locate(run_dir)
     if not run.is_run():
         raise TuneforgeError(f"{run.path}: not a tuneforge run (no config.yaml); give the run directory to --resume")
-    config = run.read_config(overrides)
+    config = load_config(run.config_file, overrides)
     reporter = reporter or SilentReporter()
     prepared = prepare_run(config, reporter)
     check_before_ray(prepared.config, run.path, address, cpus_per_worker)

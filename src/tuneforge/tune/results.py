@@ -176,7 +176,7 @@ def missing_best_run(directory: Path) -> str:
     if (directory / "tune_config.yaml").is_file():
         return (f"{directory}: no best_run.json (the search has not finished; resume it with "
                 f"tuneforge tune --resume {directory})")
-    if (directory / "config.yaml").is_file():
-        return (f"{directory}: a training run, not a search; its best checkpoint is {directory / 'best'} "
+    if RunDir(directory).is_run():
+        return (f"{directory}: a training run, not a search; its best checkpoint is {RunDir(directory).best_dir} "
                 "(tuneforge runs list shows the searches)")
     return f"{directory}: not a tuneforge search (no tune_config.yaml); tuneforge runs list shows the searches"

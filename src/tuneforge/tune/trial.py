@@ -8,6 +8,7 @@ from typing import Any
 
 from tuneforge.config import TrainConfig
 from tuneforge.metrics import default_objective
+from tuneforge.rundir import RunDir
 from tuneforge.tune.resources import ResourcePlan
 from tuneforge.tune.space import with_params
 
@@ -73,7 +74,7 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], experiment_dir:
             start = Path(shutil.copytree(path, Path(copy_dir) / "checkpoint"))
             train(config, run_dir=trial_dir, reporter=reporter, init_checkpoint=start,
                   cpus_per_worker=plan.cpus_per_worker)
-    elif (trial_dir / "config.yaml").is_file():  # an interrupted search being resumed
+    elif RunDir(trial_dir).is_run():  # an interrupted search being resumed
         resume(trial_dir, reporter=reporter, cpus_per_worker=plan.cpus_per_worker)
     else:
         train(config, run_dir=trial_dir, reporter=reporter, cpus_per_worker=plan.cpus_per_worker)
