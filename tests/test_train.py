@@ -57,6 +57,7 @@ def test_lora_run_learns_and_leaves_a_complete_run_directory(tmp_path, tiny_llam
     assert "context_length:" in saved and "num_epochs: 8" in saved
 
 
+@pytest.mark.slow  # make test covers full FT through conftest's tiny_full_run (test_stages, test_export)
 def test_full_fine_tuning_checkpoint_holds_the_whole_model(tmp_path, tiny_llama_dir):
     result = train(tiny_config(tmp_path, tiny_llama_dir, lora_config=None, learning_rate=3e-3, num_epochs=1,
                                max_num_checkpoints=1))
@@ -83,6 +84,7 @@ def test_two_workers_match_one_worker_with_the_same_global_batch(tmp_path, tiny_
     assert all(len(list(p.glob("adapter_model*.safetensors"))) == 1 for p in RunDir(two.run_dir).checkpoints())
 
 
+@pytest.mark.slow  # make test covers resume through the CLI (test_stages, conftest's resumed_full_run)
 def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, tiny_llama_dir):
     from ray.train import UserCallback
 
