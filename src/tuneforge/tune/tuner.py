@@ -137,7 +137,10 @@ def new_tuner(experiment_dir: Path, trainable: Any, config: TrainConfig, setting
         run_config=tune.RunConfig(
             name=experiment_dir.name, storage_path=str(experiment_dir.parent.resolve()), verbose=0,
             callbacks=[progress_callback(display)] if display else [],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=config.num_checkpoints_to_keep),
+            # PBT restores a trial from another's Tune checkpoint some time after choosing it (once resources free
+            # up); pruning could delete it first (seen: FileNotFoundError in the exploiting trial), so PBT keeps all.
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=None if settings.scheduler == "pbt" else config.num_checkpoints_to_keep),
         ),
     )
 
