@@ -41,9 +41,10 @@ install-dev: $(VENV)/.dev
 demo: $(VENV)/.core
 	$(BIN)/tuneforge train configs/demo.yaml --name demo --overwrite
 	$(BIN)/tuneforge generate runs/demo --input data/demo/meetings_prompts.jsonl --compare-base --max-new-tokens 64
+	$(BIN)/tuneforge eval runs/demo --data data/demo/meetings_heldout.jsonl --compare-base --max-new-tokens 64
 
 test: $(VENV)/.dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-slow: $(VENV)/.dev
 	$(BIN)/python -m pytest -q -m slow

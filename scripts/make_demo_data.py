@@ -40,16 +40,25 @@ TEMPLATES = [
     "Quick one: {person} asked to meet about the {topic}, {city}, {date}. Can you arrange it?",
     "On {date} I need an hour with {person} in {city} to review the {topic}.",
 ]
+# Phrasings only the held-out file uses: how well the model does on requests worded in ways it never saw.
+HELD_OUT_TEMPLATES = [
+    "{person} is in {city} on {date}; could we grab an hour to talk through the {topic}?",
+    "Agenda item: {topic}. Who: {person}. Where: {city}. When: {date}.",
+    "Would {date} work for a {topic} session with {person}? It has to be in {city}.",
+    "Pencil in {person} for {date} in {city}, subject {topic}.",
+    "Hi! {person} asked me to find a slot on {date} to cover the {topic} while we're all in {city}.",
+]
+HELD_OUT_ROWS, HELD_OUT_UNSEEN_SHARE = 60, 0.4
 
 
-def make_row(rng: random.Random) -> tuple[str, str]:
+def make_row(rng: random.Random, templates: list[str] = TEMPLATES) -> tuple[str, str]:
     fields = {
         "person": rng.choice(PEOPLE),
         "city": rng.choice(CITIES),
         "date": f"{rng.choice(MONTHS)} {rng.randint(1, 28)}",
         "topic": rng.choice(TOPICS),
     }
-    request = rng.choice(TEMPLATES).format(**fields)
+    request = rng.choice(templates).format(**fields)
     return request, json.dumps(fields, ensure_ascii=False)
 
 
@@ -80,6 +89,21 @@ def main() -> None:
     write_jsonl(out / "meetings_prompts.jsonl", [chat(q, None) for q, _ in rows[288:292]])
     write_jsonl(out / "meetings_prompt_completion.jsonl",
                 [{"prompt": f"{SYSTEM}\nRequest: {q}\nJSON:", "completion": f" {a}"} for q, a in rows[:40]])
+    write_jsonl(out / "meetings_heldout.jsonl", [chat(q, a) for q, a in held_out_rows(seen)])
+
+
+def held_out_rows(seen: set[str]) -> list[tuple[str, str]]:
+    """Requests training never saw: 40% in the held-out phrasings, the rest in training's phrasings with new values."""
+    rng = random.Random(2027)  # its own stream: the training files stay as they were
+    unseen = round(HELD_OUT_ROWS * HELD_OUT_UNSEEN_SHARE)
+    rows: list[tuple[str, str]] = []
+    while len(rows) < HELD_OUT_ROWS:
+        request, answer = make_row(rng, HELD_OUT_TEMPLATES if len(rows) < unseen else TEMPLATES)
+        if request not in seen:
+            seen.add(request)
+            rows.append((request, answer))
+    rng.shuffle(rows)
+    return rows
 
 
 if __name__ == "__main__":

@@ -121,6 +121,22 @@ def test_generate_runs_a_gguf_with_its_chat_template(lora_run):
     assert text == Generator.from_path(lora_run).complete(["Say apple."], settings)[0].text
 
 
+def test_a_json_schema_constrains_gguf_answers_through_llama_cpps_grammar(lora_run):
+    from tuneforge.constrain import gguf_grammar
+    from tuneforge.generate import GenerationSettings
+    from tuneforge.gguf_chat import GgufChat
+
+    path = lora_run / "export" / "model-f16.gguf"
+    if not path.exists():
+        export_model(lora_run, "gguf", ExportSettings(quant="f16", **SETTINGS))
+    schema = lora_run.parent / "colour.schema.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"colour": {"enum": ["red", "green"]}},
+                                  "required": ["colour"], "additionalProperties": False}))
+    with GgufChat(path, json_schema=gguf_grammar(schema_path=schema)) as chat:
+        text = chat.complete("Say apple.", GenerationSettings(max_new_tokens=24))
+    assert json.loads(text)["colour"] in ("red", "green")  # the tiny model was never trained on this format
+
+
 def test_llama3_rope_scaling_is_exported_as_llama_cpp_frequency_factors(tmp_path, smol_tokenizer):
     """Llama 3.1/3.2-style rotary scaling: llama.cpp reproduces the torch logits only with the rope_freqs tensor."""
     from transformers import LlamaConfig, LlamaForCausalLM

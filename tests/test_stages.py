@@ -46,15 +46,16 @@ def test_cli_eval_of_a_causal_run_reproduces_trainings_validation_loss(tiny_lora
     best = RunDir(tiny_lora_run).results()["best_metrics"]
     assert results["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-4)
     assert results["perplexity"] == pytest.approx(math.exp(results["eval_loss"]), rel=1e-9)
-    assert 0.0 <= results["stopped_rate"] <= 1.0 and 0.0 <= results["exact_match"] <= 1.0
-    # The rates are those of the greedy completions it recorded, one per reference answer.
-    samples = results["samples"]
+    assert 0.0 <= results["stop_rate"] <= 1.0 and 0.0 <= results["exact_match"] <= 1.0
+    # The rates are those of the greedy answers it recorded beside the results, one per reference answer.
+    samples = [json.loads(line) for line in (results_file.parent / "samples.jsonl").read_text().splitlines()]
     assert results["generated"] == len(samples) == len(SAY_WORDS)
     assert [sample["reference"] for sample in samples] == list(SAY_WORDS)
-    assert results["stopped_rate"] == sum(s["finish_reason"] == "stop" for s in samples) / len(samples)
-    assert results["exact_match"] == sum(s["completion"] == s["reference"] for s in samples) / len(samples)
-    shown = table_rows(result.stdout)
-    assert shown["rows"] == str(len(SAY_WORDS)) and shown["eval_loss"] == f"{results['eval_loss']:.4g}"
+    assert results["target_format"] == "text" and "json_valid" not in results
+    assert results["stop_rate"] == sum(s["finish_reason"] == "stop" for s in samples) / len(samples)
+    assert results["exact_match"] == sum(s["answer"] == s["reference"] for s in samples) / len(samples)
+    assert len(results["mistakes"]) == sum(s["answer"] != s["reference"] for s in samples)
+    assert "eval loss (perplexity)" in result.stdout and f"{results['eval_loss']:.4f}" in result.stdout
 
 
 def test_streamed_pieces_join_into_the_greedy_completion(tiny_lora_run):

@@ -193,8 +193,11 @@ def generate(
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     compare_base: bool = typer.Option(False, "--compare-base", help="also answer with the base model (adapter off)"),
+    any_json: bool = typer.Option(False, "--json", help="constrain every answer to one JSON value"),
+    json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="constrain answers to this JSON Schema"),
 ) -> None:
     """Complete prompts with a fine-tuned model (base + adapter, unmerged; stops at the trained end-of-turn)."""
+    from tuneforge.constrain import constraint_for, gguf_grammar
     from tuneforge.generate import GenerationSettings, Generator, read_prompt_rows
 
     if not prompt and not input_file:
@@ -208,29 +211,31 @@ def generate(
     ])
     settings = GenerationSettings(max_new_tokens, temperature, top_p, batch_size)
     if gguf:
-        generate_gguf(gguf, lora, prompt or [], input_file, system, settings, output)
+        grammar = gguf_grammar(any_json=any_json, schema_path=json_schema)
+        generate_gguf(gguf, lora, prompt or [], input_file, system, settings, output, grammar)
         return
     if run is None:
         raise TuneforgeError("give a RUN (or checkpoint) directory, or --gguf FILE")
+    constraint = constraint_for(any_json=any_json, schema_path=json_schema)
     with ui.busy(f"loading {run}"):  # on stderr and transient: stdout may be the JSONL of completions
         generator = Generator.from_path(run)
     if input_file:
-        generate_rows(generator, read_prompt_rows(input_file), settings, system, output, compare_base)
+        generate_rows(generator, read_prompt_rows(input_file), settings, system, output, compare_base, constraint)
         return
     for text in prompt or []:
         if compare_base:
-            generate_rows(generator, [(text, {"prompt": text})], settings, system, None, compare_base)
+            generate_rows(generator, [(text, {"prompt": text})], settings, system, None, compare_base, constraint)
         else:
-            ui.show_stream(text, generator.stream(text, settings, system=system))
+            ui.show_stream(text, generator.stream(text, settings, system=system, constraint=constraint))
 
 
 def generate_gguf(model: Path, lora: Path | None, prompts: list[str], input_file: Path | None, system: str | None,
-                  settings: Any, output: Path | None) -> None:
+                  settings: Any, output: Path | None, grammar: str | None) -> None:
     from tuneforge.generate import read_prompt_rows
     from tuneforge.gguf_chat import GgufChat
 
     rows = read_prompt_rows(input_file) if input_file else []  # bad rows are refused before llama.cpp starts
-    with GgufChat(model, lora) as chat:
+    with GgufChat(model, lora, json_schema=grammar) as chat:
         if input_file:
             records = [{**row, "completion": chat.complete(messages, settings, system=system)}
                        for messages, row in rows]
@@ -241,12 +246,13 @@ def generate_gguf(model: Path, lora: Path | None, prompts: list[str], input_file
 
 
 def generate_rows(generator: Any, pairs: list[tuple[Any, dict[str, Any]]], settings: Any, system: str | None,
-                  output: Path | None, compare_base: bool) -> None:
+                  output: Path | None, compare_base: bool, constraint: Any = None) -> None:
     """Completions for every row: JSON lines to OUTPUT or stdout; with --compare-base, the base model's too, and a
     before/after table instead of stdout."""
     prompts = [prompt for prompt, _ in pairs]
-    completions = generator.complete(prompts, settings, system=system)
-    base = generator.complete(prompts, settings, system=system, use_base=True) if compare_base else None
+    completions = generator.complete(prompts, settings, system=system, constraint=constraint)
+    base = (generator.complete(prompts, settings, system=system, use_base=True, constraint=constraint)
+            if compare_base else None)
     records = []
     for index, ((_, row), completion) in enumerate(zip(pairs, completions, strict=True)):
         record = {**row, "completion": completion.text, "finish_reason": completion.finish_reason}
@@ -271,8 +277,15 @@ def eval_(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     allow_unseen_labels: bool = typer.Option(False, "--allow-unseen-labels",
                                              help="exit 0 even if some labels never appear in training"),
+    compare_base: bool = typer.Option(False, "--compare-base", help="causal: score the base model's answers too"),
+    max_generate: int = typer.Option(64, "--max-generate", min=0, help="causal: rows answered and scored"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
+    target_format: str = typer.Option("auto", "--target-format", help="causal: auto, json or text scoring"),
+    any_json: bool = typer.Option(False, "--json", help="causal: constrain answers to one JSON value"),
+    json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="causal: constrain answers to a schema"),
 ) -> None:
-    """Score a run on a data file: classification P/R/F1 + confusion matrix, or causal loss + stop rate."""
+    """Score a run on a data file: classification P/R/F1 + confusion matrix, or causal loss, stop rate, exact match
+    and JSON field scores with the first mistakes."""
     from tuneforge.evaluate import refuse_unseen_labels
     from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
     from tuneforge.tasks import get_task
@@ -281,7 +294,16 @@ def eval_(
     if allow_unseen_labels and not meta.labels:  # a run without labels has no unseen ones: refused before it loads
         raise TuneforgeError(f"--allow-unseen-labels applies to classification runs; {run} is a {meta.task} run")
     task = get_task(meta.task)
-    report = task.evaluate(run, data, name=name, output_dir=output, batch_size=batch_size)
+    generation = {"compare_base": compare_base, "max_generate": max_generate, "max_new_tokens": max_new_tokens,
+                  "target_format": target_format, "any_json": any_json, "json_schema": json_schema}
+    if not task.generates:
+        refuse_ignored([(compare_base or any_json or json_schema or target_format != "auto",
+                         f"--compare-base, --json, --json-schema and --target-format score generated text; {run} is "
+                         f"a {meta.task} run")])
+        generation = {}
+    elif target_format not in ("auto", "json", "text"):
+        raise TuneforgeError(f"--target-format {target_format}: use auto, json or text")
+    report = task.evaluate(run, data, name=name, output_dir=output, batch_size=batch_size, **generation)
     ui.show_eval_report(task.name, report)
     if "unseen_labels" in report.results and not allow_unseen_labels:
         refuse_unseen_labels(report)

@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 
 from tuneforge.errors import ConfigError
 from tuneforge.metrics import metric_mode
+from tuneforge.scoring import GENERATION_METRICS
 
 BUNDLED_MODEL_ALIASES = ("smollm2-135m-instruct", "minilm-l6")
 
@@ -67,6 +68,19 @@ class TuneSettings(BaseModel):
     experiment_name: str | None = None
 
 
+class EvalGenerate(BaseModel):
+    """Generation at every validation event (causal runs): greedy answers to validation rows, scored against the
+    rows' own answers (tuneforge.scoring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_rows: int = Field(64, ge=1, description="validation rows answered (the first ones, the same every event)")
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(16, ge=1)
+    any_json: bool = Field(False, description="constrain answers to one JSON value (any JSON)")
+    json_schema: str | None = Field(None, description="constrain answers to this JSON Schema file")
+
+
 class TrainConfig(BaseModel):
     """Everything one training run needs. Field descriptions double as the reference in the README."""
 
@@ -86,7 +100,9 @@ class TrainConfig(BaseModel):
     truncation: Literal["truncate", "refuse"] = Field("truncate", description="rows longer than context_length")
     padding: Literal["longest", "max_length"] = "longest"
     pad_to_multiple_of: int | None = Field(None, gt=0)
-    group_by_length: bool = Field(True, description="batch rows of similar length together (less padding)")
+    group_by_length: bool = Field(
+        False, description="batch rows of similar length together: less padding, but each batch then holds one "
+        "kind of row, which cost held-out exact match on short extraction rows (bench/quality_vs_hf.py)")
     train_on_inputs: bool = Field(False, description="also compute loss on prompt/user/system tokens")
     text_fields: list[str] | None = Field(None, description="classification: columns joined into the input text")
     label_field: str | None = Field(None, description="classification: the label column")
@@ -122,6 +138,13 @@ class TrainConfig(BaseModel):
     checkpoint_every_n_epochs: int | None = Field(None, ge=1)
     max_num_checkpoints: int = Field(10, ge=1, description="validation+checkpoint events spread over training")
     num_checkpoints_to_keep: int = Field(1, ge=1, description="best checkpoints kept (the latest is kept too)")
+    eval_generate: EvalGenerate | None = Field(
+        None, description="causal: generate at each validation event and report stop rate, exact match, JSON metrics")
+    target_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="scoring of generated answers: json adds JSON validity and field metrics (auto: when "
+        "the references are JSON)")
+    eval_metrics: list[str] | None = Field(
+        None, description="your own generation metrics, 'module:function' called with (predictions, references)")
     best_metric: str = Field("eval_loss", description="validation metric that ranks checkpoints")
     best_metric_mode: Literal["min", "max"] | None = Field(None, description="default: min for losses, else max")
 
@@ -164,20 +187,25 @@ class TrainConfig(BaseModel):
             raise entry_error("r", f"lora_config.r must be a positive integer, the adapter's rank, e.g. 8 (got {rank!r})")
         return value
 
-    @field_validator("best_metric")
-    @classmethod
-    def _check_best_metric(cls, value: str, info: Any) -> str:
-        known = validation_metrics(info.data.get("task"))
-        if value not in known:
-            raise ValueError(f"unknown metric '{value}'{suggest(value, known, list_when_none_close=False)}; "
-                             f"validation reports {', '.join(known)}")
-        return value
-
     @model_validator(mode="after")
     def _check_task_fields(self) -> TrainConfig:
         from tuneforge.tasks import get_task
 
-        get_task(self.task).check_config(self)
+        task = get_task(self.task)
+        if (self.eval_generate or self.eval_metrics) and not task.generates:
+            key = "eval_generate" if self.eval_generate else "eval_metrics"
+            raise entry_error(key, f"{key}: a {self.task} run does not generate text; remove {key}")
+        if self.eval_metrics and not self.eval_generate:
+            raise entry_error("eval_metrics", "eval_metrics: your metrics score generated answers; turn generation "
+                                              "at validation on with eval_generate: {max_rows: 64}")
+        task.check_config(self)
+        known = validation_metrics(self)
+        if self.best_metric not in known:
+            hint = (" (generation metrics need eval_generate: {max_rows: 64})"
+                    if self.best_metric.removeprefix("eval_") in GENERATION_METRICS else "")
+            raise entry_error("best_metric", f"best_metric: unknown metric '{self.best_metric}'"
+                              f"{suggest(self.best_metric, known, list_when_none_close=False)}; "
+                              f"validation reports {', '.join(known)}{hint}")
         return self
 
     @property
@@ -211,11 +239,11 @@ class TrainConfig(BaseModel):
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
-def validation_metrics(task: str | None) -> tuple[str, ...]:
-    """What a validation event of `task` reports: the names best_metric and tune.metric may use."""
+def validation_metrics(config: TrainConfig) -> tuple[str, ...]:
+    """What a validation event of this run reports: the names best_metric and tune.metric may use."""
     from tuneforge.tasks import get_task
 
-    return get_task(task).metrics
+    return get_task(config.task).reported_metrics(config)
 
 
 @lru_cache(maxsize=1)
@@ -398,6 +426,8 @@ def resolve_data_paths(config: TrainConfig, config_dir: Path) -> None:
         value = getattr(config, field)
         if value is not None:
             setattr(config, field, str(resolve_path(value, config_dir)))
+    if config.eval_generate and config.eval_generate.json_schema:
+        config.eval_generate.json_schema = str(resolve_path(config.eval_generate.json_schema, config_dir))
 
 
 def resolve_path(value: str, config_dir: Path) -> Path:

@@ -4,6 +4,7 @@ count and scored as wrong (the model cannot predict a class it does not have).""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from tuneforge.data.classification import read_labelled, row_text
 from tuneforge.atomic import atomic_dir, write_json
 from tuneforge.errors import DataError
 from tuneforge.metrics import classification_summary, perplexity
+from tuneforge.scoring import GenerationScore, run_user_metrics, score_answers
 
 
 @dataclass
@@ -102,49 +104,138 @@ def plot_confusion(confusion: dict[str, Any], path: Path) -> None:
 
 def evaluate_causal(run: str | Path, data_path: str | Path, *, name: str | None = None,
                     output_dir: str | Path | None = None, batch_size: int = 8, max_generate: int = 64,
-                    max_new_tokens: int = 128) -> EvalReport:
-    """Loss and perplexity on every row (same masks as training), then greedy generation on up to
-    `max_generate` rows: how often the model stops by itself, and how often it reproduces the reference."""
-    import torch
-
+                    max_new_tokens: int = 128, target_format: str = "auto", json_options: dict[str, Any] | None = None,
+                    compare_base: bool = False, user_metrics: tuple[str, ...] = ()) -> EvalReport:
+    """Loss and perplexity on every row (same masks as training), then greedy generation on up to `max_generate`
+    rows with a reference answer, scored as validation scores it (tuneforge.scoring): stop rate, exact match, and
+    for JSON answers validity, parsed equality, field precision/recall/F1 and run-on text. `compare_base` scores the
+    base model's answers too (LoRA runs). `json_options` (constrain.constraint_for's any_json / schema_path)
+    constrain the answers. Every answer goes to samples.jsonl beside results.json."""
+    from tuneforge.constrain import constraint_for
     from tuneforge.data import causal
-    from tuneforge.data.collate import collate_causal
     from tuneforge.data.records import read_records
     from tuneforge.generate import GenerationSettings, Generator, read_prompt_rows
-    from tuneforge.train.objectives import CausalLMObjective
 
     data_path = Path(data_path)
     records = read_records(data_path, "eval data")
     shape = causal.detect_shape(records, data_path)
     causal.validate_rows(records, data_path, shape)
+    constraint = constraint_for(**(json_options or {}))  # a bad schema is refused before the model loads
     generator = Generator.from_path(run)
-    tokenizer = generator.tokenizer
-    tokenizer.padding_side = "right"
-    examples = causal.tokenize_records(records, data_path, shape, tokenizer, train_on_inputs=False)
-    context = generator.meta.context_length or max(len(e) for e in examples)
-    examples = [causal.Example(e.input_ids[:context], e.target_mask[:context], e.source) for e in examples]
-    objective = CausalLMObjective(generator.model)
-    loss_sum = count = 0.0
-    with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            batch = collate_causal(examples[start : start + batch_size], tokenizer.pad_token_id, context_length=context)
-            batch_loss, batch_count = objective(**batch)
-            loss_sum, count = loss_sum + float(batch_loss), count + float(batch_count)
-    tokenizer.padding_side = "left"
-    pairs = [pair for pair in read_prompt_rows(data_path) if "reference" in pair[1]][:max_generate]
-    completions = generator.complete([p for p, _ in pairs], GenerationSettings(max_new_tokens=max_new_tokens,
-                                                                               batch_size=batch_size))
-    loss = loss_sum / max(count, 1.0)
-    results = {
-        "data": str(data_path), "checkpoint": str(run), "rows": len(examples), "eval_loss": loss,
-        "perplexity": perplexity(loss), "generated": len(completions),
-        "stopped_rate": sum(c.finish_reason == "stop" for c in completions) / max(len(completions), 1),
-        "exact_match": sum(c.text.strip() == row["reference"].strip() for c, (_, row) in zip(completions, pairs, strict=True))
-        / max(len(completions), 1),
-        "samples": [{"reference": row["reference"], "completion": c.text, "finish_reason": c.finish_reason}
-                    for c, (_, row) in list(zip(completions, pairs, strict=True))[:10]],
-    }
+    loss = causal_loss(generator, records, data_path, shape, batch_size)
+    pairs = [(prompt, row["reference"]) for prompt, row in read_prompt_rows(data_path) if "reference" in row]
+    pairs = pairs[:max_generate]
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    tuned = answer_and_score(generator, pairs, settings, target_format=target_format, constraint=constraint,
+                             user_metrics=user_metrics)
+    results = {"data": str(data_path), "checkpoint": str(run), "rows": len(records), "eval_loss": loss,
+               "perplexity": perplexity(loss), "generated": len(pairs), "constraint": describe(constraint),
+               **tuned.summary()}
+    if compare_base:
+        base = answer_and_score(generator, pairs, settings, target_format=target_format, constraint=constraint,
+                                user_metrics=user_metrics, use_base=True)
+        results["base"] = base.summary()
     target = eval_dir(run, data_path, name, output_dir)
     with atomic_dir(target) as staged:
         write_json(staged / "results.json", results)
+        write_jsonl(staged / "samples.jsonl", tuned.samples)
+        if compare_base:
+            write_jsonl(staged / "base_samples.jsonl", base.samples)
     return EvalReport(results, target)
+
+
+def causal_loss(generator: Any, records: list[Any], data_path: Path, shape: str, batch_size: int) -> float:
+    """Token-weighted loss on the target tokens of every row, with training's masks and context length."""
+    import torch
+
+    from tuneforge.data import causal
+    from tuneforge.data.collate import collate_causal
+    from tuneforge.train.objectives import CausalLMObjective
+
+    tokenizer = generator.tokenizer
+    tokenizer.padding_side = "right"
+    try:
+        examples = causal.tokenize_records(records, data_path, shape, tokenizer, train_on_inputs=False)
+        context = generator.meta.context_length or max(len(e) for e in examples)
+        examples = [causal.Example(e.input_ids[:context], e.target_mask[:context], e.source) for e in examples]
+        objective = CausalLMObjective(generator.model)
+        loss_sum = count = 0.0
+        with torch.no_grad():
+            for start in range(0, len(examples), batch_size):
+                batch = collate_causal(examples[start : start + batch_size], tokenizer.pad_token_id,
+                                       context_length=context)
+                batch_loss, batch_count = objective(**batch)
+                loss_sum, count = loss_sum + float(batch_loss), count + float(batch_count)
+    finally:
+        tokenizer.padding_side = "left"
+    return loss_sum / max(count, 1.0)
+
+
+MISTAKES_SHOWN = 20
+
+
+@dataclass
+class GenerationEval:
+    """Generated answers scored against references: the metrics, and one sample row per answer."""
+
+    score: GenerationScore
+    samples: list[dict[str, Any]]
+    user: dict[str, float]
+    seconds: float
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {**self.score.metrics, **self.user}
+
+    def mistakes(self, limit: int = MISTAKES_SHOWN) -> list[dict[str, Any]]:
+        wrong = [s for s in self.samples if not (s["json_exact"] if self.score.is_json else s["exact"])]
+        return [{key: s[key] for key in ("prompt", "reference", "answer", "finish_reason")} for s in wrong[:limit]]
+
+    def summary(self) -> dict[str, Any]:
+        """What results.json keeps: metrics, the first mistakes, and per JSON field how often it went wrong."""
+        errors = {path: dict(kinds) for path, kinds in self.score.field_error_counts().items()}
+        return {**self.metrics, "target_format": "json" if self.score.is_json else "text",
+                "generate_seconds": round(self.seconds, 2), "mistakes": self.mistakes(),
+                **({"field_errors": errors} if self.score.is_json else {})}
+
+
+def answer_and_score(generator: Any, pairs: list[tuple[Any, str]], settings: Any, *, target_format: str = "auto",
+                     constraint: Any = None, user_metrics: tuple[str, ...] = (), use_base: bool = False) -> GenerationEval:
+    """Greedy answers to (prompt, reference) pairs, scored."""
+    started = time.perf_counter()
+    completions = generator.complete([p for p, _ in pairs], settings, use_base=use_base, constraint=constraint)
+    return score_completions(pairs, completions, target_format=target_format, user_metrics=user_metrics,
+                             seconds=time.perf_counter() - started)
+
+
+def score_completions(pairs: list[tuple[Any, str]], completions: list[Any], *, target_format: str = "auto",
+                      user_metrics: tuple[str, ...] = (), seconds: float = 0.0) -> GenerationEval:
+    references = [reference for _, reference in pairs]
+    answers = [c.text for c in completions]
+    score = score_answers(answers, references, [c.finish_reason == "stop" for c in completions],
+                          target_format=target_format)
+    user = run_user_metrics(user_metrics, answers, references) if user_metrics else {}
+    samples = [{"prompt": prompt_text(prompt), "reference": reference, "answer": completion.text,
+                "finish_reason": completion.finish_reason, "new_tokens": completion.new_tokens, "exact": verdict.exact,
+                "json_valid": verdict.json_valid, "json_exact": verdict.json_exact, "run_on": verdict.run_on,
+                "field_errors": verdict.field_errors}
+               for (prompt, reference), completion, verdict in zip(pairs, completions, score.answers, strict=True)]
+    return GenerationEval(score, samples, user, seconds)
+
+
+def prompt_text(prompt: Any) -> str:
+    """What a person reads as the prompt: the last user message of a chat, or the prompt string."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else str(prompt[-1].get("content", ""))
+
+
+def describe(constraint: Any) -> str | None:
+    return constraint.description if constraint is not None else None
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    import json
+
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")

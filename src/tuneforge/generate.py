@@ -56,6 +56,10 @@ class Generator:
         return cls(loaded.model, loaded.tokenizer, loaded.meta)
 
     @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
     def has_adapter(self) -> bool:
         return hasattr(self.model, "disable_adapter")
 
@@ -75,24 +79,25 @@ class Generator:
             roles = ", ".join(str(m.get("role")) for m in messages)
             raise DataError(f"the chat template refused messages with roles [{roles}]: {exc}") from None
 
-    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+    def encode(self, texts: list[str]) -> Any:
         # Chat templates already hold BOS and friends; plain prompts get the tokenizer's own special tokens.
         return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not self.chat)
 
     @torch.no_grad()
     def complete(self, prompts: list[Any], settings: GenerationSettings, *, system: str | None = None,
-                 use_base: bool = False) -> list[Completion]:
+                 use_base: bool = False, constraint: Any = None) -> list[Completion]:
+        """Answers to `prompts`, in batches. `constraint` (tuneforge.constrain) restricts every answer to its grammar."""
         results: list[Completion] = []
         for start in range(0, len(prompts), settings.batch_size):
             texts = [self.render(p, system) for p in prompts[start : start + settings.batch_size]]
-            batch = self.encode(texts)
+            batch = self.encode(texts).to(self.device)
             with self.base_only(use_base):
-                output = self.model.generate(**batch, **self.generate_kwargs(settings))
+                output = self.model.generate(**batch, **self.generate_kwargs(settings, constraint, len(texts)))
             results.extend(self.decode(output[:, batch["input_ids"].shape[1] :]))
         return results
 
     def stream(self, prompt: Any, settings: GenerationSettings, *, system: str | None = None,
-               use_base: bool = False) -> Iterator[str]:
+               use_base: bool = False, constraint: Any = None) -> Iterator[str]:
         """Yield the completion piece by piece as it is generated."""
         from transformers import TextIteratorStreamer
 
@@ -103,7 +108,7 @@ class Generator:
         def work() -> None:
             try:
                 with torch.no_grad(), self.base_only(use_base):
-                    self.model.generate(**batch, **self.generate_kwargs(settings), streamer=streamer)
+                    self.model.generate(**batch, **self.generate_kwargs(settings, constraint, 1), streamer=streamer)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 failure.append(exc)
                 streamer.end()
@@ -115,9 +120,15 @@ class Generator:
         if failure:
             raise failure[0]
 
-    def generate_kwargs(self, settings: GenerationSettings) -> dict[str, Any]:
-        return {"max_new_tokens": settings.max_new_tokens, "eos_token_id": self.stop_ids,
-                "pad_token_id": self.tokenizer.pad_token_id, **settings.kwargs()}
+    def generate_kwargs(self, settings: GenerationSettings, constraint: Any = None, rows: int = 1) -> dict[str, Any]:
+        # use_cache: training may have turned the model's cache off (gradient checkpointing); generation needs it.
+        kwargs = {"max_new_tokens": settings.max_new_tokens, "eos_token_id": self.stop_ids, "use_cache": True,
+                  "pad_token_id": self.tokenizer.pad_token_id, **settings.kwargs()}
+        if constraint is not None:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList([constraint.processor(self.tokenizer, rows, self.stop_ids)])
+        return kwargs
 
     def base_only(self, use_base: bool) -> Any:
         import contextlib

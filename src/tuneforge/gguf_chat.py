@@ -6,6 +6,7 @@ naming the signal instead of dying silently.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,21 +16,30 @@ from tuneforge.native import NativeWorker
 
 
 class GgufChat:
-    def __init__(self, model: Path, lora: Path | None = None):
+    """`json_schema` (JSON text; "{}" = any JSON value) constrains every answer through llama.cpp's grammar."""
+
+    def __init__(self, model: Path, lora: Path | None = None, json_schema: str | None = None):
         from tuneforge.export.parity import require_llama_cpp
 
         for path in (model, lora):
             if path is not None and not Path(path).is_file():
                 raise TuneforgeError(f"{path}: no such GGUF file")
         require_llama_cpp(load=False)
+        self.json_schema = json_schema
         self.worker = NativeWorker("GGUF generation")
         self.worker.call(load, Path(model), Path(lora) if lora else None)
 
     def complete(self, prompt: Any, settings: Any, *, system: str | None = None) -> str:
-        return self.worker.call(complete, prompt, sampling_options(settings), system)
+        return self.worker.call(complete, prompt, self.options(settings), system)
 
     def stream(self, prompt: Any, settings: Any, *, system: str | None = None) -> Iterator[str]:
-        yield from self.worker.stream(stream, prompt, sampling_options(settings), system)
+        yield from self.worker.stream(stream, prompt, self.options(settings), system)
+
+    def options(self, settings: Any) -> dict[str, Any]:
+        options = sampling_options(settings)
+        if self.json_schema is not None:  # llama-cpp-python turns the schema into a GBNF grammar
+            options["response_format"] = {"type": "json_object", "schema": json.loads(self.json_schema)}
+        return options
 
     def close(self) -> None:
         self.worker.close()

@@ -10,7 +10,9 @@ from typing import Any, Literal
 Mode = Literal["min", "max"]
 
 # Validation bookkeeping, never something to optimise.
-NOT_QUALITY = frozenset({"step", "epoch", "train_loss", "eval_loss", "eval_seconds", "peak_rss_mb", "eval_perplexity"})
+NOT_QUALITY = frozenset({"step", "epoch", "train_loss", "eval_loss", "eval_seconds", "peak_rss_mb", "eval_perplexity",
+                         "eval_generate_seconds"})
+LOWER_IS_BETTER = ("loss", "perplexity", "run_on", "_seconds")  # run_on: answers with text after their JSON value
 
 
 def perplexity(loss: float) -> float:
@@ -19,8 +21,9 @@ def perplexity(loss: float) -> float:
 
 
 def metric_mode(metric: str) -> Mode:
-    """Losses and perplexities are minimised; every other metric (accuracy, F1, the summed objective) maximised."""
-    return "min" if "loss" in metric or "perplexity" in metric else "max"
+    """Losses, perplexities, run-on rates and times are minimised; every other metric (accuracy, F1, exact match, the
+    summed objective) maximised."""
+    return "min" if any(part in metric for part in LOWER_IS_BETTER) else "max"
 
 
 def quality_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -30,9 +33,12 @@ def quality_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def default_objective(metrics: dict[str, Any]) -> float:
-    """HF's `default_compute_objective`: eval_loss if it is the only quality metric, else the sum of the others."""
+    """HF's `default_compute_objective`: eval_loss if it is the only quality metric, else the sum of the others
+    (a lower-is-better one, the run-on rate, counts negatively)."""
     others = quality_metrics(metrics)
-    return float(sum(others.values())) if others else float(metrics["eval_loss"])
+    if not others:
+        return float(metrics["eval_loss"])
+    return float(sum(-value if metric_mode(key) == "min" else value for key, value in others.items()))
 
 
 def default_objective_mode(task_metrics: tuple[str, ...]) -> Mode:

@@ -154,6 +154,11 @@ class RunDir:
         return self.path / "metrics.jsonl"
 
     @property
+    def generation_samples_file(self) -> Path:
+        """Each validation event's generated answers (eval_generate), one JSON row per answer."""
+        return self.path / "eval_samples.jsonl"
+
+    @property
     def tensorboard_dir(self) -> Path:
         return self.path / "tensorboard"
 

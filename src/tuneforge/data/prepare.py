@@ -110,8 +110,13 @@ def prepare_causal(config: TrainConfig, tokenizer: Any, model_max_length: int | 
     if not kept["train"]:
         raise DataError(f"{train_path}: no row has target tokens within context_length {context_length}")
     return PreparedData(shape, kept["train"], kept["valid"], context_length, stats, notes=notes,
-                        valid_rows=[record.data for record in (valid_records or train_records)[:VALID_ROWS_KEPT]],
+                        valid_rows=[record.data for record in (valid_records or train_records)[:rows_kept(config)]],
                         system_prompt=causal.shared_system_prompt([record.data for record in train_records]))
+
+
+def rows_kept(config: TrainConfig) -> int:
+    """Raw validation rows kept: what export checks fidelity on, or more if validation generates on more."""
+    return max(VALID_ROWS_KEPT, config.eval_generate.max_rows if config.eval_generate else 0)
 
 
 def choose_context_length(configured: int | None, lengths: list[int], model_max_length: int | None) -> int:

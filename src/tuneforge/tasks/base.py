@@ -17,10 +17,15 @@ class Task:
     lora_task_type: ClassVar[str]  # PEFT's TaskType
     export_formats: ClassVar[tuple[str, ...]]
     gathers_predictions: ClassVar[bool] = False  # validation collects per-row predictions from every worker
+    generates: ClassVar[bool] = False  # answers prompts with text (eval_generate applies)
 
     # --- config ------------------------------------------------------------------------------------------------
     def check_config(self, config: Any) -> None:
         """Raise ValueError for keys this task needs and the config lacks."""
+
+    def reported_metrics(self, config: Any) -> tuple[str, ...]:
+        """What a validation event of a run with this config reports (what best_metric and tune.metric may name)."""
+        return self.metrics
 
     # --- data --------------------------------------------------------------------------------------------------
     def prepare_data(self, config: Any, tokenizer: Any, max_length: int | None) -> Any:

@@ -14,11 +14,26 @@ class CausalLM(Task):
     metrics = ("eval_loss", "eval_perplexity")
     lora_task_type = "CAUSAL_LM"
     export_formats = ("merged", "gguf", "gguf-lora")
+    generates = True
+
+    def reported_metrics(self, config: Any) -> tuple[str, ...]:
+        from tuneforge.scoring import JSON_METRICS, TEXT_METRICS, user_metric_name
+
+        if not config.eval_generate:
+            return self.metrics
+        scored = TEXT_METRICS + (JSON_METRICS if config.target_format != "text" else ())
+        users = tuple(user_metric_name(spec) for spec in config.eval_metrics or ())
+        return (*self.metrics, *(f"eval_{name}" for name in scored + users), "eval_generate_seconds")
 
     def prepare_data(self, config: Any, tokenizer: Any, max_length: int | None) -> Any:
         from tuneforge.data.prepare import prepare_causal
 
-        return prepare_causal(config, tokenizer, max_length)
+        data = prepare_causal(config, tokenizer, max_length)
+        if config.eval_generate:
+            from tuneforge.train.generation import check_generation_setup
+
+            check_generation_setup(config, data)
+        return data
 
     def run_facts(self, config: Any, tokenizer: Any, data: Any) -> dict[str, Any]:
         from tuneforge.data.causal import end_of_turn_token_ids
@@ -46,11 +61,13 @@ class CausalLM(Task):
 
         return Generator.from_path(path)
 
-    def evaluate(self, run: str | Path, data_path: str | Path, **options: Any) -> Any:
+    def evaluate(self, run: str | Path, data_path: str | Path, *, any_json: bool = False,
+                 json_schema: str | Path | None = None, **options: Any) -> Any:
         from tuneforge.evaluate import evaluate_causal
 
         options["batch_size"] = min(options.get("batch_size", 8), 8)  # generation batches: memory grows with length
-        return evaluate_causal(run, data_path, **options)
+        return evaluate_causal(run, data_path, json_options={"any_json": any_json, "schema_path": json_schema},
+                               **options)
 
     def fidelity_check(self, loaded: Any, samples: list[dict[str, Any]], *, prompts: int, max_new_tokens: int) -> Any:
         from tuneforge.export.fidelity import generation_check

@@ -5,6 +5,7 @@ interrupted."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -164,6 +165,7 @@ def execute(
         checkpoint_root=str(run.checkpoints_dir.resolve()),
         init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
         threads=placement.scaling.resources_per_worker.get("CPU", 1),
+        import_paths=[os.getcwd()],
     )
     started = time.time()
     run.update_state(status="running", started=now(), ended=None, error=None, resumed_from_step=resume_step,

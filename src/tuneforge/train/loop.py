@@ -46,6 +46,7 @@ class WorkerInputs:
     checkpoint_root: str | None = None  # where Ray persists checkpoints (the driver is told each path)
     init_checkpoint: str | None = None  # start from this checkpoint's weights and state (a PBT donor)
     threads: float = 1.0  # CPUs Ray gave each worker
+    import_paths: list[str] | None = None  # where the driver finds the user's eval_metrics modules
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -66,6 +67,7 @@ class TrainingLoop:
         self.init_checkpoint = inputs.init_checkpoint
         self.meta = inputs.meta
         self.events = inputs.events
+        self.import_paths = inputs.import_paths or []
         payload = ray.get(inputs.payload)
         self.data, self.tokenizer = payload["data"], payload["tokenizer"]
         context = ray.train.get_context()
@@ -108,6 +110,17 @@ class TrainingLoop:
             self.restore(state)
         self.train_lengths = [len(example) for example in self.data.train]
         self.valid_lengths = [len(example) for example in self.data.valid]
+        self.generation = self.build_generation()
+
+    def build_generation(self) -> Any:
+        if not (self.config.eval_generate and self.data.valid):
+            return None
+        import sys
+
+        from tuneforge.train.generation import ValidationGeneration
+
+        sys.path.extend(path for path in self.import_paths if path not in sys.path)
+        return ValidationGeneration(self.config, self.data.valid_rows, self.tokenizer, self.meta)
 
     def build_model(self, resume_dir: Path | None) -> torch.nn.Module:
         from tuneforge.models import load_model_for_training
@@ -269,6 +282,11 @@ class TrainingLoop:
             metrics["train_loss"] = train_loss
         started = time.perf_counter()
         metrics.update(self.evaluate())
+        if self.generation is not None:
+            generated, samples = self.generation.run(self.model, rank=self.rank, world_size=self.world_size,
+                                                     device=self.device, precision=self.precision, gather=gather_objects)
+            metrics.update(generated)
+            self.emit({"type": "samples", "step": step, "rows": samples})
         metrics["eval_seconds"] = round(time.perf_counter() - started, 3)
         metrics["peak_rss_mb"] = peak_rss_mb()
         state = self.training_state(step)

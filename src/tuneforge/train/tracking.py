@@ -28,12 +28,17 @@ class Tracker:
                       if int(row.get("step", 0)) <= resume_step}
             keep = sorted(latest.values(), key=lambda row: (int(row["step"]), row.get("type") != "step"))
             write_text(run.metrics_file, "".join(json.dumps(row) + "\n" for row in keep))
+            drop_samples_after(run, resume_step)
         self.metrics_file = open(run.metrics_file, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.samples_path = run.generation_samples_file
         purge = resume_step + 1 if resume_step is not None else None
         self.writer = SummaryWriter(log_dir=str(run.tensorboard_dir), purge_step=purge)
 
     def record(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
+        if kind == "samples":
+            self.record_samples(int(event["step"]), event["rows"])
+            return
         if kind not in ("step", "eval"):
             return
         self.metrics_file.write(json.dumps(event, default=float) + "\n")
@@ -51,6 +56,32 @@ class Tracker:
                 self.writer.add_scalar("train/loss_since_last_eval", event["train_loss"], step)
         self.writer.flush()
 
+    def record_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Every answer of a validation event to eval_samples.jsonl; the first few to TensorBoard's text tab."""
+        with open(self.samples_path, "a", encoding="utf-8") as samples:
+            samples.write("".join(json.dumps({"step": step, **row}, ensure_ascii=False) + "\n" for row in rows))
+        table = ["| prompt | expected | answer |", "|---|---|---|"]
+        table += [f"| {cell(r['prompt'])} | {cell(r['reference'])} | {cell(r['answer'])} |" for r in rows[:TEXT_SAMPLES]]
+        self.writer.add_text("eval/samples", "\n".join(table), step)
+
     def close(self) -> None:
         self.metrics_file.close()
         self.writer.close()
+
+
+TEXT_SAMPLES = 8
+
+
+def cell(text: str, limit: int = 200) -> str:
+    """Text made safe for one Markdown table cell."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def drop_samples_after(run: RunDir, step: int) -> None:
+    """A resumed run trains the steps after `step` again: their validation answers are dropped."""
+    path = run.generation_samples_file
+    if path.is_file():
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                if line.strip() and int(json.loads(line).get("step", 0)) <= step]
+        write_text(path, "".join(kept))

@@ -218,7 +218,7 @@ def invalid_params(base: dict[str, Any], params: dict[str, Any]) -> str | None:
 
 
 def check_metric(config: TrainConfig, settings: TuneSettings) -> None:
-    known = (*validation_metrics(config.task), "train_loss")
+    known = (*validation_metrics(config), "train_loss")
     if settings.metric and settings.metric not in known:
         raise ConfigError(f"{config.source_of('tune', 'metric')}: unknown metric '{settings.metric}'"
                           f"{suggest(settings.metric, known, list_when_none_close=False)}; trials report {', '.join(known)}")

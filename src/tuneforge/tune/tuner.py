@@ -80,7 +80,7 @@ def objective_direction(config: TrainConfig, settings: TuneSettings) -> tuple[st
     is better following from what the task's validation reports."""
     if settings.metric:
         return settings.metric, settings.mode or metric_mode(settings.metric)
-    return "objective", settings.mode or default_objective_mode(validation_metrics(config.task))
+    return "objective", settings.mode or default_objective_mode(validation_metrics(config))
 
 
 def apply_pbt_rules(config: TrainConfig, settings: TuneSettings) -> tuple[TrainConfig, list[str]]:

@@ -119,9 +119,55 @@ def show_classification_report(report: Any) -> None:
                   f"{report.output_dir / 'confusion_matrix.png'}")
 
 
+CAUSAL_METRICS = ("stop_rate", "exact_match", "json_valid", "json_exact", "field_precision", "field_recall",
+                  "field_f1", "run_on")
+
+
 def show_causal_report(report: Any) -> None:
-    keys = ("rows", "eval_loss", "perplexity", "generated", "stopped_rate", "exact_match")
-    show_eval_results(report, keys)
+    """Loss, then the generation metrics (beside the base model's with --compare-base), the first mistakes and
+    which JSON fields went wrong how often."""
+    results = report.results
+    base = results.get("base")
+    constraint = f", answers constrained to {results['constraint']}" if results.get("constraint") else ""
+    table = titled_table(f"evaluation on {results['data']}: {results['rows']} rows, {results['generated']} answered"
+                         f"{constraint}")
+    table.add_column("metric")
+    if base:
+        table.add_column("base model", justify="right")
+    table.add_column("fine-tuned" if base else "value", justify="right")
+    table.add_row("eval loss (perplexity)", *([""] if base else []),
+                  f"{results['eval_loss']:.4f} ({results['perplexity']:.2f})")
+    for key in CAUSAL_METRICS:
+        if key in results:
+            table.add_row(key, *([f"{base.get(key, 0.0):.3f}"] if base else []), f"{results[key]:.3f}")
+    console.print(table)
+    show_mistakes(results.get("mistakes", []))
+    show_field_errors(results.get("field_errors", {}))
+    console.print(f"results: {report.output_dir / 'results.json'}  answers: {report.output_dir / 'samples.jsonl'}")
+
+
+def show_mistakes(mistakes: list[dict[str, Any]], limit: int = 8) -> None:
+    if not mistakes:
+        return
+    table = titled_table(f"first mistakes ({min(limit, len(mistakes))} shown)", show_lines=True)
+    for column, ratio in (("prompt", 3), ("expected", 3), ("got", 3)):
+        table.add_column(column, ratio=ratio)
+    for mistake in mistakes[:limit]:
+        got = mistake["answer"] + ("" if mistake["finish_reason"] == "stop" else " …(did not stop)")
+        table.add_row(*(text.replace("[", "\\[") for text in (mistake["prompt"], mistake["reference"], got)))
+    console.print(table)
+
+
+def show_field_errors(errors: dict[str, dict[str, int]], limit: int = 12) -> None:
+    if not errors:
+        return
+    table = titled_table("JSON fields with errors")
+    table.add_column("field")
+    for kind in ("wrong", "missing", "spurious"):
+        table.add_column(kind, justify="right")
+    for path, kinds in list(errors.items())[:limit]:
+        table.add_row(path, *(str(kinds.get(kind, 0)) for kind in ("wrong", "missing", "spurious")))
+    console.print(table)
 
 
 def show_eval_results(report: Any, keys: tuple[str, ...] | None = None) -> None:

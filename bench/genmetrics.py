@@ -1,0 +1,99 @@
+"""Benchmark: what judging a run by its answers costs.
+
+1. Generation at validation (`eval_generate`) against training: from a run's metrics.jsonl, the seconds spent
+   generating at its validation events over the seconds spent in training steps. Target: at most 25 %.
+2. Constrained decoding against free decoding, in this process on the same rows and model: milliseconds per
+   generated token with no constraint, with `--json` (any JSON value) and with a JSON Schema of the demo's answers.
+   Target: at most 30 % more per token. Also the held-out exact match (parsed JSON) with and without the constraint.
+
+    TUNEFORGE_HOME=.cache/tuneforge .venv/bin/python bench/genmetrics.py [--run runs/demo] [--rows 60]
+
+The run defaults to runs/demo (`make demo` trains it with eval_generate on); the rows are the demo's held-out file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HELD_OUT = REPO / "data" / "demo" / "meetings_heldout.jsonl"
+DEMO_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["person", "city", "date", "topic"],
+               "properties": {key: {"type": "string"} for key in ("person", "city", "date", "topic")}}
+
+
+def validation_share(run: Path) -> dict:
+    from tuneforge.rundir import RunDir
+
+    rows = RunDir(run).metrics()
+    steps = [row for row in rows if row.get("type") == "step"]
+    evals = [row for row in rows if row.get("type") == "eval"]
+    if not any("eval_generate_seconds" in row for row in evals):
+        raise SystemExit(f"{run}: no generation at validation in this run (train it with eval_generate, e.g. make demo)")
+    train_seconds = sum(row["step_seconds"] for row in steps)
+    generate_seconds = sum(row.get("eval_generate_seconds", 0.0) for row in evals)
+    loss_seconds = sum(row["eval_seconds"] - row.get("eval_generate_seconds", 0.0) for row in evals)
+    return {"train_seconds": train_seconds, "generate_seconds": generate_seconds, "loss_eval_seconds": loss_seconds,
+            "events": len(evals), "share": generate_seconds / train_seconds}
+
+
+def decode_costs(run: Path, rows: int, batch_size: int) -> dict:
+    from tuneforge.constrain import constraint_for
+    from tuneforge.evaluate import answer_and_score
+    from tuneforge.generate import GenerationSettings, Generator, read_prompt_rows
+
+    generator = Generator.from_path(run)
+    pairs = [(prompt, row["reference"]) for prompt, row in read_prompt_rows(HELD_OUT)][:rows]
+    settings = GenerationSettings(max_new_tokens=64, batch_size=batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        schema = Path(tmp) / "schema.json"
+        schema.write_text(json.dumps(DEMO_SCHEMA), encoding="utf-8")
+        constraints = {"free": None, "any JSON": constraint_for(any_json=True),
+                       "schema": constraint_for(schema_path=schema)}
+        answer_and_score(generator, pairs[:batch_size], settings)  # warm-up: first-call costs out of the timing
+        results = {}
+        for name, constraint in constraints.items():
+            if constraint is not None:  # the tokenizer's llguidance view is built once per run (~1 s), outside
+                constraint.ll_tokenizer(generator.tokenizer, generator.stop_ids)
+            started = time.perf_counter()
+            scored = answer_and_score(generator, pairs, settings, constraint=constraint)
+            seconds = time.perf_counter() - started
+            tokens = sum(s["new_tokens"] + (s["finish_reason"] == "stop") for s in scored.samples)
+            results[name] = {"seconds": seconds, "tokens": tokens, "ms_per_token": 1000 * seconds / tokens,
+                             **{key: scored.metrics[key] for key in ("json_exact", "json_valid", "stop_rate")}}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, default=REPO / "runs" / "demo")
+    parser.add_argument("--rows", type=int, default=60, help="held-out rows answered per decoding mode")
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    share = validation_share(args.run)
+    costs = decode_costs(args.run, args.rows, args.batch_size)
+    print(f"\n{args.run}: {share['events']} validation events")
+    print(f"  training steps {share['train_seconds']:.1f} s, generation at validation {share['generate_seconds']:.1f} s, "
+          f"loss at validation {share['loss_eval_seconds']:.1f} s")
+    print(f"  generation at validation / training: {100 * share['share']:.1f} % (target <= 25 %)")
+    free = costs["free"]["ms_per_token"]
+    print(f"\nheld-out rows ({args.rows}, batch {args.batch_size}, greedy, max 64 new tokens):")
+    print(f"{'decoding':12}{'ms/token':>10}{'overhead':>10}{'json exact':>12}{'json valid':>12}{'stop rate':>11}")
+    for name, row in costs.items():
+        overhead = 100 * (row["ms_per_token"] / free - 1)
+        print(f"{name:12}{row['ms_per_token']:>10.1f}{overhead:>9.1f}%{row['json_exact']:>12.3f}"
+              f"{row['json_valid']:>12.3f}{row['stop_rate']:>11.3f}")
+    worst = max(100 * (row["ms_per_token"] / free - 1) for row in costs.values())
+    saved = REPO / "bench" / "results" / "genmetrics.json"
+    saved.parent.mkdir(exist_ok=True)
+    saved.write_text(json.dumps({"validation": share, "decoding": costs}, indent=2), encoding="utf-8")
+    print(f"\nvalidation generation {100 * share['share']:.1f}% of training (<= 25%: "
+          f"{'met' if share['share'] <= 0.25 else 'NOT met'}); constrained decoding +{worst:.1f}% per token "
+          f"(<= 30%: {'met' if worst <= 30 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()
