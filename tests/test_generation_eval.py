@@ -174,3 +174,20 @@ def test_bitmask_allows_exactly_the_set_bits_and_never_a_forbidden_or_padded_id(
             mask[row, word] = value - (1 << 32) if value >= 1 << 31 else value
     masked = apply_bitmask(torch.zeros(2, 104), mask, forbidden=[63])
     assert [torch.nonzero(masked[row] == 0).flatten().tolist() for row in range(2)] == [[3, 31, 32, 99], [5]]
+
+
+def test_a_search_can_optimise_a_generation_metric(tmp_path, tiny_llama_dir):
+    from tuneforge.config import TuneSettings
+    from tuneforge.errors import ConfigError
+    from tuneforge.tune.space import check_metric
+    from tuneforge.tune.tuner import objective_direction
+
+    config = key_order_config(tmp_path, tiny_llama_dir)
+    for metric, mode in (("eval_field_f1", "max"), ("eval_run_on", "min"), ("eval_json_exact", "max")):
+        settings = TuneSettings(metric=metric)
+        check_metric(config, settings)
+        assert objective_direction(config, settings) == (metric, mode)
+    assert objective_direction(config, TuneSettings()) == ("objective", "max")  # the sum of quality metrics
+    with pytest.raises(ConfigError, match="unknown metric 'eval_json_exact'"):
+        check_metric(key_order_config(tmp_path, tiny_llama_dir, eval_generate=None, best_metric="eval_loss"),
+                     TuneSettings(metric="eval_json_exact"))
