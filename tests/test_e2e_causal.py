@@ -23,7 +23,7 @@ def demo_run(tmp_path_factory, smol_dir):
     config = load_config("configs/demo.yaml", [
         f"train_path={train_path}", "valid_path=data/demo/meetings_valid.jsonl", "num_epochs=1",
         "max_num_checkpoints=1", f"output_dir={folder}", "run_name=demo", "eval_batch_size_per_device=24",
-        "learning_rate=6e-4", "num_warmup_steps=2",
+        "learning_rate=6e-4", "num_warmup_steps=2", "eval_generate.max_rows=8",
     ])
     return train(config)
 
@@ -50,3 +50,9 @@ def test_validation_loss_fell_and_the_run_recorded_it(demo_run):
              if '"step"' in line and '"type": "step"' in line]
     assert evals[-1]["eval_loss"] < 0.5 * steps[0]["loss"]
     assert demo_run.results["tokens_per_second"] > 0
+    # The demo config also has the model answer validation requests at the event: the bundled model, ten steps in,
+    # already answers in JSON and stops; each answer is kept with its verdicts.
+    assert evals[-1]["eval_stop_rate"] >= 0.75 and evals[-1]["eval_json_valid"] >= 0.75
+    samples = (demo_run.run_dir / "eval_samples.jsonl").read_text().splitlines()
+    assert len(samples) == 8 and all(json.loads(line)["step"] == evals[-1]["step"] for line in samples)
+    assert demo_run.best_metrics["eval_json_exact"] == evals[-1]["eval_json_exact"]

@@ -76,8 +76,6 @@ class EvalGenerate(BaseModel):
 
     max_rows: int = Field(64, ge=1, description="validation rows answered (the first ones, the same every event)")
     max_new_tokens: int = Field(128, ge=1)
-    # Decoding on a CPU is bound by reading the weights once per step, whatever the batch: one wide batch costs
-    # about what one row does.
     batch_size: int = Field(32, ge=1)
     any_json: bool = Field(False, description="constrain answers to one JSON value (any JSON)")
     json_schema: str | None = Field(None, description="constrain answers to this JSON Schema file")
