@@ -240,6 +240,12 @@ def chat_lengths(rows: list[dict]) -> tuple[float, float]:
     return statistics.mean(full), statistics.mean(answers)
 
 
+def results_name(args: argparse.Namespace) -> str:
+    """quality_vs_hf[.quick][.KEY=VALUE...]: a run with tuneforge overrides does not overwrite the defaults' results."""
+    parts = ["quality_vs_hf"] + ["quick"] * args.quick + [item.replace("/", "_") for item in args.tuneforge_set]
+    return ".".join(parts)
+
+
 def spread(values: list[float]) -> str:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.3f}  ({min(values):.3f}-{max(values):.3f}, std {std:.3f})"
@@ -249,19 +255,32 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name, default in (("--train-rows", 400), ("--test-rows", 120), ("--epochs", 3), ("--data-seed", 2026)):
         parser.add_argument(name, type=int, default=default)
-    parser.add_argument("--seeds", type=int, default=3, help="training seeds per side (1, 2, ... N)")
+    parser.add_argument("--seeds", default="3",
+                        help="training seeds per side: N for 1, 2, ... N, or a list such as 2,3 (the runs are "
+                             "deterministic, so seeds measured before need not be run again)")
     parser.add_argument("--warmup", type=int, default=10, help="warm-up steps (both sides)")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--tolerance", type=float, default=0.0, help="parity: tuneforge mean >= plain mean - this")
     parser.add_argument("--tuneforge-set", action="append", default=[], metavar="KEY=VALUE",
                         help="TrainConfig override for the tuneforge side (repeatable), e.g. group_by_length=false")
+    parser.add_argument("--sides", default="plain,tuneforge",
+                        help="which sides to run (a tuneforge-only run with --tuneforge-set compares with the saved "
+                             "plain side: same data seed, same training seeds, so the same plain numbers)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 32/16 rows, 1 epoch, 1 seed, 1 warm-up step")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (data, adapters, logs)")
     for name, kind in (("--child", str), ("--seed", int), ("--adapter", str), ("--workdir", Path), ("--result", Path)):
         parser.add_argument(name, type=kind, help=argparse.SUPPRESS)  # set on the child processes only
     args = parser.parse_args()
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+    except ValueError:
+        parser.error(f"--seeds takes a number or a comma-separated list of numbers, not {args.seeds!r}")
+    args.seeds = seeds if "," in args.seeds else list(range(1, seeds[0] + 1))
+    args.sides = [side.strip() for side in args.sides.split(",") if side.strip()]
+    if not args.sides or set(args.sides) - {"plain", "tuneforge"}:
+        parser.error("--sides takes plain, tuneforge or both, comma-separated")
     if args.quick:  # 4 optimizer steps: one warm-up step so both schedules agree (tuneforge caps warm-up at the total)
-        args.train_rows, args.test_rows, args.epochs, args.seeds, args.warmup = 32, 16, 1, 1, 1
+        args.train_rows, args.test_rows, args.epochs, args.seeds, args.warmup = 32, 16, 1, [1], 1
     return args
 
 
@@ -281,12 +300,12 @@ def main() -> None:
           f"only) / {len(data['test'])} test rows, {unseen} of them unseen phrasings; mean chat length "
           f"{mean_chat:.1f} tokens (answer {mean_answer:.1f})")
     print(f"settings: {settings}, LoRA {LORA}, batch {BATCH}")
-    saved = Path(__file__).parent / "results" / ("quality_vs_hf.quick.json" if args.quick else "quality_vs_hf.json")
+    saved = Path(__file__).parent / "results" / f"{results_name(args)}.json"
     saved.parent.mkdir(exist_ok=True)
     record = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "mean_chat_tokens": mean_chat, "mean_answer_tokens": mean_answer, "runs": []}
-    for seed in range(1, args.seeds + 1):
-        for side in ("plain", "tuneforge"):
+    for seed in args.seeds:
+        for side in args.sides:
             trained, train_s = launch(work, f"{side}-seed{seed}-train", "--child", side, "--seed", str(seed))
             scored, score_s = launch(work, f"{side}-seed{seed}-score", "--child", "score", "--adapter", trained["adapter"])
             record["runs"].append({"side": side, "seed": seed, **trained, **scored, "train_seconds": train_s,
@@ -299,16 +318,19 @@ def main() -> None:
             if side == "tuneforge" and seed == 1:
                 print(f"          tuneforge group_by_length={trained['group_by_length']}; best/ holds: "
                       f"{', '.join(trained['adapter_files'])}")
-    print(f"\nmean (min-max, std) over {args.seeds} seed(s)")
+    print(f"\nmean (min-max, std) over seed(s) {', '.join(map(str, args.seeds))}")
     means = {}
     for side, label in (("plain", "plain HF Trainer+PEFT"), ("tuneforge", "tuneforge")):
         mine = [r for r in record["runs"] if r["side"] == side]
+        if not mine:
+            continue
         means[side] = statistics.mean(r["exact_match"] for r in mine)
         for key in ("exact_match", "exact_match_seen", "exact_match_unseen", "valid_json"):
             print(f"  {label:22} {key:19} {spread([r[key] for r in mine])}")
-    met = means["tuneforge"] >= means["plain"] - args.tolerance
-    print(f"tuneforge mean exact match {means['tuneforge']:.3f} vs plain script {means['plain']:.3f}: "
-          f"parity {'met' if met else 'NOT met'}" + (f" (tolerance {args.tolerance})" if args.tolerance else ""))
+    if len(means) == 2:
+        met = means["tuneforge"] >= means["plain"] - args.tolerance
+        print(f"tuneforge mean exact match {means['tuneforge']:.3f} vs plain script {means['plain']:.3f}: "
+              f"parity {'met' if met else 'NOT met'}" + (f" (tolerance {args.tolerance})" if args.tolerance else ""))
     print(f"raw results: {saved}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

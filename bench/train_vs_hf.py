@@ -1,11 +1,16 @@
-"""Benchmark: tuneforge vs a plain HF Trainer + PEFT script, same model, data, LoRA config and steps.
+"""Benchmark: tuneforge vs a plain HF Trainer + PEFT script, same model, data, LoRA config and steps, on three
+shapes of data users actually train on.
 
-Both train SmolLM2-135M-Instruct with LoRA (r=8, all attention and MLP projections) on the same tokenized chat
-rows (batch 8, context 256, padding to the longest row of each batch, bf16 autocast where the CPU has bf16) and
-are then scored with the same token-weighted validation loss. Printed: real (non-pad) tokens/s over the training
-steps, wall time, peak memory, final validation loss, and the ratios.
+    long   meeting notes -> action items, ~250-token chat rows, lora_dropout 0 (the fast path), context 256
+    short  meeting requests -> one JSON object, ~120-token chat rows, lora_dropout 0.05 (PEFT's examples), context 256
+    mixed  the long shape's notes at 32-512 tokens with a long tail, lora_dropout 0.05, context 512
 
-    .venv/bin/python bench/train_vs_hf.py [--steps 24] [--compile]
+Both sides train SmolLM2-135M-Instruct with LoRA (r=8, all attention and MLP projections) on the same tokenized
+rows (batch 8, padding to the longest row of each batch, bf16 autocast where the CPU has bf16) and are then scored
+with the same token-weighted validation loss. Printed per shape: real (non-pad) tokens/s over the training steps,
+wall time, peak memory, final validation loss, and the ratios; the last line gives each shape's speed ratio.
+
+    .venv/bin/python bench/train_vs_hf.py [--shape long|short|mixed ...] [--steps 24] [--compile]
 
 Both sides are measured the same way: each runs in a fresh Python process of its own (tuneforge through its
 library entry point, so Ray Train with one worker), timed from launch to exit (imports, Ray start-up and shutdown
@@ -28,10 +33,16 @@ import time
 from pathlib import Path
 
 MODEL = "smollm2-135m-instruct"
-LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
-BATCH, CONTEXT, LR, WARMUP, SEED = 8, 256, 2e-4, 2, 7
+TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+BATCH, LR, WARMUP, SEED = 8, 2e-4, 2, 7
 SIDES = ("baseline", "tuneforge", "tuneforge-compiled")
+SHAPES = {"long": {"context": 256, "lora_dropout": 0.0}, "short": {"context": 256, "lora_dropout": 0.05},
+          "mixed": {"context": 512, "lora_dropout": 0.05}}
+TARGET_SPEEDUP, LOSS_TOLERANCE = 2.0, 0.02
+
+
+def lora(shape: str) -> dict:
+    return {"r": 8, "lora_alpha": 16, "lora_dropout": SHAPES[shape]["lora_dropout"], "target_modules": TARGET_MODULES}
 SAMPLE_EVERY_S = 0.5
 
 NAMES = ["Priya", "Tomás", "Aiko", "Grace", "Mohammed", "Lena", "Mateo", "Sofia", "Ingrid", "Rafael", "Amara", "Jonas"]
@@ -48,42 +59,66 @@ FILLER = ["The group spent a while on last quarter's numbers before moving on.",
           "The discussion about hiring was postponed until the budget is settled."]
 
 
-def make_rows(count: int, rng: random.Random) -> list[dict]:
+def notes_row(rng: random.Random, items: int, filler: int) -> dict:
+    """Meeting notes with `items` action items among `filler` unrelated sentences -> the items as a JSON array."""
+    actions = [(rng.choice(NAMES), rng.choice(TASKS), f"{rng.choice(['May', 'June', 'July'])} {rng.randint(1, 28)}")
+               for _ in range(items)]
+    sentences = [f"{who} will {task} by {when}." for who, task, when in actions]
+    sentences += [rng.choice(FILLER) for _ in range(filler)]
+    rng.shuffle(sentences)
+    answer = json.dumps([{"owner": w, "task": t, "due": d} for w, t, d in actions], ensure_ascii=False)
+    return {"messages": [
+        {"role": "system", "content": "List the action items in the meeting notes as a JSON array."},
+        {"role": "user", "content": "Meeting notes: " + " ".join(sentences)},
+        {"role": "assistant", "content": answer},
+    ]}
+
+
+def long_rows(count: int, rng: random.Random) -> list[dict]:
+    return [notes_row(rng, rng.randint(3, 4), rng.randint(3, 6)) for _ in range(count)]
+
+
+def short_rows(count: int, rng: random.Random) -> list[dict]:
+    """The quality bench's extraction rows (~120 tokens): a meeting request -> one JSON object."""
+    from quality_vs_hf import TRAIN_TEMPLATES, chat, make_row
+
+    return [{"messages": chat(*make_row(rng, TRAIN_TEMPLATES))} for _ in range(count)]
+
+
+def mixed_rows(count: int, rng: random.Random) -> list[dict]:
+    """Lengths from ~32 to 512 tokens with a long tail: a log-normal number of filler sentences (median 2,
+    1 row in 100 past 20), one in ten rows with no action item at all."""
     rows = []
     for _ in range(count):
-        items = [(rng.choice(NAMES), rng.choice(TASKS), f"{rng.choice(['May', 'June', 'July'])} {rng.randint(1, 28)}")
-                 for _ in range(rng.randint(3, 4))]
-        sentences = [f"{who} will {task} by {when}." for who, task, when in items]
-        sentences += rng.sample(FILLER, rng.randint(3, 6))
-        rng.shuffle(sentences)
-        answer = json.dumps([{"owner": w, "task": t, "due": d} for w, t, d in items], ensure_ascii=False)
-        rows.append({"messages": [
-            {"role": "system", "content": "List the action items in the meeting notes as a JSON array."},
-            {"role": "user", "content": "Meeting notes: " + " ".join(sentences)},
-            {"role": "assistant", "content": answer},
-        ]})
+        items = 0 if rng.random() < 0.1 else rng.randint(1, 4)
+        rows.append(notes_row(rng, items, min(int(rng.lognormvariate(0.7, 1.0)), 26)))
     return rows
 
 
-def write_data(folder: Path, steps: int) -> tuple[Path, Path]:
+ROW_MAKERS = {"long": long_rows, "short": short_rows, "mixed": mixed_rows}
+
+
+def write_data(folder: Path, shape: str, steps: int) -> tuple[Path, Path]:
     """Exactly `steps` batches of training rows (one epoch) and 48 validation rows."""
     rng = random.Random(SEED)
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, count in (("train", steps * BATCH), ("valid", 48)):
         path = folder / f"{name}.jsonl"
-        path.write_text("".join(json.dumps(row) + "\n" for row in make_rows(count, rng)), encoding="utf-8")
+        rows = ROW_MAKERS[shape](count, rng)
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
         paths.append(path)
     return paths[0], paths[1]
 
 
-def tuneforge_config(train: Path, valid: Path, out: Path, steps: int, compiled: bool = False):
+def tuneforge_config(train: Path, valid: Path, out: Path, shape: str, steps: int, compiled: bool = False):
     from tuneforge.config import TrainConfig
 
-    return TrainConfig(model_id=MODEL, torch_compile=compiled, train_path=str(train), valid_path=str(valid), context_length=CONTEXT,
-                       train_batch_size_per_device=BATCH, eval_batch_size_per_device=16, min_update_steps=steps,
-                       learning_rate=LR, num_warmup_steps=WARMUP, max_num_checkpoints=1, lora_config=LORA,
-                       output_dir=str(out), run_name="tuneforge-compiled" if compiled else "tuneforge", seed=SEED,
-                       logging_steps=1)
+    return TrainConfig(model_id=MODEL, torch_compile=compiled, train_path=str(train), valid_path=str(valid),
+                       context_length=SHAPES[shape]["context"], train_batch_size_per_device=BATCH,
+                       eval_batch_size_per_device=16, min_update_steps=steps, learning_rate=LR,
+                       num_warmup_steps=WARMUP, max_num_checkpoints=1, lora_config=lora(shape), output_dir=str(out),
+                       run_name="tuneforge-compiled" if compiled else "tuneforge", seed=SEED, logging_steps=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -91,7 +126,7 @@ def tuneforge_config(train: Path, valid: Path, out: Path, steps: int, compiled: 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def baseline(train: Path, valid: Path, steps: int, out: Path) -> dict:
+def baseline(train: Path, valid: Path, shape: str, steps: int, out: Path) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
@@ -100,10 +135,10 @@ def baseline(train: Path, valid: Path, steps: int, out: Path) -> dict:
     from tuneforge.train.hardware import cpu_has_bf16
 
     # Same tokenized rows and loss masks as tuneforge, so the comparison is about the training engine.
-    prepared = prepare_run(tuneforge_config(train, valid, out, steps))
+    prepared = prepare_run(tuneforge_config(train, valid, out, shape, steps))
     tokenizer, data = prepared.tokenizer, prepared.data
     model = AutoModelForCausalLM.from_pretrained(prepared.model_source, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora(shape)))
 
     def rows(examples):
         return [{"input_ids": e.input_ids.tolist(),
@@ -140,8 +175,11 @@ def baseline(train: Path, valid: Path, steps: int, out: Path) -> dict:
     trainer.train()
     eval_loss = weighted_eval_loss(model, data.valid, pad_longest, rows, cpu_has_bf16())
     tokens = sum(real_tokens[1:steps])  # the first step (warm-up) is left out on both sides
+    lengths = [len(example.input_ids) for example in data.train]
     return {
         "tokens_per_second": tokens / sum(timer.times[1:]),
+        "mean_row_tokens": sum(lengths) / len(lengths),
+        "max_row_tokens": max(lengths),
         "eval_loss": eval_loss,
         "first_loss": trainer.state.log_history[0].get("loss"),
     }
@@ -170,11 +208,11 @@ def weighted_eval_loss(model, examples, pad_longest, rows, bf16: bool) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def run_tuneforge(train: Path, valid: Path, steps: int, out: Path, compiled: bool = False) -> dict:
+def run_tuneforge(train: Path, valid: Path, shape: str, steps: int, out: Path, compiled: bool = False) -> dict:
     from tuneforge.train import train as tuneforge_train
     from tuneforge.rundir import RunDir
 
-    result = tuneforge_train(tuneforge_config(train, valid, out, steps, compiled))
+    result = tuneforge_train(tuneforge_config(train, valid, out, shape, steps, compiled))
     history = RunDir(result.run_dir).metrics()
     step_rows = [row for row in history if row["type"] == "step"][1:]
     evals = [row for row in history if row["type"] == "eval"]
@@ -184,13 +222,13 @@ def run_tuneforge(train: Path, valid: Path, steps: int, out: Path, compiled: boo
     }
 
 
-def run_side(side: str, steps: int, workdir: Path) -> None:
+def run_side(side: str, shape: str, steps: int, workdir: Path) -> None:
     """Inside a side's own process: train, then leave the quality and speed numbers in workdir/<side>.json."""
     train, valid = workdir / "train.jsonl", workdir / "valid.jsonl"
     if side == "baseline":
-        result = baseline(train, valid, steps, workdir)
+        result = baseline(train, valid, shape, steps, workdir)
     else:
-        result = run_tuneforge(train, valid, steps, workdir, compiled=side == "tuneforge-compiled")
+        result = run_tuneforge(train, valid, shape, steps, workdir, compiled=side == "tuneforge-compiled")
     (workdir / f"{side}.json").write_text(json.dumps(result), encoding="utf-8")
 
 
@@ -226,12 +264,13 @@ def sample_peak(pid: int, done: threading.Event, peak: dict) -> None:
         peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
 
 
-def measure(side: str, steps: int, workdir: Path) -> dict:
+def measure(side: str, shape: str, steps: int, workdir: Path) -> dict:
     """Run one side in a fresh interpreter: wall clock from launch to exit, peak memory of its process tree."""
     peak = {"rss": 0, "pss": 0}
     done = threading.Event()
     started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, __file__, "--side", side, "--steps", str(steps), "--workdir", str(workdir)])
+    child = subprocess.Popen([sys.executable, __file__, "--side", side, "--shape", shape, "--steps", str(steps),
+                              "--workdir", str(workdir)])
     sampler = threading.Thread(target=sample_peak, args=(child.pid, done, peak), daemon=True)
     sampler.start()
     code = child.wait()
@@ -246,50 +285,72 @@ def measure(side: str, steps: int, workdir: Path) -> dict:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=24, help="training steps (at least 2: the first is a warm-up)")
+    parser.add_argument("--shape", choices=list(SHAPES), action="append",
+                        help="data shape to measure (repeatable; default: all three)")
+    parser.add_argument("--steps", type=int, default=24, help="training steps per shape (at least 2: the first is a warm-up)")
     parser.add_argument("--compile", action="store_true", help="also run tuneforge with torch_compile: true")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # set on the child processes only
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.steps < 2:
         parser.error("--steps must be at least 2: the first step is left out of tokens/s")
-    if args.side and not args.workdir:
-        parser.error("--side needs --workdir")
+    if args.side and not (args.workdir and args.shape):
+        parser.error("--side needs --workdir and --shape")
+    args.shape = args.shape or list(SHAPES)
     return args
+
+
+ROWS = (("tokens_per_second", "real tokens/s", "higher"), ("wall_seconds", "wall s (from launch)", "lower"),
+        ("peak_rss_mb", "peak tree RSS MB", "lower"), ("peak_pss_mb", "peak tree PSS MB", "lower"),
+        ("eval_loss", "final eval loss", "lower"))
+
+
+def print_shape(shape: str, columns: list[tuple[str, dict]]) -> None:
+    hf = columns[0][1]
+    settings = SHAPES[shape]
+    print(f"\n{shape}: context {settings['context']}, lora_dropout {settings['lora_dropout']}, "
+          f"mean row {hf['mean_row_tokens']:.0f} tokens (max {hf['max_row_tokens']})")
+    print(f"{'':24}" + "".join(f"{name:>18}{'ratio':>8}" if i else f"{name:>18}" for i, (name, _) in enumerate(columns)))
+    for key, label, better in ROWS:
+        cells = [f"{hf[key]:>18.4g}"] + [f"{run[key]:>18.4g}{run[key] / hf[key]:>7.2f}x" for _, run in columns[1:]]
+        print(f"{label:24}{''.join(cells)}  ({better} is better)")
+    for name, run in columns[1:]:
+        speed = run["tokens_per_second"] / hf["tokens_per_second"]
+        loss = abs(run["eval_loss"] / hf["eval_loss"] - 1)
+        memory = run["peak_pss_mb"] <= hf["peak_pss_mb"]
+        print(f"{name}: {speed:.2f}x tokens/s (target {TARGET_SPEEDUP}x: {'met' if speed >= TARGET_SPEEDUP else 'NOT met'}), "
+              f"eval loss {100 * loss:.1f}% off (<= {100 * LOSS_TOLERANCE:.0f}%: {'met' if loss <= LOSS_TOLERANCE else 'NOT met'}), "
+              f"peak PSS {'not above' if memory else 'ABOVE'} the baseline's")
 
 
 def main() -> None:
     args = parse_args()
     if args.side:
-        run_side(args.side, args.steps, args.workdir)
+        run_side(args.side, args.shape[0], args.steps, args.workdir)
         return
-    with tempfile.TemporaryDirectory(prefix="tuneforge-bench-") as tmp:
-        workdir = Path(tmp)
-        write_data(workdir, args.steps)
-        from tuneforge.models import resolve_model
+    from tuneforge.models import resolve_model
 
-        resolve_model(MODEL)  # convert the bundled GGUF once, outside every timing
-        hf = measure("baseline", args.steps, workdir)
-        ours = measure("tuneforge", args.steps, workdir)
-        compiled = measure("tuneforge-compiled", args.steps, workdir) if args.compile else None
-    print(f"\nSmolLM2-135M LoRA r=8, batch {BATCH} x context {CONTEXT}, {args.steps} steps, {os.cpu_count()} CPUs")
+    resolve_model(MODEL)  # convert the bundled GGUF once, outside every timing
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="tuneforge-bench-") as tmp:
+        for shape in args.shape:
+            workdir = Path(tmp) / shape
+            write_data(workdir, shape, args.steps)
+            sides = ["baseline", "tuneforge"] + ["tuneforge-compiled"] * args.compile
+            results[shape] = {side: measure(side, shape, args.steps, workdir) for side in sides}
+    print(f"\nSmolLM2-135M LoRA r=8, batch {BATCH}, {args.steps} steps per shape, {os.cpu_count()} CPUs")
     print("Each side ran in its own fresh process. wall s: from launch to exit (imports, Ray start-up included).\n"
           f"Peak memory: that process and all its descendants (Ray's processes too), sampled every {SAMPLE_EVERY_S} s; "
           "RSS summed per process, PSS with shared pages counted once.")
-    columns = [("HF Trainer+PEFT", hf), ("tuneforge", ours)] + ([("+torch_compile", compiled)] if compiled else [])
-    print(f"{'':24}" + "".join(f"{name:>18}{'ratio':>8}" if i else f"{name:>18}" for i, (name, _) in enumerate(columns)))
-    for key, label, better in (("tokens_per_second", "real tokens/s", "higher"), ("wall_seconds", "wall s (from launch)", "lower"),
-                               ("peak_rss_mb", "peak tree RSS MB", "lower"), ("peak_pss_mb", "peak tree PSS MB", "lower"),
-                               ("eval_loss", "final eval loss", "lower")):
-        cells = [f"{hf[key]:>18.4g}"] + [f"{run[key]:>18.4g}{run[key] / hf[key]:>7.2f}x" for _, run in columns[1:]]
-        print(f"{label:24}{''.join(cells)}  ({better} is better)")
-    for name, run in columns[1:]:
-        verdict = run["tokens_per_second"] >= 400 and run["tokens_per_second"] >= hf["tokens_per_second"]
-        print(f"{name}: target (>= 400 real tok/s and >= 1.0x baseline) {'met' if verdict else 'NOT met'}")
+    names = {"baseline": "HF Trainer+PEFT", "tuneforge": "tuneforge", "tuneforge-compiled": "+torch_compile"}
+    for shape, sides in results.items():
+        print_shape(shape, [(names[side], run) for side, run in sides.items()])
     saved = Path(__file__).parent / "results" / "train_vs_hf.json"
     saved.parent.mkdir(exist_ok=True)
-    saved.write_text(json.dumps({"steps": args.steps, "baseline": hf, "tuneforge": ours, "tuneforge_compiled": compiled},
-                                indent=2))
+    saved.write_text(json.dumps({"steps": args.steps, "shapes": results}, indent=2))
+    ratios = [f"{shape} {sides['tuneforge']['tokens_per_second'] / sides['baseline']['tokens_per_second']:.2f}×"
+              for shape, sides in results.items()]
+    print("\ntuneforge / HF Trainer+PEFT, real tokens/s: " + "   ".join(ratios))
 
 
 if __name__ == "__main__":

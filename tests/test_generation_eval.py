@@ -139,16 +139,23 @@ def test_a_bad_schema_is_one_line_before_any_model_loads(tmp_path, tiny_lora_run
     assert result.returncode == 2 and "not.json:2: not valid JSON" in result.stderr
 
 
-def test_causal_eval_reports_generation_metrics_mistakes_and_field_errors(tmp_path, tiny_lora_run, wide_terminal):
+def test_causal_eval_reports_generation_metrics_mistakes_and_field_errors(tmp_path, tiny_lora_run, wide_terminal,
+                                                                         monkeypatch):
     rows = write_jsonl(tmp_path / "facts.jsonl", [chat_row(f"Name the {q}.", answer(a)) for q, a in FACTS])
+    monkeypatch.chdir(tmp_path)  # a user's metric module beside the data, imported from the working directory
+    (tmp_path / "answer_metrics.py").write_text(
+        "def longest_answer(predictions, references):\n    return max(len(p) for p in predictions)\n")
+    result = tuneforge_here("eval", str(tiny_lora_run), "--data", str(rows), "--metric", "answer_metrics:no_such")
+    assert result.returncode == 2 and "--metric: metric 'answer_metrics:no_such'" in result.stderr
     result = tuneforge_here("eval", str(tiny_lora_run), "--data", str(rows), "--output", str(tmp_path / "out"),
-                            "--compare-base", "--max-new-tokens", "16")
+                            "--compare-base", "--max-new-tokens", "16", "--metric", "answer_metrics:longest_answer")
     assert result.returncode == 0, result.stderr + result.stdout
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["target_format"] == "json" and results["generated"] == 6
+    samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert results["longest_answer"] == max(len(s["answer"]) for s in samples) and "longest_answer" in results["base"]
     for key in ("stop_rate", "exact_match", "json_valid", "json_exact", "field_f1", "run_on"):
         assert 0.0 <= results[key] <= 1.0 and key in results["base"]
-    samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 6 and (tmp_path / "out" / "base_samples.jsonl").is_file()
     wrong = [s for s in samples if not s["json_exact"]]
     assert len(results["mistakes"]) == len(wrong)  # this tiny run never saw these facts: mostly mistakes

@@ -283,6 +283,9 @@ def eval_(
     target_format: str = typer.Option("auto", "--target-format", help="causal: auto, json or text scoring"),
     any_json: bool = typer.Option(False, "--json", help="causal: constrain answers to one JSON value"),
     json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="causal: constrain answers to a schema"),
+    metric: Optional[list[str]] = typer.Option(None, "--metric", metavar="MODULE:FUNCTION",
+                                               help="causal: also score with your function(predictions, references) "
+                                                    "(repeatable)"),
 ) -> None:
     """Score a run on a data file: classification P/R/F1 + confusion matrix, or causal loss, stop rate, exact match
     and JSON field scores with the first mistakes."""
@@ -295,18 +298,32 @@ def eval_(
         raise TuneforgeError(f"--allow-unseen-labels applies to classification runs; {run} is a {meta.task} run")
     task = get_task(meta.task)
     generation = {"compare_base": compare_base, "max_generate": max_generate, "max_new_tokens": max_new_tokens,
-                  "target_format": target_format, "any_json": any_json, "json_schema": json_schema}
+                  "target_format": target_format, "any_json": any_json, "json_schema": json_schema,
+                  "user_metrics": tuple(metric or ())}
     if not task.generates:
-        refuse_ignored([(compare_base or any_json or json_schema or target_format != "auto",
-                         f"--compare-base, --json, --json-schema and --target-format score generated text; {run} is "
-                         f"a {meta.task} run")])
+        refuse_ignored([(compare_base or any_json or json_schema or metric or target_format != "auto",
+                         f"--compare-base, --json, --json-schema, --metric and --target-format score generated text; "
+                         f"{run} is a {meta.task} run")])
         generation = {}
     elif target_format not in ("auto", "json", "text"):
         raise TuneforgeError(f"--target-format {target_format}: use auto, json or text")
+    else:
+        check_user_metrics(metric or ())
     report = task.evaluate(run, data, name=name, output_dir=output, batch_size=batch_size, **generation)
     ui.show_eval_report(task.name, report)
     if "unseen_labels" in report.results and not allow_unseen_labels:
         refuse_unseen_labels(report)
+
+
+def check_user_metrics(specs: list[str]) -> None:
+    """A --metric that does not import is refused before any model loads."""
+    from tuneforge.scoring import load_user_metric
+
+    for spec in specs:
+        try:
+            load_user_metric(spec)
+        except ValueError as exc:
+            raise TuneforgeError(f"--metric: {exc}") from None
 
 
 @app.command()

@@ -65,8 +65,9 @@ def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bo
             "logging_level": logging.INFO if debug else logging.ERROR,
             "runtime_env": {"env_vars": env_vars},
         }
-        if dashboard and not address:
+        if not address:
             options["dashboard_host"] = "127.0.0.1"
+            options["dashboard_port"] = private_dashboard_port(dashboard)
         try:
             context = ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -76,6 +77,26 @@ def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bo
         _dashboard_url = f"http://{context.dashboard_url}" if dashboard and context.dashboard_url else None
         quiet_ray_loggers(debug)
     return describe_cluster()
+
+
+DEFAULT_DASHBOARD_PORT = 8265
+
+
+def private_dashboard_port(dashboard: bool) -> int:
+    """A port no other Ray on this machine answers on. Ray Train's placement-group cleaner asks the State API at
+    the address the cluster registered whether the run's controller is alive; without a dashboard that address is
+    still Ray's default 127.0.0.1:8265, so a dashboard any other program starts there answers "no such actor" and
+    the cleaner removes our workers' placement group mid-run. With no dashboard, the registered port is a free one
+    nothing listens on (the cleaner then just keeps waiting); an asked-for dashboard gets 8265 when it is free."""
+    import socket
+
+    if dashboard:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", DEFAULT_DASHBOARD_PORT)) != 0:
+                return DEFAULT_DASHBOARD_PORT
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def ray_is_running() -> bool:

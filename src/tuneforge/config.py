@@ -102,7 +102,7 @@ class TrainConfig(BaseModel):
     pad_to_multiple_of: int | None = Field(None, gt=0)
     group_by_length: bool = Field(
         False, description="batch rows of similar length together: less padding, but each batch then holds one "
-        "kind of row, which cost held-out exact match on short extraction rows (bench/quality_vs_hf.py)")
+        "kind of row; off by default, as in HF (one full-size extraction run lost held-out exact match with it)")
     train_on_inputs: bool = Field(False, description="also compute loss on prompt/user/system tokens")
     text_fields: list[str] | None = Field(None, description="classification: columns joined into the input text")
     label_field: str | None = Field(None, description="classification: the label column")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.data.classification import read_labelled, row_text
-from tuneforge.atomic import atomic_dir, write_json
+from tuneforge.atomic import atomic_dir, write_json, write_jsonl
 from tuneforge.errors import DataError
 from tuneforge.metrics import classification_summary, perplexity
 from tuneforge.scoring import GenerationScore, run_user_metrics, score_answers
@@ -129,7 +129,7 @@ def evaluate_causal(run: str | Path, data_path: str | Path, *, name: str | None 
     tuned = answer_and_score(generator, pairs, settings, target_format=target_format, constraint=constraint,
                              user_metrics=user_metrics)
     results = {"data": str(data_path), "checkpoint": str(run), "rows": len(records), "eval_loss": loss,
-               "perplexity": perplexity(loss), "generated": len(pairs), "constraint": describe(constraint),
+               "perplexity": perplexity(loss), "generated": len(pairs), "constraint": constraint.description if constraint else None,
                **tuned.summary()}
     if compare_base:
         base = answer_and_score(generator, pairs, settings, target_format=target_format, constraint=constraint,
@@ -229,13 +229,3 @@ def prompt_text(prompt: Any) -> str:
         return prompt
     users = [m["content"] for m in prompt if m.get("role") == "user"]
     return users[-1] if users else str(prompt[-1].get("content", ""))
-
-
-def describe(constraint: Any) -> str | None:
-    return constraint.description if constraint is not None else None
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    import json
-
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tuneforge.atomic import write_json, write_text
+from tuneforge.atomic import write_json, write_jsonl, write_text
 from tuneforge.errors import TuneforgeError
 
 META_FILE = "tuneforge.json"
@@ -227,7 +227,7 @@ class RunDir:
         """The files a run starts with (the plot of the schedule is written by the caller into lr_plot)."""
         write_text(self.config_file, config_yaml)
         write_json(self.plan_file, plan)
-        write_text(self.samples_file, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in samples))
+        write_jsonl(self.samples_file, samples)
         self.set_state(RunState(status="created", created=now()))
 
     def set_state(self, state: RunState) -> None:

@@ -185,7 +185,7 @@ def load_user_metric(spec: str) -> UserMetric:
     """The function named by "module:function" (the module importable from the working directory or the path)."""
     module_name, sep, function_name = spec.partition(":")
     if not sep or not module_name or not function_name.isidentifier():
-        raise ValueError(f"eval_metrics entry '{spec}' must be 'module:function', e.g. 'my_metrics:bleu'")
+        raise ValueError(f"metric '{spec}' must be 'module:function', e.g. 'my_metrics:bleu'")
     import sys
 
     if "" not in sys.path:  # `python -m`-style: a module beside the config is importable
@@ -193,10 +193,10 @@ def load_user_metric(spec: str) -> UserMetric:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"eval_metrics entry '{spec}': cannot import module '{module_name}' ({exc})") from None
+        raise ValueError(f"metric '{spec}': cannot import module '{module_name}' ({exc})") from None
     function = getattr(module, function_name, None)
     if not callable(function):
-        raise ValueError(f"eval_metrics entry '{spec}': module '{module_name}' has no function '{function_name}'")
+        raise ValueError(f"metric '{spec}': module '{module_name}' has no function '{function_name}'")
     return function
 
 
@@ -212,6 +212,6 @@ def run_user_metrics(specs: Sequence[str], predictions: list[str], references: l
     for spec in specs:
         value = load_user_metric(spec)(list(predictions), list(references))
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-            raise ValueError(f"eval_metrics entry '{spec}' returned {value!r}: a metric must be one finite number")
+            raise ValueError(f"metric '{spec}' returned {value!r}: a metric must be one finite number")
         results[user_metric_name(spec)] = float(value)
     return results

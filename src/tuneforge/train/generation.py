@@ -96,7 +96,7 @@ def check_generation_setup(config: TrainConfig, data: Any) -> None:
         try:
             load_user_metric(spec)
         except ValueError as exc:
-            raise ConfigError(f"{config.source_of('eval_metrics')}: {exc}") from None
+            raise ConfigError(f"{config.source_of('eval_metrics')}: eval_metrics: {exc}") from None
     chosen = config.best_metric.removeprefix("eval_")
     if chosen in JSON_METRICS and config.target_format == "auto" and not detect_json([r for _, r in pairs]):
         raise DataError(f"{source}: best_metric {config.best_metric} scores JSON answers, but the validation answers "
