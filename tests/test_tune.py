@@ -268,6 +268,7 @@ def test_two_trial_grid_picks_the_better_trial(tmp_path, tiny_llama_dir, monkeyp
     assert read_best_run(Path("grid")) == best_run
 
 
+@pytest.mark.slow  # ~90 s; make test keeps the grid search (trials, best run) and the scheduler settings checks
 @pytest.mark.usefixtures("ray_session")
 def test_asha_stops_a_hopeless_trial_before_max_t(tmp_path, tiny_llama_dir):
     config = experiment_config(tmp_path, tiny_llama_dir, "search_space:\n  learning_rate: {grid: [1.0e-2, 0.0]}\n"
