@@ -9,8 +9,9 @@ On 2 cores a fair share with one competitor is 50 % of the alone figure; the tar
 
     .venv/bin/python bench/contention.py [--steps 12] [--worker-niceness 15] [--omp-wait-policy active]
 
-`--worker-niceness 15` reproduces Ray's default (RAY_worker_niceness=15) and `--omp-wait-policy active` OpenMP's
-spinning default; tuneforge starts its Ray with nice 0 and passive waiting.
+`--worker-niceness 15` reproduces Ray's default (RAY_worker_niceness=15), `--omp-wait-policy active` OpenMP's
+spinning and `passive` the setting to export on a busy machine; tuneforge starts its Ray with nice 0 and leaves the
+wait policy to the environment (passive waiting makes small ops ~3x slower on an idle machine).
 """
 
 from __future__ import annotations

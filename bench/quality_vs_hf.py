@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import statistics
@@ -217,12 +216,11 @@ def launch(work: Path, name: str, *extra: str) -> tuple[dict, float]:
     """Run one child process (its output goes to a log file); its result dict and wall seconds."""
     result, log = work / f"{name}.json", work / f"{name}.log"
     started = time.perf_counter()
-    # Passive OpenMP waits for every child, as tuneforge sets for its Ray workers: beside other busy processes,
-    # spinning threads made steps and generation several times slower (wall time only, not the numbers).
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    # Both sides get this environment as is: on a machine shared with busy processes, OMP_WAIT_POLICY=PASSIVE
+    # keeps them from slowing several times over (wall time only, not the numbers); alone, leave it unset.
     with log.open("w") as handle:
         code = subprocess.call([sys.executable, __file__, "--workdir", str(work), "--result", str(result), *extra],
-                               stdout=handle, stderr=subprocess.STDOUT, env=env)
+                               stdout=handle, stderr=subprocess.STDOUT)
     if code:
         sys.stdout.write(log.read_text(errors="replace")[-6000:])
         raise SystemExit(f"{name} failed (exit code {code}); its log is above")

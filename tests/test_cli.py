@@ -132,7 +132,7 @@ def test_plan_prints_statistics_and_writes_the_schedule_plot(tmp_path):
     rows = table_rows(result.stdout)
     # demo.yaml: 240 + 48 rows, batch 8 on one device, 2 epochs, 3 checkpoint events, 5 warm-up steps
     assert rows["train rows"] == "240" and rows["valid rows"] == "48" and rows["shape"] == "chat", result.stdout
-    assert rows["rows per optimizer step"] == "8"
+    assert rows["rows per optimizer step"] == "8" and rows["batches"] == "padding-free (rows end to end)"
     assert rows["steps per epoch"] == "30" and rows["epochs"] == "2" and rows["total steps"] == "60"
     assert rows["warm-up steps"] == "5"
     assert rows["validation + checkpoint at steps"] == "20, 40, 60"

@@ -52,9 +52,17 @@ def test_lora_run_learns_and_leaves_a_complete_run_directory(tmp_path, tiny_llam
     assert CheckpointMeta.read(run / "best").step == best["step"]
     # a LoRA checkpoint holds the adapter, not the base
     assert (run / "best" / "adapter_model.safetensors").is_file() and not (run / "best" / "model.safetensors").exists()
-    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    state = json.loads((run / "run.json").read_text())
+    assert state["status"] == "completed"
+    # where the seconds before the first step went, driver's phases then the worker's, adding up to the total
+    phases = state["startup"]
+    assert list(phases)[-5:] == ["worker group start", "data payload fetch", "model load", "optimizer, DDP, state",
+                                 "total"]
+    assert {"config, model files, data", "Ray"} <= phases.keys() and min(phases.values()) >= 0
+    assert sum(v for k, v in phases.items() if k != "total") == pytest.approx(phases["total"], abs=0.1)
     saved = (run / "config.yaml").read_text()
     assert "context_length:" in saved and "num_epochs: 8" in saved
+    assert "padding_free: true" in saved  # resolved and saved: the tiny Llama trains on rows laid end to end
 
 
 @pytest.mark.slow  # make test covers full FT through conftest's tiny_full_run (test_stages, test_export)

@@ -140,7 +140,7 @@ def train(
         (resume and overwrite, "--overwrite replaces a run; --resume continues one, so drop one of them"),
     ])
     overrides = list(set_ or []) + ([f"run_name={name}"] if name else [])
-    with ui.RichReporter() as reporter:
+    with ui.RichReporter(debug=debugging(ctx)) as reporter:
         if resume:
             result = resume_run(resume, overrides=overrides, address=address, dashboard=dashboard, reporter=reporter,
                                 debug=debugging(ctx))

@@ -15,7 +15,7 @@ from tuneforge.errors import TuneforgeError
 
 # Variables the workers must see as the driver does (caches, offline mode, tuneforge's model cache).
 FORWARDED_ENV = ("TUNEFORGE_HOME", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE",
-                 "OMP_WAIT_POLICY")
+                 "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,10 @@ def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bo
     if not ray.is_initialized():
         env_vars = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
         env_vars["TOKENIZERS_PARALLELISM"] = "false"
-        # torch's OpenMP threads spin while they wait for each other; beside another busy process a spinning thread
-        # burns the share its sibling needs (bench/contention.py: 0.39 of the alone speed spinning, 0.71 passive;
-        # alone, both as fast).
-        env_vars.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        # OpenMP's wait policy is left to the user (forwarded when set): passive waiting keeps a training
+        # worker's share beside other busy processes (bench/contention.py: 0.71 of its alone speed, 0.39 spinning)
+        # but makes every small parallel op ~3x slower alone (0.70 vs 0.25 ms for an element-wise op over a
+        # [1032, 576] activation), which cost a LoRA step about half its speed inside a Ray worker.
         options: dict[str, Any] = {
             "include_dashboard": dashboard,
             "log_to_driver": debug,

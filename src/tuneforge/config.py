@@ -100,6 +100,10 @@ class TrainConfig(BaseModel):
     truncation: Literal["truncate", "refuse"] = Field("truncate", description="rows longer than context_length")
     padding: Literal["longest", "max_length"] = "longest"
     pad_to_multiple_of: int | None = Field(None, gt=0)
+    padding_free: bool | None = Field(
+        None, description="causal decoders: lay each micro-batch's rows end to end in one sequence, attention kept "
+        "inside each row, so no pad token is computed (same loss as padded batches); default: on where the model "
+        "supports it and padding is 'longest' without pad_to_multiple_of")
     group_by_length: bool = Field(
         False, description="batch rows of similar length together: less padding, but each batch then holds one "
         "kind of row; off by default, as in HF (one full-size extraction run lost held-out exact match with it)")
@@ -133,6 +137,9 @@ class TrainConfig(BaseModel):
         False, description="compile each transformer layer with torch.compile: faster steps after a one-time compile"
     )
     lora_config: dict[str, Any] | None = Field(None, description="any PEFT LoraConfig field; absent = full FT")
+    shared_lora_dropout: bool = Field(
+        True, description="LoRA layers reading the same input (q/k/v, gate/up) share one dropout mask, drawn fast: "
+        "the same dropout rate per layer at a fraction of the cost (statistically, not bit-, equal to PEFT's)")
 
     # --- validation and checkpoints ----------------------------------------------------------------------------
     checkpoint_every_n_epochs: int | None = Field(None, ge=1)

@@ -96,6 +96,7 @@ class RunState(BaseModel):
     started_from: str | None = None  # a checkpoint of another lineage this run continued (a PBT donor)
     workers: int | None = None
     stopped_by: str | None = None
+    startup: dict[str, float] | None = None  # seconds per phase before the first step (tuneforge.train.startup)
 
 
 def now() -> str:

@@ -39,6 +39,21 @@ def collate_causal(
             "labels": torch.from_numpy(labels)}
 
 
+def collate_causal_padding_free(examples: list[Any]) -> dict[str, torch.Tensor]:
+    """The rows end to end in one [1, tokens] sequence (tuneforge.models.padding_free): position ids restart at
+    each row, and a row's first token is never a target (in a padded batch the shift drops it; here the previous
+    row's last token would otherwise be trained to predict it)."""
+    input_ids = np.concatenate([example.input_ids for example in examples]).astype(np.int64)
+    labels = np.concatenate([np.where(example.target_mask, example.input_ids, IGNORE_INDEX) for example in examples])
+    lengths = np.array([len(example) for example in examples], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    labels[starts] = IGNORE_INDEX
+    positions = np.arange(len(input_ids)) - np.repeat(starts, lengths)
+    return {"input_ids": torch.from_numpy(input_ids)[None], "attention_mask": torch.ones(1, len(input_ids), dtype=torch.long),
+            "labels": torch.from_numpy(labels.astype(np.int64))[None], "position_ids": torch.from_numpy(positions)[None],
+            "row_lengths": torch.from_numpy(lengths)}
+
+
 def collate_classification(
     examples: list[Any], pad_id: int, *, padding: str = "longest", context_length: int, multiple_of: int | None = None
 ) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from tuneforge.models.lora_dropout import share_lora_dropout
 from tuneforge.models.sources import ModelError
 from tuneforge.models.tokenizers import match_vocab, use_pad_token
 from tuneforge.tasks import get_task
@@ -59,6 +60,8 @@ def load_model_for_training(
         model.config.use_cache = False
     if config.uses_lora:
         model = attach_lora(model, config, resume_dir)
+        if config.shared_lora_dropout:
+            share_lora_dropout(model)
         if precision == "bf16" and not config.load_in_4bit:
             freeze_linears_in_bf16(model)
     if config.torch_compile:

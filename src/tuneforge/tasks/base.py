@@ -42,7 +42,12 @@ class Task:
 
     def collate(self, examples: list[Any], pad_id: int, *, padding: str, context_length: int,
                 multiple_of: int | None) -> dict[str, Any]:
+        """Rows -> tensors. `padding` is the config's, or "free" for padding-free batches (see below)."""
         raise NotImplementedError
+
+    def padding_free_blocker(self, config: Any, model_config: Any, context_length: int) -> str | None:
+        """Why this run cannot use padding-free batches (rows end to end, tuneforge.models.padding_free), or None."""
+        return f"the {self.name} task trains on padded batches only"
 
     # --- models and training -----------------------------------------------------------------------------------
     def auto_model(self) -> Any:

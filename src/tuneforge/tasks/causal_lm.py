@@ -42,9 +42,18 @@ class CausalLM(Task):
 
     def collate(self, examples: list[Any], pad_id: int, *, padding: str, context_length: int,
                 multiple_of: int | None) -> dict[str, Any]:
-        from tuneforge.data.collate import collate_causal
+        from tuneforge.data.collate import collate_causal, collate_causal_padding_free
 
+        if padding == "free":
+            return collate_causal_padding_free(examples)
         return collate_causal(examples, pad_id, padding=padding, context_length=context_length, multiple_of=multiple_of)
+
+    def padding_free_blocker(self, config: Any, model_config: Any, context_length: int) -> str | None:
+        from tuneforge.models.padding_free import padding_free_blocker
+
+        if config.padding != "longest" or config.pad_to_multiple_of:
+            return "the config asks for padded batch shapes (padding: max_length or pad_to_multiple_of)"
+        return padding_free_blocker(model_config, context_length)
 
     def auto_model(self) -> Any:
         from transformers import AutoModelForCausalLM

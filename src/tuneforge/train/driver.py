@@ -20,6 +20,7 @@ from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.metrics import better, mean_throughput
 from tuneforge.plan import plot_learning_rates
 from tuneforge.rundir import CheckpointMeta, RunDir, now
+from tuneforge.train.startup import StartupClock
 from tuneforge.train.preflight import (
     PreparedRun,
     Reporter,
@@ -63,14 +64,17 @@ def train(
     `init_checkpoint` starts from a checkpoint's weights, optimizer and step (how a PBT trial takes over its
     donor); `run_dir` places the run exactly there (replacing what is there)."""
     reporter = reporter or SilentReporter()
+    clock = StartupClock()
     prepared = prepare_run(config, reporter)
+    clock.mark("config, model files, data")
     run = RunDir(run_dir) if run_dir else choose_run_dir(prepared.config, overwrite)
     check_before_ray(prepared.config, run.path, address, cpus_per_worker)
     placement = connect(prepared.config, reporter, address, dashboard, debug, cpus_per_worker)
+    clock.mark("Ray")
     start_run_dir(run, prepared, continuing=init_checkpoint is not None)
     resume_step = CheckpointMeta.read(init_checkpoint).step if init_checkpoint else None
     return execute(prepared, run, placement, reporter, callbacks=callbacks, init_checkpoint=init_checkpoint,
-                   resume_step=resume_step)
+                   resume_step=resume_step, clock=clock)
 
 
 def resume(run_dir: Path, *, overrides: list[str] | None = None, address: str | None = None, dashboard: bool = False,
@@ -81,11 +85,14 @@ def resume(run_dir: Path, *, overrides: list[str] | None = None, address: str | 
         raise TuneforgeError(f"{run.path}: not a tuneforge run (no config.yaml); give the run directory to --resume")
     config = load_config(run.config_file, overrides)
     reporter = reporter or SilentReporter()
+    clock = StartupClock()
     prepared = prepare_run(config, reporter)
+    clock.mark("config, model files, data")
     check_before_ray(prepared.config, run.path, address, cpus_per_worker)
     placement = connect(prepared.config, reporter, address, dashboard, debug, cpus_per_worker)
+    clock.mark("Ray")
     write_text(run.config_file, prepared.config.to_yaml())
-    return execute(prepared, run, placement, reporter, resume_step=run.latest_step())
+    return execute(prepared, run, placement, reporter, resume_step=run.latest_step(), clock=clock)
 
 
 @dataclass
@@ -146,7 +153,7 @@ def data_summary(data: Any) -> dict[str, Any]:
 
 def execute(
     prepared: PreparedRun, run: RunDir, placement: Placement, reporter: Reporter, *, callbacks: list[Any] | None = None,
-    resume_step: int | None = None, init_checkpoint: Path | None = None,
+    resume_step: int | None = None, init_checkpoint: Path | None = None, clock: StartupClock | None = None,
 ) -> RunResult:
     import ray
     from ray.util.queue import Queue
@@ -172,7 +179,15 @@ def execute(
                      started_from=str(init_checkpoint) if init_checkpoint else None,
                      workers=prepared.config.num_devices)
     tracker = Tracker(run, resume_step)
-    pump = EventPump(events, [tracker.record, reporter.event])
+    clock = clock or StartupClock()
+    clock.mark("run directory, data into Ray's object store")
+
+    def record_startup(event: dict[str, Any]) -> None:
+        if event.get("type") == "start" and "startup" in event:
+            event["startup_seconds"] = clock.breakdown(event.pop("startup"))
+            run.update_state(startup=event["startup_seconds"])
+
+    pump = EventPump(events, [record_startup, tracker.record, reporter.event])
     reporter.phase("training")
     try:
         result = fit(inputs, placement.scaling, prepared.config, run, callbacks,

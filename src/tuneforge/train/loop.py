@@ -59,6 +59,7 @@ class TrainingLoop:
         import ray
         import ray.train
 
+        self.startup = [("worker group start", time.time())]  # phases that ended, as tuneforge.train.startup reads
         self.config = TrainConfig.model_validate(inputs.config)
         self.task = get_task(self.config.task)
         self.plan = TrainingPlan(**inputs.plan)
@@ -70,6 +71,7 @@ class TrainingLoop:
         self.import_paths = inputs.import_paths or []
         payload = ray.get(inputs.payload)
         self.data, self.tokenizer = payload["data"], payload["tokenizer"]
+        self.startup.append(("data payload fetch", time.time()))
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         # A Tune trial keeps 0.01 CPU for itself, so its workers get e.g. 1.99: that is still two threads.
@@ -99,6 +101,7 @@ class TrainingLoop:
         with contextlib.ExitStack() as stack:
             resume_dir = Path(stack.enter_context(resume_from.as_directory())) if resume_from else None
             self.model = self.build_model(resume_dir)
+            self.startup.append(("model load", time.time()))
             self.objective = self.build_objective()
             self.prepared = ray.train.torch.prepare_model(self.objective, parallel_strategy_kwargs=self.ddp_kwargs())
             self.optimizer = build_optimizer(self.model, self.config)
@@ -111,6 +114,7 @@ class TrainingLoop:
         self.train_lengths = [len(example) for example in self.data.train]
         self.valid_lengths = [len(example) for example in self.data.valid]
         self.generation = self.build_generation()
+        self.startup.append(("optimizer, DDP, state", time.time()))
 
     def build_generation(self) -> Any:
         if not (self.config.eval_generate and self.data.valid):
@@ -164,7 +168,8 @@ class TrainingLoop:
     def train(self) -> None:
         plan, accumulation = self.plan, self.config.gradient_accumulation_steps
         self.emit({"type": "start", "step": self.start_step, "total_steps": plan.total_steps, "precision": self.precision,
-                   "world_size": self.world_size, "device": str(self.device), "trainable": trainable_counts(self.model)})
+                   "world_size": self.world_size, "device": str(self.device), "trainable": trainable_counts(self.model),
+                   "startup": self.startup})
         window = Window()
         epoch_cache: tuple[int, list[list[int]]] | None = None
         self.prepared.train()
@@ -236,7 +241,7 @@ class TrainingLoop:
         return self.task.collate(
             [rows[i] for i in indices],
             self.tokenizer.pad_token_id,
-            padding=self.config.padding,
+            padding="free" if self.config.padding_free else self.config.padding,
             context_length=self.data.context_length,
             multiple_of=self.config.pad_to_multiple_of,
         )

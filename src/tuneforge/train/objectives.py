@@ -15,6 +15,7 @@ from torch import nn
 
 from tuneforge.data.collate import IGNORE_INDEX
 from tuneforge.metrics import classification_summary, perplexity
+from tuneforge.models.padding_free import rows_attend_within_themselves
 
 # Architectures whose logits are exactly lm_head(final hidden state): for these the loss is computed on target
 # positions only, skipping the vocabulary projection of every prompt and pad token.
@@ -76,15 +77,14 @@ class CausalLMObjective(nn.Module):
             and hf_model.get_output_embeddings() is not None
         )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                position_ids: torch.Tensor | None = None, row_lengths: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         targets = labels[:, 1:]
         selected = targets != IGNORE_INDEX
         if self.plain_head:
             hf_model = unwrap_peft(self.model)
-            # Training batches are padded on the right, and in these causal decoders no real token attends to a
-            # later position, so no real token can see a pad: the mask changes nothing that is scored. Without it
-            # SDPA takes its causal (and grouped-query) fast path.
-            hidden = hf_model.base_model(input_ids=input_ids, attention_mask=None, use_cache=False)[0]
+            hidden = self.hidden_states(hf_model, input_ids, position_ids, row_lengths)
             head = hf_model.get_output_embeddings()
             if self.frozen_head(head):
                 loss_sum = FrozenHeadCrossEntropy.apply(
@@ -93,9 +93,23 @@ class CausalLMObjective(nn.Module):
                 return loss_sum, selected.sum()
             logits = head(hidden[:, :-1][selected])
         else:
+            if row_lengths is not None:
+                raise RuntimeError("padding-free batches need a decoder with a plain output layer")
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1][selected]
         loss_sum = F.cross_entropy(logits.float(), targets[selected], reduction="sum")
         return loss_sum, selected.sum()
+
+    @staticmethod
+    def hidden_states(hf_model: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor | None,
+                      row_lengths: torch.Tensor | None) -> torch.Tensor:
+        if row_lengths is None:
+            # Training batches are padded on the right, and in these causal decoders no real token attends to a
+            # later position, so no real token can see a pad: the mask changes nothing that is scored. Without it
+            # SDPA takes its causal (and grouped-query) fast path.
+            return hf_model.base_model(input_ids=input_ids, attention_mask=None, use_cache=False)[0]
+        with rows_attend_within_themselves(hf_model.config):  # a padding-free batch: rows end to end
+            return hf_model.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                                       row_lengths=row_lengths.tolist())[0]
 
     def eval_batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, None]:
         loss_sum, count = self(**batch)

@@ -87,7 +87,8 @@ def prepare_run(config: TrainConfig, reporter: Reporter | None = None) -> Prepar
     for note in data.notes:
         reporter.note(note)
     check_lora_targets(config, model_config, data.labels)
-    config = config.model_copy(update={"context_length": data.context_length})
+    config = config.model_copy(update={"context_length": data.context_length,
+                                       "padding_free": resolve_padding_free(config, task, model_config, data.context_length)})
     plan = make_plan(config, len(data.train))
     if config.num_epochs is None:
         config = config.model_copy(update={"num_epochs": plan.num_epochs})
@@ -97,6 +98,17 @@ def prepare_run(config: TrainConfig, reporter: Reporter | None = None) -> Prepar
         context_length=data.context_length, **task.run_facts(config, tokenizer, data),
     )
     return PreparedRun(config, source, tokenizer, data, plan, meta, task.validation_samples(data))
+
+
+def resolve_padding_free(config: TrainConfig, task: Task, model_config: Any, context_length: int) -> bool:
+    """padding_free as asked, or by default wherever the task and model support it."""
+    if config.padding_free is False:
+        return False
+    blocker = task.padding_free_blocker(config, model_config, context_length)
+    if config.padding_free and blocker:
+        raise ConfigError(f"{config.source_of('padding_free')}: padding_free: {blocker}; remove the key to train on "
+                          "padded batches")
+    return blocker is None
 
 
 def check_data_files(config: TrainConfig) -> None:

@@ -23,8 +23,9 @@ PLAIN_LOG_EVERY_S = 30.0  # without a live terminal, a progress line at most thi
 class RichReporter:
     """Shows a run's progress. Workers' events arrive on a background thread; Rich's Progress is thread-safe."""
 
-    def __init__(self, title: str = "training"):
+    def __init__(self, title: str = "training", *, debug: bool = False):
         self.title = title
+        self.debug = debug  # also show where the start-up seconds went
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
@@ -72,6 +73,10 @@ class RichReporter:
         )
         if event.get("step"):
             console.print(f"[dim]· resuming at step {event['step']}[/dim]")
+        if self.debug and event.get("startup_seconds"):
+            from tuneforge.train.startup import startup_line
+
+            console.print(f"[dim]· {startup_line(event['startup_seconds'])}[/dim]", highlight=False)
         self.task_id = self.progress.add_task(self.title, total=event["total_steps"], completed=event.get("step", 0),
                                               stats="")
 

@@ -57,10 +57,20 @@ def data_rows(prepared: Any) -> list[tuple[str, Any]]:
     return rows
 
 
+def batch_layout(config: Any) -> str:
+    if config.padding_free:
+        return "padding-free (rows end to end)"
+    if config.padding == "max_length":
+        return f"padded to context_length ({config.context_length})"
+    multiple = f", a multiple of {config.pad_to_multiple_of}" if config.pad_to_multiple_of else ""
+    return f"padded to the longest row{multiple}"
+
+
 def schedule_rows(prepared: Any) -> list[tuple[str, Any]]:
     plan = prepared.plan
     return [
         ("rows per optimizer step", plan.global_batch_size),
+        ("batches", batch_layout(prepared.config)),
         ("steps per epoch", plan.steps_per_epoch),
         ("epochs", plan.num_epochs),
         ("total steps", plan.total_steps),
