@@ -111,6 +111,7 @@ class TrainingLoop:
         self.scaler = make_grad_scaler(self.precision, self.device)
         if state:
             self.restore(state)
+        self.padding_free = self.config.padding_free and not self.checkpointing()
         self.train_lengths = [len(example) for example in self.data.train]
         self.valid_lengths = [len(example) for example in self.data.valid]
         self.generation = self.build_generation()
@@ -143,12 +144,16 @@ class TrainingLoop:
         return self.task.objective(self.model, self.meta)
 
     def ddp_kwargs(self) -> dict[str, Any]:
-        from tuneforge.train.hardware import gradient_checkpointing_wanted
-
         # Only trainable parameters are registered with DDP; a static graph lets it skip re-checking which of them
         # got gradients, but re-entrant recomputation (gradient checkpointing) breaks that assumption.
-        checkpointing = gradient_checkpointing_wanted(self.config.no_gradient_checkpoint, self.device)
-        return {"find_unused_parameters": False, "static_graph": not checkpointing}
+        return {"find_unused_parameters": False, "static_graph": not self.checkpointing()}
+
+    def checkpointing(self) -> bool:
+        """Gradient checkpointing is on. Its recomputation runs during backward, after the objective's forward has
+        switched padding-free attention back off, so padding-free batches train only without it."""
+        from tuneforge.train.hardware import gradient_checkpointing_wanted
+
+        return gradient_checkpointing_wanted(self.config.no_gradient_checkpoint, self.device)
 
     def restore(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -241,7 +246,7 @@ class TrainingLoop:
         return self.task.collate(
             [rows[i] for i in indices],
             self.tokenizer.pad_token_id,
-            padding="free" if self.config.padding_free else self.config.padding,
+            padding="free" if self.padding_free else self.config.padding,
             context_length=self.data.context_length,
             multiple_of=self.config.pad_to_multiple_of,
         )
