@@ -292,7 +292,7 @@ def test_pbt_trials_take_over_each_others_checkpoints(tmp_path, tiny_llama_dir):
     assert config.num_checkpoints_to_keep == 1
     result = search(config)
     runs = [json.loads((tmp_path / "runs" / "pbt" / t["run_id"] / "run.json").read_text()) for t in result.trials]
-    assert any(run["started_from"] for run in runs)  # the lr=0 trial continued from the better trial's checkpoint
+    assert any(run.get("started_from") for run in runs)  # the lr=0 trial continued from the better trial's checkpoint
     assert all(t["status"] == "done" for t in result.trials)
     saved = json.loads((tmp_path / "runs" / "pbt" / "search.json").read_text())
     assert any("num_checkpoints_to_keep raised from 1 to 3" in note for note in saved["notes"])
