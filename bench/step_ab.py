@@ -7,9 +7,10 @@ No Ray, no optimizer: forward + backward of SmolLM2-135M with LoRA r=8 on all pr
     hf        the model's own loss (all positions, padded batch, PEFT dropout): what the HF Trainer computes
     tf        tuneforge's objective (target positions, frozen-head loss), padded batch, PEFT dropout
     tfs       + shared LoRA dropout masks (tuneforge.models.lora_dropout)
-    tfsp      + padding-free batches (tuneforge.models.padding_free): tuneforge's default
+    tfsp      + padding-free batches (tuneforge.models.padding_free)
+    tfspf     + fused LoRA forward/backward (tuneforge.models.fused_lora): tuneforge's default
 
-    .venv/bin/python bench/step_ab.py [--shape short|long|mixed] [--variants hf,tf,tfs,tfsp] [--rounds 4]
+    .venv/bin/python bench/step_ab.py [--shape short|long|mixed] [--variants hf,tf,tfs,tfsp,tfspf] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ BATCHES = 6
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=("long", "short", "mixed"), default="short")
-    parser.add_argument("--variants", default="hf,tf,tfs,tfsp")
+    parser.add_argument("--variants", default="hf,tf,tfs,tfsp,tfspf")
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     variants = args.variants.split(",")
@@ -41,6 +42,7 @@ def main() -> None:
 
     import train_vs_hf as shapes
     from tuneforge.data.collate import collate_causal, collate_causal_padding_free
+    from tuneforge.models.fused_lora import fuse_lora
     from tuneforge.models.lora_dropout import share_lora_dropout
     from tuneforge.train import prepare_run
     from tuneforge.train.objectives import CausalLMObjective
@@ -56,6 +58,8 @@ def main() -> None:
     peft_dropouts = [m.lora_dropout["default"] for m in layers]
     share_lora_dropout(model)
     shared_dropouts = [m.lora_dropout["default"] for m in layers]
+    fuse_lora(model)
+    fused_forwards = [m.forward for m in layers]
     rows = prepared.data.train
     groups = [rows[i * shapes.BATCH:(i + 1) * shapes.BATCH] for i in range(BATCHES)]
     padded = [collate_causal(g, prepared.tokenizer.pad_token_id, context_length=prepared.data.context_length)
@@ -65,7 +69,9 @@ def main() -> None:
     def step(variant: str, index: int) -> float:
         for layer, dropout in zip(layers, shared_dropouts if variant.startswith("tfs") else peft_dropouts):
             layer.lora_dropout["default"] = dropout
-        batch = (packed if variant == "tfsp" else padded)[index]
+        for layer, fused in zip(layers, fused_forwards):
+            layer.forward = fused if variant == "tfspf" else layer._peft_forward
+        batch = (packed if variant.startswith("tfsp") else padded)[index]
         started = time.perf_counter()
         if variant == "hf":
             loss = model(**batch).loss

@@ -140,6 +140,9 @@ class TrainConfig(BaseModel):
     shared_lora_dropout: bool = Field(
         True, description="LoRA layers reading the same input (q/k/v, gate/up) share one dropout mask, drawn fast: "
         "the same dropout rate per layer at a fraction of the cost (statistically, not bit-, equal to PEFT's)")
+    fused_lora: bool = Field(
+        True, description="run each plain LoRA linear layer's forward and backward as one function with in-place "
+        "adds and row-major weight gradients (equal to PEFT's to rounding); off under torch_compile")
 
     # --- validation and checkpoints ----------------------------------------------------------------------------
     checkpoint_every_n_epochs: int | None = Field(None, ge=1)

@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from tuneforge.models.fused_lora import fuse_lora
 from tuneforge.models.lora_dropout import share_lora_dropout
 from tuneforge.models.sources import ModelError
 from tuneforge.models.tokenizers import match_vocab, use_pad_token
@@ -62,6 +63,8 @@ def load_model_for_training(
         model = attach_lora(model, config, resume_dir)
         if config.shared_lora_dropout:
             share_lora_dropout(model)
+        if config.fused_lora and not config.torch_compile:  # compile fuses by itself; keep its graphs PEFT's
+            fuse_lora(model)
         if precision == "bf16" and not config.load_in_4bit:
             freeze_linears_in_bf16(model)
     if config.torch_compile:

@@ -280,6 +280,9 @@ def scaling_config(config: TrainConfig, cluster: ClusterInfo, cpus_per_worker: f
 class EventPump:
     """Moves the workers' events from the Ray queue to the tracker and reporter, on a background thread."""
 
+    WAIT_SECONDS = 5.0
+    STOP = {"type": "tuneforge-events-end"}
+
     def __init__(self, queue: Any, sinks: list[Any]):
         self.queue, self.sinks = queue, sinks
         self.stopping = threading.Event()
@@ -291,19 +294,27 @@ class EventPump:
 
         while True:
             try:
-                event = self.queue.get(timeout=0.25)
+                # Each wait is a call to the queue actor: a long one keeps that actor off the training's CPUs.
+                event = self.queue.get(timeout=self.WAIT_SECONDS)
             except Empty:
                 if self.stopping.is_set():
                     return
                 continue
             except Exception:  # noqa: BLE001 - the queue actor died with the run
                 return
+            if event == self.STOP:
+                return
             for sink in self.sinks:
                 sink(event)
 
     def stop(self) -> None:
+        """Deliver what the workers sent, then end: the stop marker queues behind their last event."""
         self.stopping.set()
-        self.thread.join(timeout=10)
+        try:
+            self.queue.put(self.STOP, timeout=5)
+        except Exception:  # noqa: BLE001 - no queue actor left: the thread ends on its next wait
+            pass
+        self.thread.join(timeout=self.WAIT_SECONDS + 10)
 
 
 def finalize(run: RunDir, prepared: PreparedRun, result: Any, seconds: float) -> RunResult:
