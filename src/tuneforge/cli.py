@@ -422,6 +422,45 @@ def runs_best(experiment: Path = typer.Argument(..., help="a search's directory"
     ui.show_best_run(experiment, read_best_run(experiment))
 
 
+# --- serve -----------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    runs: list[Path] = typer.Argument(..., help="run directories, checkpoints or merged exports to serve"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (default: this machine only)"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    replicas: int = typer.Option(1, "--replicas", min=1, help="replicas of the model server"),
+    autoscale: Optional[str] = typer.Option(None, "--autoscale", metavar="MIN:MAX", help="autoscale replicas"),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="VAR",
+                                              help="require 'Authorization: Bearer <key>' with the key in $VAR"),
+    max_tokens: int = typer.Option(1024, "--max-tokens-limit", min=1, help="largest max_tokens a request may ask"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)"),
+) -> None:
+    """Serve fine-tuned models over HTTP in OpenAI's API shape (chat, completions, classify) on Ray Serve."""
+    import signal
+    import time
+
+    from tuneforge.serve import Limits, ServeOptions, start, stop
+    from tuneforge.serve.server import api_key_from_env, parse_autoscale
+
+    options = ServeOptions(host=host, port=port, replicas=replicas, autoscale=parse_autoscale(autoscale),
+                           api_key=api_key_from_env(api_key_env), address=address,
+                           limits=Limits(max_tokens=max_tokens))
+    with ui.busy(f"starting {len(runs)} model(s) on Ray Serve"):
+        served = start(runs, options)
+    ui.show_serving(served.url, served.model_ids, api_key=options.api_key is not None,
+                    exposed=host not in ("127.0.0.1", "localhost", "::1"))
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop: the same clean stop
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        ui.show_phase("stopping: requests in flight finish first")
+    finally:
+        stop()
+
+
 # --- export / doctor -------------------------------------------------------------------------------------------
 
 

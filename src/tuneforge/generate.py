@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,13 @@ class GenerationSettings:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     batch_size: int = 8
+    stop_strings: list[str] = field(default_factory=list)  # generation also ends at any of these texts
 
     def kwargs(self) -> dict[str, Any]:
+        stops = {"stop_strings": self.stop_strings} if self.stop_strings else {}
         if self.temperature <= 0:
-            return {"do_sample": False}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+            return {"do_sample": False, **stops}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, **stops}
 
 
 class Generator:
@@ -97,8 +99,9 @@ class Generator:
         return results
 
     def stream(self, prompt: Any, settings: GenerationSettings, *, system: str | None = None,
-               use_base: bool = False, constraint: Any = None) -> Iterator[str]:
-        """Yield the completion piece by piece as it is generated."""
+               use_base: bool = False, constraint: Any = None, outcome: list[Completion] | None = None) -> Iterator[str]:
+        """Yield the completion piece by piece as it is generated; `outcome` receives the whole Completion (finish
+        reason, token count) once generation ends."""
         from transformers import TextIteratorStreamer
 
         batch = self.encode([self.render(prompt, system)])
@@ -108,7 +111,10 @@ class Generator:
         def work() -> None:
             try:
                 with torch.no_grad(), self.base_only(use_base):
-                    self.model.generate(**batch, **self.generate_kwargs(settings, constraint, 1), streamer=streamer)
+                    output = self.model.generate(**batch, **self.generate_kwargs(settings, constraint, 1),
+                                                 streamer=streamer)
+                if outcome is not None:
+                    outcome.extend(self.decode(output[:, batch["input_ids"].shape[1] :]))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 failure.append(exc)
                 streamer.end()
@@ -124,6 +130,8 @@ class Generator:
         # use_cache: training may have turned the model's cache off (gradient checkpointing); generation needs it.
         kwargs = {"max_new_tokens": settings.max_new_tokens, "eos_token_id": self.stop_ids, "use_cache": True,
                   "pad_token_id": self.tokenizer.pad_token_id, **settings.kwargs()}
+        if settings.stop_strings:
+            kwargs["tokenizer"] = self.tokenizer  # transformers matches stop strings on token text
         if constraint is not None:
             from transformers import LogitsProcessorList
 

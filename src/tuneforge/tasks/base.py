@@ -18,6 +18,7 @@ class Task:
     export_formats: ClassVar[tuple[str, ...]]
     gathers_predictions: ClassVar[bool] = False  # validation collects per-row predictions from every worker
     generates: ClassVar[bool] = False  # answers prompts with text (eval_generate applies)
+    classifies_texts: ClassVar[bool] = False  # gives a label per text (served on /v1/classify)
 
     # --- config ------------------------------------------------------------------------------------------------
     def check_config(self, config: Any) -> None:

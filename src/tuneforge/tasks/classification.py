@@ -12,6 +12,7 @@ from tuneforge.tasks.base import Task
 
 class SequenceClassification(Task):
     name = "classification"
+    classifies_texts = True
     metrics = ("eval_loss", "eval_accuracy", "eval_precision", "eval_recall", "eval_f1")
     lora_task_type = "SEQ_CLS"
     export_formats = ("merged",)

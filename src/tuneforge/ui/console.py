@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -88,3 +89,15 @@ def format_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(format_value(v) for v in value)
     return str(value)
+
+
+def show_serving(url: str, model_ids: list[str], *, api_key: bool, exposed: bool) -> None:
+    """Where the API listens, what it serves, and a request to paste."""
+    if exposed and not api_key:
+        show_note("the server listens beyond this machine with no API key: anyone who can reach it can use it "
+                  "(set one with --api-key-env VAR)")
+    console.print(f"serving [bold]{', '.join(model_ids)}[/bold] at [bold]{url}/v1[/bold]  (Ctrl-C stops)")
+    header = ' -H "Authorization: Bearer $KEY"' if api_key else ""
+    body = json.dumps({"model": model_ids[0], "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 64})
+    console.print(f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{header} -d '{body}'",
+                  highlight=False, soft_wrap=True)

@@ -1,0 +1,342 @@
+"""The HTTP API in OpenAI's shape: /v1/models, /v1/chat/completions, /v1/completions, plus /v1/classify and /health.
+
+A plain FastAPI app over `Engines`: Ray Serve runs it on each replica (tuneforge.serve.server), and tests can run it
+alone. Every failure a client can cause is an OpenAI-style JSON error with a 4xx status; nothing a request does
+gives a 500 with a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
+
+from tuneforge.serve.engines import CausalModel, Engines
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 1_000_000
+    max_tokens: int = 1024  # cap on a request's max_tokens
+    default_max_tokens: int = 256
+    max_messages: int = 64
+    max_inputs: int = 256  # texts per classify request
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: str
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: dict[str, Any] | None = None
+
+
+class GenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (user, logprobs: null, ...)
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=1)
+    stream: bool = False
+    response_format: ResponseFormat | None = None
+
+
+class ChatRequest(GenerationRequest):
+    messages: list[Message] = Field(min_length=1)
+
+
+class CompletionRequest(GenerationRequest):
+    prompt: str
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    input: str | list[str]
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    fallback: str | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | None = None) -> FastAPI:
+    app = FastAPI(title="tuneforge", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        error = ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+        return JSONResponse(error.body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(ApiError(400, f"invalid request: {exc.errors()[:1]}").body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        error = ApiError(500, f"internal error: {type(exc).__name__}: {str(exc)[:300]}", kind="server_error")
+        return JSONResponse(error.body(), status_code=500)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        try:
+            if request.url.path != "/health":
+                check_api_key(request.headers.get("authorization"), api_key)
+            size = request.headers.get("content-length")
+            if size and size.isdigit() and int(size) > limits.max_body_bytes:
+                raise ApiError(413, f"request body is {size} bytes; the limit is {limits.max_body_bytes}",
+                               code="request_too_large")
+        except ApiError as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models": engines.ids()}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        created = int(time.time())
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "tuneforge"}
+                                           for name in engines.ids()]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        body = parse(ChatRequest, await read_json(request, limits))
+        served = causal_model(engines, body.model)
+        if len(body.messages) > limits.max_messages:
+            raise ApiError(400, f"{len(body.messages)} messages; the limit is {limits.max_messages}", param="messages")
+        bad = next((m.role for m in body.messages if m.role not in ROLES), None)
+        if bad is not None:
+            raise ApiError(400, f"unknown role {bad!r}: messages take {', '.join(ROLES)}", param="messages")
+        prompt = [m.model_dump() for m in body.messages]
+        system = served.generator.meta.system_prompt
+        if system and prompt[0]["role"] != "system":  # the run trained every row with it, as its Modelfile sets it
+            prompt.insert(0, {"role": "system", "content": system})
+        return await respond(engines, served, body, prompt, limits, chat=True, streaming=StreamingResponse)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        body = parse(CompletionRequest, await read_json(request, limits))
+        served = causal_model(engines, body.model)
+        return await respond(engines, served, body, body.prompt, limits, chat=False, streaming=StreamingResponse)
+
+    @app.post("/v1/classify")
+    async def classify(request: Request) -> dict[str, Any]:
+        from starlette.concurrency import run_in_threadpool
+
+        from tuneforge.predict import apply_threshold
+
+        body = parse(ClassifyRequest, await read_json(request, limits))
+        classifier = engines.classifiers.get(body.model)
+        if classifier is None:
+            raise unknown_model(engines, body.model, "classification")
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts or len(texts) > limits.max_inputs:
+            raise ApiError(400, f"input holds {len(texts)} texts; send 1 to {limits.max_inputs}", param="input")
+        if body.fallback is not None and body.fallback not in classifier.predictor.labels:
+            raise ApiError(400, f"fallback {body.fallback!r} is not one of the labels "
+                                f"{', '.join(classifier.predictor.labels)}", param="fallback")
+        predictions = await run_in_threadpool(classifier.predictor.predict, texts)
+        predictions = apply_threshold(predictions, body.threshold, body.fallback)
+        return {"object": "list", "model": body.model,
+                "data": [{"index": i, **p.to_dict()} for i, p in enumerate(predictions)]}
+
+    return app
+
+
+def check_api_key(header: str | None, api_key: str | None) -> None:
+    if api_key is None:
+        return
+    scheme, _, given = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), api_key.encode()):
+        raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", kind="authentication_error",
+                       code="invalid_api_key")
+
+
+async def read_json(request: Any, limits: Limits) -> Any:
+    raw = await request.body()
+    if len(raw) > limits.max_body_bytes:
+        raise ApiError(413, f"request body is {len(raw)} bytes; the limit is {limits.max_body_bytes}",
+                       code="request_too_large")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+
+
+def parse(model: type[BaseModel], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or None
+        raise ApiError(400, f"{where or 'body'}: {first['msg']}", param=where) from None
+
+
+def unknown_model(engines: Engines, name: str, kind: str) -> ApiError:
+    served = ", ".join(engines.causal if kind == "generation" else engines.classifiers) or "none"
+    return ApiError(404, f"no {kind} model {name!r} is served here (served: {served})", param="model",
+                    code="model_not_found")
+
+
+def causal_model(engines: Engines, name: str) -> CausalModel:
+    served = engines.causal.get(name)
+    if served is None:
+        if name in engines.classifiers:
+            raise ApiError(400, f"{name!r} is a classifier: send its texts to /v1/classify", param="model")
+        raise unknown_model(engines, name, "generation")
+    return served
+
+
+async def respond(engines: Engines, served: CausalModel, body: GenerationRequest, prompt: Any, limits: Limits, *,
+                  chat: bool, streaming: Any) -> Any:
+    from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+    from tuneforge.generate import GenerationSettings
+
+    asked = body.max_completion_tokens or body.max_tokens
+    if asked is not None and asked > limits.max_tokens:
+        raise ApiError(400, f"max_tokens {asked} is over this server's limit of {limits.max_tokens}",
+                       param="max_tokens")
+    try:
+        prompt_tokens = engines.prompt_tokens(served, prompt)
+    except Exception as exc:  # noqa: BLE001 - the chat template's own checks (role order, ...)
+        raise ApiError(400, f"the model's chat template refused these messages: {exc}", param="messages") from None
+    room = served.context_length - prompt_tokens
+    max_tokens = asked or max(1, min(limits.default_max_tokens, room))  # unasked: what fits, like OpenAI's default
+    if max_tokens > room:
+        raise ApiError(400, f"the prompt is {prompt_tokens} tokens and max_tokens {max_tokens}: together over the "
+                            f"model's context of {served.context_length}", code="context_length_exceeded")
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    settings = GenerationSettings(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
+                                  batch_size=1, stop_strings=stops)
+    constraint = response_constraint(body.response_format)
+    ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+    if body.stream:
+        outcome: list[Any] = []
+        pieces = engines.stream(served, prompt, settings, seed=body.seed, constraint=constraint, outcome=outcome)
+        events = sse_events(ident, served.model_id, pieces, outcome, stops, chat=chat)
+        return streaming(iterate_in_threadpool(events), media_type="text/event-stream")
+    completion = await run_in_threadpool(engines.complete, served, prompt, settings, seed=body.seed,
+                                         constraint=constraint)
+    text, finish = cut_at_stop(completion.text, stops, completion.finish_reason)
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion.new_tokens,
+             "total_tokens": prompt_tokens + completion.new_tokens}
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": text}
+    else:
+        choice["text"] = text
+    return {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+            "model": served.model_id, "choices": [choice], "usage": usage}
+
+
+def response_constraint(response_format: ResponseFormat | None) -> Any:
+    from tuneforge.constrain import ANY_JSON, JsonConstraint
+    from tuneforge.errors import TuneforgeError
+
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return JsonConstraint(ANY_JSON, "a JSON value")
+    spec = response_format.json_schema or {}
+    schema = spec.get("schema") if isinstance(spec.get("schema"), dict) else None
+    if schema is None:
+        raise ApiError(400, "response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}",
+                       param="response_format")
+    try:
+        from jsonschema.validators import validator_for
+
+        validator_for(schema).check_schema(schema)
+        return JsonConstraint(schema, f"the schema {spec.get('name', '')!r}")
+    except TuneforgeError as exc:
+        raise ApiError(400, f"response_format: {exc}", param="response_format") from None
+    except Exception as exc:  # noqa: BLE001 - jsonschema's SchemaError
+        raise ApiError(400, f"response_format: not a valid JSON Schema: {getattr(exc, 'message', exc)}",
+                       param="response_format") from None
+
+
+def cut_at_stop(text: str, stops: list[str], finish: str) -> tuple[str, str]:
+    positions = [text.find(stop) for stop in stops if stop and stop in text]
+    return (text[: min(positions)], "stop") if positions else (text, finish)
+
+
+def sse_events(ident: str, model_id: str, pieces: Any, outcome: list[Any], stops: list[str], *, chat: bool) -> Any:
+    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. Text is held back while it could
+    still be the start of a stop string, so a stop string never reaches the client."""
+    created = int(time.time())
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(text: str | None, finish: str | None, first: bool = False) -> str:
+        if chat:
+            delta: dict[str, Any] = {"role": "assistant"} if first else {}
+            if text:
+                delta["content"] = text
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+        payload = {"id": ident, "object": kind, "created": created, "model": model_id, "choices": [choice]}
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    def events() -> Any:
+        yield chunk(None, None, first=True)
+        sent, held, finish = "", "", "length"
+        try:
+            for piece in pieces:
+                held += piece
+                cut, hit = cut_at_stop(sent + held, stops, "")
+                if hit:
+                    held, finish = cut[len(sent):], "stop"
+                    break
+                safe = len(held) - longest_stop_prefix(held, stops)
+                if safe > 0:
+                    yield chunk(held[:safe], None)
+                    sent, held = sent + held[:safe], held[safe:]
+            else:
+                finish = outcome[0].finish_reason if outcome else finish
+        finally:
+            close = getattr(pieces, "close", None)
+            if close:
+                close()  # releases the replica's lock when the client leaves early
+        if held:
+            yield chunk(held, None)
+        yield chunk(None, finish)
+        yield "data: [DONE]\n\n"
+
+    return events()
+
+
+def longest_stop_prefix(text: str, stops: list[str]) -> int:
+    """How many trailing characters of `text` could begin a stop string."""
+    return max((n for stop in stops for n in range(1, len(stop)) if text.endswith(stop[:n])), default=0)

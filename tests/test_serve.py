@@ -1,0 +1,266 @@
+"""The OpenAI-shaped API, served by a real HTTP server on loopback and called with the official `openai` client.
+
+The app runs under uvicorn here (what every Ray Serve replica runs); the Ray Serve deployment itself is exercised
+by the slow test at the end.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+openai = pytest.importorskip("openai")
+
+SCHEMA = {"type": "object", "properties": {"word": {"type": "string", "maxLength": 12}}, "required": ["word"],
+          "additionalProperties": False}
+
+
+class Reply:
+    def __init__(self, status_code: int, body: bytes):
+        self.status_code, self.body = status_code, body
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def http(method: str, url: str, *, json_body=None, content: bytes | None = None) -> Reply:
+    """A raw request (the openai client refuses to send malformed bodies)."""
+    import urllib.error
+    import urllib.request
+
+    data = content if content is not None else (None if json_body is None else json.dumps(json_body).encode())
+    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return Reply(response.status, response.read())
+    except urllib.error.HTTPError as exc:
+        return Reply(exc.code, exc.read())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LoopbackServer:
+    """uvicorn on 127.0.0.1 in a thread, for one app."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LoopbackServer:
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "the test server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def zeroed_adapter_copy(run: Path, target: Path) -> Path:
+    """A second run over the same base whose adapter changes nothing (lora_B = 0): it must answer like the base."""
+    from safetensors.torch import load_file, save_file
+
+    from tuneforge.rundir import resolve_checkpoint
+
+    shutil.copytree(run, target)
+    weights_path = resolve_checkpoint(target) / "adapter_model.safetensors"
+    weights = load_file(str(weights_path))
+    save_file({k: torch.zeros_like(v) if "lora_B" in k else v for k, v in weights.items()}, str(weights_path))
+    return target
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneforge.models import load_tokenizer
+    from tuneforge.models.sources import resolve_model
+    from tuneforge.predict import Predictor
+    from tuneforge.rundir import CheckpointMeta
+    from tuneforge.serve.engines import Classifier
+
+    source = resolve_model("minilm-l6")
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=3).eval()
+    meta = CheckpointMeta(task="classification", model_id="minilm-l6", shape="classification",
+                          labels=["billing", "bug", "praise"], text_fields=["text"], context_length=64)
+    return Classifier("tickets", Predictor(model, load_tokenizer(source), meta))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_lora_run, tmp_path_factory, classifier):
+    from tuneforge.serve import Limits, build_app, load_engines
+
+    other = zeroed_adapter_copy(tiny_lora_run, tmp_path_factory.mktemp("serve") / "other")
+    engines = load_engines([tiny_lora_run, other])
+    engines.classifiers[classifier.model_id] = classifier
+    with LoopbackServer(build_app(engines, limits=Limits(max_tokens=64, max_body_bytes=20_000))) as running:
+        running.lora_id = tiny_lora_run.name
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+def say(word: str) -> list[dict]:
+    return [{"role": "user", "content": f"Say {word}."}]
+
+
+def test_models_lists_every_run_and_the_base(client, server):
+    assert {m.id for m in client.models.list().data} == {server.lora_id, "other", "base", "tickets"}
+
+
+def test_chat_completion_answers_with_usage_and_finish_reason(client, server):
+    answer = client.chat.completions.create(model=server.lora_id, messages=say("apple"), max_tokens=8)
+    choice = answer.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert answer.usage.prompt_tokens > 5 and 0 < answer.usage.completion_tokens <= 8
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+
+
+def test_streaming_sends_the_same_answer_piece_by_piece(client, server):
+    whole = client.chat.completions.create(model=server.lora_id, messages=say("river"), max_tokens=8)
+    chunks = list(client.chat.completions.create(model=server.lora_id, messages=say("river"), max_tokens=8,
+                                                 stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert len(chunks) >= 3 and streamed.strip() == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_completions_endpoint_continues_a_prompt(client, server):
+    answer = client.completions.create(model=server.lora_id, prompt="Say apple.", max_tokens=6)
+    assert answer.object == "text_completion" and answer.usage.completion_tokens > 0
+
+
+def test_json_schema_answers_parse_and_match_the_schema(client, server):
+    import jsonschema
+
+    answer = client.chat.completions.create(
+        model=server.lora_id, messages=say("stone"), max_tokens=40,
+        response_format={"type": "json_schema", "json_schema": {"name": "word", "schema": SCHEMA}})
+    jsonschema.validate(json.loads(answer.choices[0].message.content), SCHEMA)
+
+
+def test_each_adapter_answers_for_itself_over_one_shared_base(client, server):
+    def answer(model: str) -> str:
+        reply = client.chat.completions.create(model=model, messages=say("cloud"), max_tokens=8)
+        return reply.choices[0].message.content
+
+    tuned, zeroed, base = answer(server.lora_id), answer("other"), answer("base")
+    assert zeroed == base  # lora_B = 0: the base model's answer
+    assert tuned != base  # the trained adapter changed it
+    assert answer(server.lora_id) == tuned  # switching back and forth keeps each adapter's own answer
+
+
+def test_a_stop_string_ends_the_answer_before_it(client, server):
+    free = client.chat.completions.create(model="base", messages=say("apple"), max_tokens=12).choices[0]
+    stop = free.message.content[2:4]
+    cut = client.chat.completions.create(model="base", messages=say("apple"), max_tokens=12, stop=[stop]).choices[0]
+    assert cut.finish_reason == "stop" and stop not in cut.message.content
+    assert free.message.content.startswith(cut.message.content)
+
+
+@pytest.mark.parametrize(("request_body", "error", "fragment"), [
+    ({"messages": [{"role": "robot", "content": "hi"}]}, "BadRequestError", "unknown role 'robot'"),
+    ({"max_tokens": 65}, "BadRequestError", "over this server's limit of 64"),
+    ({"model": "nope"}, "NotFoundError", "no generation model 'nope'"),
+    ({"model": "tickets"}, "BadRequestError", "is a classifier"),
+    ({"messages": []}, "BadRequestError", "messages"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}}},
+     "BadRequestError", "not a valid JSON Schema"),
+])
+def test_bad_requests_get_openai_errors(client, server, request_body, error, fragment):
+    body = {"model": server.lora_id, "messages": say("apple"), "max_tokens": 4, **request_body}
+    with pytest.raises(getattr(openai, error)) as caught:
+        client.chat.completions.create(**body)
+    assert fragment in caught.value.body["message"]
+
+
+def test_malformed_or_oversized_bodies_are_4xx_json_errors(server):
+    bad_json = http("POST", f"{server.url}/v1/chat/completions", content=b'{"model": ')
+    assert bad_json.status_code == 400 and "not valid JSON" in bad_json.json()["error"]["message"]
+    huge = http("POST", f"{server.url}/v1/completions", json_body={"model": "base", "prompt": "x" * 30_000})
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
+    long_prompt = http("POST", f"{server.url}/v1/completions", json_body={"model": "base", "prompt": "word " * 3000})
+    assert long_prompt.status_code == 400 and long_prompt.json()["error"]["code"] == "context_length_exceeded"
+    missing = http("GET", f"{server.url}/v1/nothing")
+    assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_classify_gives_a_label_and_a_probability_per_class(server):
+    reply = http("POST", f"{server.url}/v1/classify",
+                 json_body={"model": "tickets", "input": ["refund me", "love it"]}).json()
+    assert [row["index"] for row in reply["data"]] == [0, 1]
+    for row in reply["data"]:
+        assert set(row["probabilities"]) == {"billing", "bug", "praise"}
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
+    forced = http("POST", f"{server.url}/v1/classify",
+                  json_body={"model": "tickets", "input": "refund me", "threshold": 1.0, "fallback": "bug"}).json()
+    assert forced["data"][0]["label"] == "bug" and "below_threshold" in forced["data"][0]
+    wrong = http("POST", f"{server.url}/v1/classify", json_body={"model": "tickets", "input": "x", "fallback": "spam"})
+    assert wrong.status_code == 400 and "not one of the labels" in wrong.json()["error"]["message"]
+
+
+def test_an_api_key_is_required_when_set(tiny_lora_run):
+    from tuneforge.serve import build_app
+    from tuneforge.serve.engines import Engines
+
+    with LoopbackServer(build_app(Engines(), api_key="s3cret")) as running:
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{running.url}/v1", api_key="wrong", max_retries=0).models.list()
+        assert openai.OpenAI(base_url=f"{running.url}/v1", api_key="s3cret").models.list().data == []
+        assert http("GET", f"{running.url}/health").status_code == 200  # probes need no key
+
+
+def test_concurrent_requests_are_all_answered_once(client, server):
+    def ask(index: int) -> tuple[int, str]:
+        reply = client.completions.create(model="base", prompt=f"Say {index}.", max_tokens=2, seed=index)
+        return index, reply.id
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, range(200)))
+    assert sorted(i for i, _ in answers) == list(range(200))
+    assert len({ident for _, ident in answers}) == 200
+
+
+@pytest.mark.slow
+def test_ray_serve_deployment_answers_the_openai_client(tiny_lora_run):
+    from tuneforge.serve import ServeOptions, start, stop
+
+    served = start([tiny_lora_run], ServeOptions(port=free_port(), cpus_per_replica=1))
+    try:
+        assert served.model_ids == [tiny_lora_run.name, "base"]
+        client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+        assert {m.id for m in client.models.list().data} == set(served.model_ids)
+        answer = client.chat.completions.create(model=tiny_lora_run.name, messages=say("apple"), max_tokens=6)
+        assert answer.choices[0].message.content
+        streamed = client.chat.completions.create(model="base", messages=say("apple"), max_tokens=6, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in streamed)
+    finally:
+        stop()
