@@ -117,7 +117,7 @@ def server(tiny_lora_run, tmp_path_factory, classifier):
     engines = load_engines([tiny_lora_run, other])
     engines.classifiers[classifier.model_id] = classifier
     with LoopbackServer(build_app(engines, limits=Limits(max_tokens=64, max_body_bytes=20_000))) as running:
-        running.lora_id = tiny_lora_run.name
+        running.lora_id, running.engines = tiny_lora_run.name, engines
         yield running
 
 
@@ -249,6 +249,20 @@ def test_concurrent_requests_are_all_answered_once(client, server):
     assert len({ident for _, ident in answers}) == 200
 
 
+def test_requests_batched_together_get_the_answers_they_get_alone(server):
+    from tuneforge.generate import GenerationSettings
+    from tuneforge.serve.engines import Job
+
+    engines = server.engines
+    tuned, base = engines.causal[server.lora_id], engines.causal["base"]
+    settings = GenerationSettings(max_new_tokens=6)
+    jobs = [Job(served, say(word), settings) for served in (tuned, base) for word in ("apple", "a", "stone river")]
+    alone = [engines.complete_many([job])[0].text for job in jobs]
+    assert engines.complete_many(jobs) == [engines.complete_many([job])[0] for job in jobs]
+    assert [c.text for c in engines.complete_many(jobs)] == alone
+    assert alone[0] != alone[3]  # the adapter's answer and the base's stay apart inside one call
+
+
 @pytest.mark.slow
 def test_ray_serve_deployment_answers_the_openai_client(tiny_lora_run):
     from tuneforge.serve import ServeOptions, start, stop
@@ -262,5 +276,9 @@ def test_ray_serve_deployment_answers_the_openai_client(tiny_lora_run):
         assert answer.choices[0].message.content
         streamed = client.chat.completions.create(model="base", messages=say("apple"), max_tokens=6, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in streamed)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # batched by serve.batch on the replica
+            replies = list(pool.map(lambda i: client.completions.create(model="base", prompt=f"Say {i}.",
+                                                                        max_tokens=3), range(16)))
+        assert len({reply.id for reply in replies}) == 16 and all(r.usage.completion_tokens for r in replies)
     finally:
         stop()

@@ -435,6 +435,7 @@ def serve(
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="VAR",
                                               help="require 'Authorization: Bearer <key>' with the key in $VAR"),
     max_tokens: int = typer.Option(1024, "--max-tokens-limit", min=1, help="largest max_tokens a request may ask"),
+    max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="concurrent requests generated together"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)"),
 ) -> None:
     """Serve fine-tuned models over HTTP in OpenAI's API shape (chat, completions, classify) on Ray Serve."""
@@ -446,7 +447,7 @@ def serve(
 
     options = ServeOptions(host=host, port=port, replicas=replicas, autoscale=parse_autoscale(autoscale),
                            api_key=api_key_from_env(api_key_env), address=address,
-                           limits=Limits(max_tokens=max_tokens))
+                           limits=Limits(max_tokens=max_tokens), max_batch_size=max_batch_size)
     with ui.busy(f"starting {len(runs)} model(s) on Ray Serve"):
         served = start(runs, options)
     ui.show_serving(served.url, served.model_ids, api_key=options.api_key is not None,

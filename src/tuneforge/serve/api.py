@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
-from tuneforge.serve.engines import CausalModel, Engines
+from tuneforge.serve.engines import CausalModel, Engines, Job
 
 ROLES = ("system", "user", "assistant")
 
@@ -86,7 +86,10 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
-def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | None = None) -> FastAPI:
+def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | None = None,
+              batched: Any = None) -> FastAPI:
+    """`batched`: an async function from one Job to its Completion that gathers concurrent requests into batches
+    (Ray Serve's `serve.batch` on a replica); without it each request generates alone."""
     app = FastAPI(title="tuneforge", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(ApiError)
@@ -143,13 +146,13 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
         system = served.generator.meta.system_prompt
         if system and prompt[0]["role"] != "system":  # the run trained every row with it, as its Modelfile sets it
             prompt.insert(0, {"role": "system", "content": system})
-        return await respond(engines, served, body, prompt, limits, chat=True, streaming=StreamingResponse)
+        return await respond(engines, served, body, prompt, limits, chat=True, batched=batched)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         body = parse(CompletionRequest, await read_json(request, limits))
         served = causal_model(engines, body.model)
-        return await respond(engines, served, body, body.prompt, limits, chat=False, streaming=StreamingResponse)
+        return await respond(engines, served, body, body.prompt, limits, chat=False, batched=batched)
 
     @app.post("/v1/classify")
     async def classify(request: Request) -> dict[str, Any]:
@@ -220,7 +223,7 @@ def causal_model(engines: Engines, name: str) -> CausalModel:
 
 
 async def respond(engines: Engines, served: CausalModel, body: GenerationRequest, prompt: Any, limits: Limits, *,
-                  chat: bool, streaming: Any) -> Any:
+                  chat: bool, batched: Any) -> Any:
     from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
     from tuneforge.generate import GenerationSettings
@@ -247,9 +250,12 @@ async def respond(engines: Engines, served: CausalModel, body: GenerationRequest
         outcome: list[Any] = []
         pieces = engines.stream(served, prompt, settings, seed=body.seed, constraint=constraint, outcome=outcome)
         events = sse_events(ident, served.model_id, pieces, outcome, stops, chat=chat)
-        return streaming(iterate_in_threadpool(events), media_type="text/event-stream")
-    completion = await run_in_threadpool(engines.complete, served, prompt, settings, seed=body.seed,
-                                         constraint=constraint)
+        return StreamingResponse(iterate_in_threadpool(events), media_type="text/event-stream")
+    job = Job(served, prompt, settings, seed=body.seed, constraint=constraint)
+    if batched is not None:
+        completion = await batched(job)
+    else:
+        completion = (await run_in_threadpool(engines.complete_many, [job]))[0]
     text, finish = cut_at_stop(completion.text, stops, completion.finish_reason)
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion.new_tokens,
              "total_tokens": prompt_tokens + completion.new_tokens}

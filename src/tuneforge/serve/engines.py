@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,24 @@ class Classifier:
 
 
 @dataclass
+class Job:
+    """One completion request, as the batcher sees it."""
+
+    served: CausalModel
+    prompt: Any
+    settings: GenerationSettings
+    seed: int | None = None
+    constraint: Any = None
+
+    def batch_key(self, index: int) -> tuple:
+        """Requests with equal keys generate together; a grammar or a seeded draw keeps a request to itself."""
+        if self.constraint is not None or (self.seed is not None and self.settings.temperature > 0):
+            return ("alone", index)
+        s = self.settings
+        return (self.served.model_id, s.max_new_tokens, s.temperature, s.top_p, tuple(s.stop_strings))
+
+
+@dataclass
 class Engines:
     """Every model a replica serves, and the lock that keeps one generation at a time on its CPUs."""
 
@@ -65,12 +83,6 @@ class Engines:
 
     # -- generation ---------------------------------------------------------------------------------------------
 
-    def complete(self, served: CausalModel, prompt: Any, settings: GenerationSettings, *, seed: int | None,
-                 constraint: Any) -> Completion:
-        with self.lock:
-            self.select(served, seed)
-            return served.generator.complete([prompt], settings, use_base=served.use_base, constraint=constraint)[0]
-
     def stream(self, served: CausalModel, prompt: Any, settings: GenerationSettings, *, seed: int | None,
                constraint: Any, outcome: list[Completion]) -> Iterator[str]:
         """Pieces of the answer as they come (`outcome` gets the Completion at the end); the lock is held until
@@ -79,6 +91,24 @@ class Engines:
             self.select(served, seed)
             yield from served.generator.stream(prompt, settings, use_base=served.use_base, constraint=constraint,
                                                outcome=outcome)
+
+    def complete_many(self, jobs: list[Job]) -> list[Completion]:
+        """Answers to several requests, those that can share a generation run as one left-padded batch: same model,
+        same settings, greedy or unseeded, no grammar. The others run one by one."""
+        answers: dict[int, Completion] = {}
+        groups: dict[tuple, list[int]] = {}
+        for index, job in enumerate(jobs):
+            groups.setdefault(job.batch_key(index), []).append(index)
+        for members in groups.values():
+            first = jobs[members[0]]
+            settings = replace(first.settings, batch_size=len(members))
+            with self.lock:
+                self.select(first.served, first.seed)
+                completions = first.served.generator.complete([jobs[i].prompt for i in members], settings,
+                                                              use_base=first.served.use_base,
+                                                              constraint=first.constraint)
+            answers.update(zip(members, completions, strict=True))
+        return [answers[index] for index in range(len(jobs))]
 
     @staticmethod
     def select(served: CausalModel, seed: int | None) -> None:

@@ -23,6 +23,7 @@ class ServeOptions:
     replicas: int = 1
     autoscale: tuple[int, int] | None = None  # (min, max) replicas
     cpus_per_replica: float | None = None  # default: the machine's CPUs shared by the replicas
+    max_batch_size: int = 8  # concurrent completion requests generated together
     api_key: str | None = None
     address: str | None = None
     limits: Limits = field(default_factory=Limits)
@@ -38,17 +39,27 @@ class ModelServer:
     """One Serve replica: Ray Serve asks it for its ASGI app once it is constructed; building that app loads the
     models, so a replica takes traffic only once they are in memory."""
 
-    def __init__(self, paths: list[str], limits: Limits, api_key: str | None, threads: int):
+    def __init__(self, paths: list[str], limits: Limits, api_key: str | None, threads: int, max_batch_size: int):
         self.paths, self.limits, self.api_key, self.threads = paths, limits, api_key, threads
+        self.max_batch_size = max_batch_size
 
     def __serve_build_asgi_app__(self) -> Any:
         import torch
+        from ray import serve
+        from starlette.concurrency import run_in_threadpool
 
         from tuneforge.serve.api import build_app
         from tuneforge.serve.engines import load_engines
 
         torch.set_num_threads(max(1, self.threads))
-        return build_app(load_engines(self.paths), limits=self.limits, api_key=self.api_key)
+        engines = load_engines(self.paths)
+
+        # Requests that arrive within 20 ms of each other generate as one batch (what serve.batch is for).
+        @serve.batch(max_batch_size=self.max_batch_size, batch_wait_timeout_s=0.02)
+        async def batched(jobs: list[Any]) -> list[Any]:
+            return await run_in_threadpool(engines.complete_many, jobs)
+
+        return build_app(engines, limits=self.limits, api_key=self.api_key, batched=batched)
 
 
 def planned_model_ids(paths: list[str | Path]) -> list[str]:
@@ -91,8 +102,8 @@ def start(paths: list[str | Path], options: ServeOptions) -> Served:
                                   max_ongoing_requests=32, **scaling)
     serve.start(http_options={"host": options.host, "port": options.port})
     served_paths = [str(Path(p).resolve()) for p in paths]
-    serve.run(deployment.bind(served_paths, options.limits, options.api_key, int(cpus)), name=APP_NAME,
-              route_prefix="/", blocking=False)
+    bound = deployment.bind(served_paths, options.limits, options.api_key, int(cpus), options.max_batch_size)
+    serve.run(bound, name=APP_NAME, route_prefix="/", blocking=False)
     return Served(url=f"http://{options.host}:{options.port}", model_ids=model_ids)
 
 
