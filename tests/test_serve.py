@@ -282,3 +282,16 @@ def test_ray_serve_deployment_answers_the_openai_client(tiny_lora_run):
         assert len({reply.id for reply in replies}) == 16 and all(r.usage.completion_tokens for r in replies)
     finally:
         stop()
+
+
+def test_a_stream_closed_early_stops_its_generation(server):
+    from tuneforge.generate import GenerationSettings
+
+    served = server.engines.causal["base"]
+    outcome: list = []
+    pieces = server.engines.stream(served, say("apple"), GenerationSettings(max_new_tokens=200), seed=None,
+                                   constraint=None, outcome=outcome)
+    next(pieces)
+    pieces.close()  # what a client that leaves mid-stream causes
+    assert not server.engines.lock.locked()  # the next request is not blocked
+    assert outcome and outcome[0].new_tokens < 200  # generation ended early, not in the background

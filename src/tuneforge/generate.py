@@ -101,8 +101,16 @@ class Generator:
     def stream(self, prompt: Any, settings: GenerationSettings, *, system: str | None = None,
                use_base: bool = False, constraint: Any = None, outcome: list[Completion] | None = None) -> Iterator[str]:
         """Yield the completion piece by piece as it is generated; `outcome` receives the whole Completion (finish
-        reason, token count) once generation ends."""
-        from transformers import TextIteratorStreamer
+        reason, token count) once generation ends. Closing the iterator early (a client that left) stops the
+        generation at its next token rather than letting it run on in the background."""
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        cancelled = threading.Event()
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+                return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool,
+                                  device=input_ids.device)
 
         batch = self.encode([self.render(prompt, system)])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -112,7 +120,7 @@ class Generator:
             try:
                 with torch.no_grad(), self.base_only(use_base):
                     output = self.model.generate(**batch, **self.generate_kwargs(settings, constraint, 1),
-                                                 streamer=streamer)
+                                                 streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]))
                 if outcome is not None:
                     outcome.extend(self.decode(output[:, batch["input_ids"].shape[1] :]))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
@@ -121,8 +129,11 @@ class Generator:
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        yield from streamer
-        thread.join()
+        try:
+            yield from streamer
+        finally:
+            cancelled.set()
+            thread.join()
         if failure:
             raise failure[0]
 
