@@ -254,3 +254,14 @@ def test_a_system_message_for_a_non_chat_run_is_refused_not_ignored(smol_dir):
     assert generator.render("Lunch with Bob") == "Lunch with Bob"
     with pytest.raises(TuneforgeError, match=r"--system\) needs a chat run; .* prompt_completion rows"):
         generator.complete(["Lunch with Bob"], GenerationSettings(), system="Answer in JSON.")
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["/nonexistent/run"], "no such run"),
+    (["RUN", "--autoscale", "3:1"], "give MIN:MAX replicas"),
+    (["RUN", "--api-key-env", "TUNEFORGE_TEST_UNSET_KEY"], "TUNEFORGE_TEST_UNSET_KEY"),
+    (["RUN", "RUN"], "already served"),
+])
+def test_serve_refuses_bad_arguments_in_one_line_before_starting_ray(tiny_lora_run, args, fragment):
+    result = tuneforge_here("serve", *[str(tiny_lora_run) if a == "RUN" else a for a in args])
+    assert_one_clear_line(result, fragment)

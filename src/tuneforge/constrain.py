@@ -33,6 +33,12 @@ def read_schema(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); a JSON Schema file is one JSON object") from None
     if not isinstance(schema, dict):
         raise ConfigError(f"{path}: a JSON Schema is a JSON object, got {type(schema).__name__}")
+    check_schema(schema, str(path))
+    return schema
+
+
+def check_schema(schema: dict[str, Any], where: str) -> None:
+    """ConfigError naming `where` when `schema` is not a valid JSON Schema."""
     try:
         from jsonschema.validators import validator_for
 
@@ -40,8 +46,7 @@ def read_schema(path: str | Path) -> dict[str, Any]:
     except ImportError:  # jsonschema is optional: llguidance still reports schemas it cannot compile
         pass
     except Exception as exc:  # noqa: BLE001 - jsonschema's SchemaError
-        raise ConfigError(f"{path}: not a valid JSON Schema: {getattr(exc, 'message', exc)}") from None
-    return schema
+        raise ConfigError(f"{where}: not a valid JSON Schema: {getattr(exc, 'message', exc)}") from None
 
 
 class JsonConstraint:

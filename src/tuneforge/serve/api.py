@@ -269,7 +269,7 @@ async def respond(engines: Engines, served: CausalModel, body: GenerationRequest
 
 
 def response_constraint(response_format: ResponseFormat | None) -> Any:
-    from tuneforge.constrain import ANY_JSON, JsonConstraint
+    from tuneforge.constrain import ANY_JSON, JsonConstraint, check_schema
     from tuneforge.errors import TuneforgeError
 
     if response_format is None or response_format.type == "text":
@@ -282,15 +282,10 @@ def response_constraint(response_format: ResponseFormat | None) -> Any:
         raise ApiError(400, "response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}",
                        param="response_format")
     try:
-        from jsonschema.validators import validator_for
-
-        validator_for(schema).check_schema(schema)
+        check_schema(schema, "response_format")
         return JsonConstraint(schema, f"the schema {spec.get('name', '')!r}")
     except TuneforgeError as exc:
-        raise ApiError(400, f"response_format: {exc}", param="response_format") from None
-    except Exception as exc:  # noqa: BLE001 - jsonschema's SchemaError
-        raise ApiError(400, f"response_format: not a valid JSON Schema: {getattr(exc, 'message', exc)}",
-                       param="response_format") from None
+        raise ApiError(400, str(exc), param="response_format") from None
 
 
 def cut_at_stop(text: str, stops: list[str], finish: str) -> tuple[str, str]:

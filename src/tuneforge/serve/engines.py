@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.generate import Completion, GenerationSettings, Generator
 from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
 
@@ -122,17 +122,24 @@ class Engines:
                    ["input_ids"])
 
 
+def planned_models(paths: list[str | Path]) -> list[tuple[str | Path, str, CheckpointMeta, Any]]:
+    """(path, model id, metadata, task) for each path, checked: a task that can be served, ids unique."""
+    planned: list[tuple[str | Path, str, CheckpointMeta, Any]] = []
+    for path in paths:
+        model_id = model_id_of(path)
+        if model_id == BASE_ID or any(model_id == seen for _, seen, _, _ in planned):
+            raise ConfigError(f"{path}: a model named {model_id!r} is already served; give each run its own "
+                              "directory name")
+        meta = CheckpointMeta.read(resolve_checkpoint(path))
+        planned.append((path, model_id, meta, servable_task(path, meta)))
+    return planned
+
+
 def load_engines(paths: list[str | Path]) -> Engines:
     """Load every run, checkpoint or merged export in `paths` (ids must be unique)."""
     engines = Engines()
     shared: dict[str, CausalModel] = {}  # base model source -> the first LoRA model loaded over it
-    for path in paths:
-        model_id = model_id_of(path)
-        if model_id in engines.ids() or model_id == BASE_ID:
-            raise TuneforgeError(f"{path}: a model named {model_id!r} is already served; give each run its own "
-                                 "directory name")
-        meta = CheckpointMeta.read(resolve_checkpoint(path))
-        task = servable_task(path, meta)
+    for path, model_id, meta, task in planned_models(paths):
         if task.classifies_texts:
             engines.classifiers[model_id] = Classifier(model_id, task.load(path))
         else:

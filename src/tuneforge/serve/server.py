@@ -65,21 +65,11 @@ class ModelServer:
 def planned_model_ids(paths: list[str | Path]) -> list[str]:
     """The ids the replicas will serve, checked on the driver first so that a bad path is one line, not a replica
     crash loop."""
-    from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
-    from tuneforge.serve.engines import BASE_ID, model_id_of, servable_task
+    from tuneforge.serve.engines import BASE_ID, planned_models
 
-    ids: list[str] = []
-    lora = False
-    for path in paths:
-        meta = CheckpointMeta.read(resolve_checkpoint(path))
-        task = servable_task(path, meta)
-        model_id = model_id_of(path)
-        if model_id in ids or model_id == BASE_ID:
-            raise ConfigError(f"{path}: a model named {model_id!r} is already served; give each run its own "
-                              "directory name")
-        ids.append(model_id)
-        lora = lora or (meta.lora and task.generates)
-    return [*ids, BASE_ID] if lora else ids
+    planned = planned_models(paths)
+    has_base = any(meta.lora and task.generates for _, _, meta, task in planned)
+    return [model_id for _, model_id, _, _ in planned] + ([BASE_ID] if has_base else [])
 
 
 def start(paths: list[str | Path], options: ServeOptions) -> Served:
