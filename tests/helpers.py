@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 from pathlib import Path
 
 
@@ -74,3 +77,61 @@ def train_tiny_causal(model_dir: Path, data: dict[str, Path], run_dir: Path, *, 
                     run_name=run_dir.name)
     settings.update(overrides)
     return train(TrainConfig(**settings), run_dir=run_dir, callbacks=callbacks)
+
+
+# --- serving: a real HTTP server on loopback -------------------------------------------------------------------
+
+
+class Reply:
+    def __init__(self, status_code: int, body: bytes):
+        self.status_code, self.body = status_code, body
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def http(method: str, url: str, *, json_body=None, content: bytes | None = None) -> Reply:
+    """A raw request (the openai client refuses to send malformed bodies)."""
+    import urllib.error
+    import urllib.request
+
+    data = content if content is not None else (None if json_body is None else json.dumps(json_body).encode())
+    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return Reply(response.status, response.read())
+    except urllib.error.HTTPError as exc:
+        return Reply(exc.code, exc.read())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LoopbackServer:
+    """uvicorn on 127.0.0.1 in a thread, for one app."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LoopbackServer:
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "the test server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -261,6 +261,8 @@ def test_a_system_message_for_a_non_chat_run_is_refused_not_ignored(smol_dir):
     (["RUN", "--autoscale", "3:1"], "give MIN:MAX replicas"),
     (["RUN", "--api-key-env", "TUNEFORGE_TEST_UNSET_KEY"], "TUNEFORGE_TEST_UNSET_KEY"),
     (["RUN", "RUN"], "already served"),
+    (["RUN", "--lora", "adapter.gguf"], "name exactly one .gguf file"),
+    (["/nonexistent/model.gguf"], "no such GGUF file"),
 ])
 def test_serve_refuses_bad_arguments_in_one_line_before_starting_ray(tiny_lora_run, args, fragment):
     result = tuneforge_here("serve", *[str(tiny_lora_run) if a == "RUN" else a for a in args])

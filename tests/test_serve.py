@@ -9,73 +9,18 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import LoopbackServer, free_port, http
+
 openai = pytest.importorskip("openai")
 
 SCHEMA = {"type": "object", "properties": {"word": {"type": "string", "maxLength": 12}}, "required": ["word"],
           "additionalProperties": False}
-
-
-class Reply:
-    def __init__(self, status_code: int, body: bytes):
-        self.status_code, self.body = status_code, body
-
-    def json(self):
-        return json.loads(self.body)
-
-
-def http(method: str, url: str, *, json_body=None, content: bytes | None = None) -> Reply:
-    """A raw request (the openai client refuses to send malformed bodies)."""
-    import urllib.error
-    import urllib.request
-
-    data = content if content is not None else (None if json_body is None else json.dumps(json_body).encode())
-    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return Reply(response.status, response.read())
-    except urllib.error.HTTPError as exc:
-        return Reply(exc.code, exc.read())
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class LoopbackServer:
-    """uvicorn on 127.0.0.1 in a thread, for one app."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> LoopbackServer:
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "the test server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def zeroed_adapter_copy(run: Path, target: Path) -> Path:
@@ -191,6 +136,7 @@ def test_a_stop_string_ends_the_answer_before_it(client, server):
     ({"model": "nope"}, "NotFoundError", "no generation model 'nope'"),
     ({"model": "tickets"}, "BadRequestError", "is a classifier"),
     ({"messages": []}, "BadRequestError", "messages"),
+    ({"n": 3}, "BadRequestError", "one choice per request"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}}},
      "BadRequestError", "not a valid JSON Schema"),
 ])
@@ -280,8 +226,75 @@ def test_ray_serve_deployment_answers_the_openai_client(tiny_lora_run):
             replies = list(pool.map(lambda i: client.completions.create(model="base", prompt=f"Say {i}.",
                                                                         max_tokens=3), range(16)))
         assert len({reply.id for reply in replies}) == 16 and all(r.usage.completion_tokens for r in replies)
+        generated = answer.usage.completion_tokens + sum(r.usage.completion_tokens for r in replies)
+        exported = prometheus_series(lambda text: "tuneforge_serve_generated_tokens" in text and
+                                     'route="/v1/completions",status="200"' in text)
+        assert f'model="{tiny_lora_run.name}"' in exported and 'model="base"' in exported
+        assert 'tuneforge_serve_request_seconds_bucket' in exported and "ray_serve_num_http_requests" in exported
+        assert generated <= counter_total(exported, "tuneforge_serve_generated_tokens")
     finally:
         stop()
+
+
+@pytest.mark.slow
+def test_a_replica_that_dies_mid_request_is_a_503_and_comes_back(tiny_lora_run):
+    import os
+    import signal
+
+    import psutil
+
+    from tuneforge.serve import ServeOptions, start, stop
+
+    served = start([tiny_lora_run], ServeOptions(port=free_port(), cpus_per_replica=1, max_batch_size=1))
+    try:
+        client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+        replica = next(p for p in psutil.process_iter(["cmdline"])
+                       if "ServeReplica:tuneforge:models" in " ".join(p.info["cmdline"] or []))
+
+        def ask(_index: int) -> int:
+            try:
+                return client.completions.create(model="base", prompt="Say apple.", max_tokens=400).usage.total_tokens
+            except openai.InternalServerError as exc:
+                assert exc.body["code"] == "replica_unavailable", exc.body
+                return exc.status_code
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # answered one after another (no batching)
+            pending = [pool.submit(ask, index) for index in range(8)]
+            time.sleep(2)
+            assert not all(future.done() for future in pending)  # requests in flight when the replica dies
+            os.kill(replica.pid, signal.SIGKILL)  # what the kernel's OOM killer or a native crash does
+            outcomes = [future.result() for future in pending]
+        assert 503 in outcomes  # the requests in flight: 503 with the reason, never a 500 or a dropped connection
+        deadline = time.time() + 180
+        while True:  # Ray Serve starts a new replica; until it is up, requests get the same 503, never a 500
+            try:
+                answer = client.completions.create(model="base", prompt="Say apple.", max_tokens=3)
+                break
+            except openai.InternalServerError as exc:
+                assert exc.status_code == 503 and time.time() < deadline
+                time.sleep(1)
+        assert answer.usage.completion_tokens > 0
+    finally:
+        stop()
+
+
+def prometheus_series(ready, timeout: float = 60.0) -> str:
+    """The local node's Prometheus metrics page once `ready(text)` (Ray reports metrics every few seconds)."""
+    import ray
+
+    node = ray.nodes()[0]
+    url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    deadline = time.time() + timeout
+    while True:
+        text = http("GET", url).body.decode()
+        if ready(text) or time.time() > deadline:
+            return text
+        time.sleep(2)
+
+
+def counter_total(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(f"ray_{name}_total{{") or line.startswith(f"ray_{name}{{"))
 
 
 def test_a_stream_closed_early_stops_its_generation(server):

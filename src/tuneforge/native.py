@@ -75,10 +75,33 @@ class NativeWorker:
         return self.receive()
 
     def stream(self, function: Callable[..., Iterator[Any]], *args: Any, **kwargs: Any) -> Iterator[Any]:
-        """Items of the generator `function(*args, **kwargs)` as the child yields them."""
+        """Items of the generator `function(*args, **kwargs)` as the child yields them. Closing this iterator early
+        stops the child's generator too, so the next call starts clean (a client that leaves mid-stream)."""
         self.send(("stream", function, args, kwargs))
-        while (item := self.receive()) is not END_OF_STREAM:
-            yield item
+        ended = False
+        try:
+            while True:
+                try:
+                    item = self.receive()
+                except BaseException:
+                    ended = True  # the child reported an error or died: nothing more will come
+                    raise
+                if item is END_OF_STREAM:
+                    ended = True
+                    return
+                yield item
+        finally:
+            if not ended:
+                self.cancel_stream()
+
+    def cancel_stream(self) -> None:
+        """Ask the child to stop the stream and drop what it sent meanwhile, up to its end marker."""
+        try:
+            self.connection.send(("cancel", None, (), {}))
+            while self.receive() is not END_OF_STREAM:
+                pass
+        except Exception:  # noqa: BLE001 - a child that failed or died while stopping has nothing left to drain
+            pass
 
     def send(self, message: tuple[Any, ...]) -> None:
         try:
@@ -131,15 +154,32 @@ def serve(connection: Any) -> None:
             return
         if kind == "stop":
             return
+        if kind == "cancel":  # the stream it was meant for had already ended
+            continue
         try:
             if kind == "stream":
-                for item in function(*args, **kwargs):
-                    connection.send(("item", item))
-                connection.send(("end", None))
+                if not stream_items(connection, function(*args, **kwargs)):
+                    return
             else:
                 connection.send(("result", function(*args, **kwargs)))
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent, which raises it
             connection.send(("error", portable(exc)))
+
+
+def stream_items(connection: Any, items: Iterator[Any]) -> bool:
+    """Send each item until the generator ends or the parent cancels; False when the parent asked us to stop."""
+    for item in items:
+        connection.send(("item", item))
+        if connection.poll():
+            kind = connection.recv()[0]
+            close = getattr(items, "close", None)
+            if close:
+                close()
+            if kind == "stop":
+                return False
+            break  # "cancel"
+    connection.send(("end", None))
+    return True
 
 
 def portable(exc: Exception) -> Exception:

@@ -59,9 +59,10 @@ def quantize_file(source: Path, target: Path, ftype: str) -> None:
         raise ExportError(f"llama.cpp could not quantize {source} ({ftype})")
 
 
-def open_gguf(path: Path, lora: Path | None = None, *, logits_all: bool = False, n_ctx: int = 2048) -> Any:
+def open_gguf(path: Path, lora: Path | None = None, *, logits_all: bool = False, n_ctx: int = 2048,
+              n_threads: int | None = None) -> Any:
     llama_cpp = require_llama_cpp()
-    kwargs: dict[str, Any] = {"model_path": str(path), "n_ctx": n_ctx, "n_threads": os.cpu_count() or 1,
+    kwargs: dict[str, Any] = {"model_path": str(path), "n_ctx": n_ctx, "n_threads": n_threads or os.cpu_count() or 1,
                               "logits_all": logits_all, "verbose": False}
     if lora:
         kwargs["lora_path"] = str(lora)

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
+from tuneforge.native import NativeCrash
 from tuneforge.serve.engines import CausalModel, Engines, Job
 
 ROLES = ("system", "user", "assistant")
@@ -55,7 +56,7 @@ class GenerationRequest(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1)
     stream: bool = False
     response_format: ResponseFormat | None = None
 
@@ -76,6 +77,20 @@ class ClassifyRequest(BaseModel):
     fallback: str | None = None
 
 
+ROUTES = ("/health", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/classify")
+
+
+class RequestMetrics:
+    """Where request counts, latency and token counts go; this one drops them (Ray Serve's replicas export them to
+    Prometheus, tuneforge.serve.server)."""
+
+    def request(self, route: str, status: int, seconds: float) -> None:
+        """Every HTTP request: its route (`other` for unknown paths), status code and seconds to the response."""
+
+    def tokens(self, model: str, prompt: int, completion: int) -> None:
+        """Every answered generation request."""
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error", param: str | None = None,
                  code: str | None = None):
@@ -87,9 +102,10 @@ class ApiError(Exception):
 
 
 def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | None = None,
-              batched: Any = None) -> FastAPI:
+              batched: Any = None, metrics: RequestMetrics | None = None) -> FastAPI:
     """`batched`: an async function from one Job to its Completion that gathers concurrent requests into batches
     (Ray Serve's `serve.batch` on a replica); without it each request generates alone."""
+    metrics = metrics or RequestMetrics()
     app = FastAPI(title="tuneforge", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(ApiError)
@@ -105,6 +121,11 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(ApiError(400, f"invalid request: {exc.errors()[:1]}").body(), status_code=400)
 
+    @app.exception_handler(NativeCrash)
+    async def engine_crashed(_request: Request, exc: NativeCrash) -> JSONResponse:
+        error = ApiError(503, crash_message(exc), kind="server_error", code="engine_crashed")
+        return JSONResponse(error.body(), status_code=503)
+
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         error = ApiError(500, f"internal error: {type(exc).__name__}: {str(exc)[:300]}", kind="server_error")
@@ -112,6 +133,13 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
+        started = time.perf_counter()
+        route = request.url.path if request.url.path in ROUTES else "other"
+        response = await checked(request, call_next)
+        metrics.request(route, response.status_code, time.perf_counter() - started)
+        return response
+
+    async def checked(request: Request, call_next: Any) -> Any:
         try:
             if request.url.path != "/health":
                 check_api_key(request.headers.get("authorization"), api_key)
@@ -143,16 +171,17 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
         if bad is not None:
             raise ApiError(400, f"unknown role {bad!r}: messages take {', '.join(ROLES)}", param="messages")
         prompt = [m.model_dump() for m in body.messages]
-        system = served.generator.meta.system_prompt
+        system = served.system_prompt
         if system and prompt[0]["role"] != "system":  # the run trained every row with it, as its Modelfile sets it
             prompt.insert(0, {"role": "system", "content": system})
-        return await respond(engines, served, body, prompt, limits, chat=True, batched=batched)
+        return await respond(engines, served, body, prompt, limits, chat=True, batched=batched, metrics=metrics)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         body = parse(CompletionRequest, await read_json(request, limits))
         served = causal_model(engines, body.model)
-        return await respond(engines, served, body, body.prompt, limits, chat=False, batched=batched)
+        return await respond(engines, served, body, body.prompt, limits, chat=False, batched=batched,
+                             metrics=metrics)
 
     @app.post("/v1/classify")
     async def classify(request: Request) -> dict[str, Any]:
@@ -223,17 +252,22 @@ def causal_model(engines: Engines, name: str) -> CausalModel:
 
 
 async def respond(engines: Engines, served: CausalModel, body: GenerationRequest, prompt: Any, limits: Limits, *,
-                  chat: bool, batched: Any) -> Any:
+                  chat: bool, batched: Any, metrics: RequestMetrics) -> Any:
     from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
     from tuneforge.generate import GenerationSettings
 
+    if body.n != 1:
+        raise ApiError(400, f"n = {body.n}: this server generates one choice per request; send n = 1 (or several "
+                            "requests: concurrent ones are batched)", param="n")
     asked = body.max_completion_tokens or body.max_tokens
     if asked is not None and asked > limits.max_tokens:
         raise ApiError(400, f"max_tokens {asked} is over this server's limit of {limits.max_tokens}",
                        param="max_tokens")
     try:
-        prompt_tokens = engines.prompt_tokens(served, prompt)
+        prompt_tokens = await run_in_threadpool(served.prompt_tokens, prompt)
+    except NativeCrash:
+        raise
     except Exception as exc:  # noqa: BLE001 - the chat template's own checks (role order, ...)
         raise ApiError(400, f"the model's chat template refused these messages: {exc}", param="messages") from None
     room = served.context_length - prompt_tokens
@@ -249,13 +283,15 @@ async def respond(engines: Engines, served: CausalModel, body: GenerationRequest
     if body.stream:
         outcome: list[Any] = []
         pieces = engines.stream(served, prompt, settings, seed=body.seed, constraint=constraint, outcome=outcome)
-        events = sse_events(ident, served.model_id, pieces, outcome, stops, chat=chat)
+        events = sse_events(ident, served.model_id, pieces, outcome, stops, chat=chat,
+                            on_end=lambda tokens: metrics.tokens(served.model_id, prompt_tokens, tokens))
         return StreamingResponse(iterate_in_threadpool(events), media_type="text/event-stream")
     job = Job(served, prompt, settings, seed=body.seed, constraint=constraint)
     if batched is not None:
         completion = await batched(job)
     else:
         completion = (await run_in_threadpool(engines.complete_many, [job]))[0]
+    metrics.tokens(served.model_id, prompt_tokens, completion.new_tokens)
     text, finish = cut_at_stop(completion.text, stops, completion.finish_reason)
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion.new_tokens,
              "total_tokens": prompt_tokens + completion.new_tokens}
@@ -288,12 +324,17 @@ def response_constraint(response_format: ResponseFormat | None) -> Any:
         raise ApiError(400, str(exc), param="response_format") from None
 
 
+def crash_message(exc: NativeCrash) -> str:
+    return f"the model's engine crashed while answering ({exc.cause}); it restarts for the next request: retry"
+
+
 def cut_at_stop(text: str, stops: list[str], finish: str) -> tuple[str, str]:
     positions = [text.find(stop) for stop in stops if stop and stop in text]
     return (text[: min(positions)], "stop") if positions else (text, finish)
 
 
-def sse_events(ident: str, model_id: str, pieces: Any, outcome: list[Any], stops: list[str], *, chat: bool) -> Any:
+def sse_events(ident: str, model_id: str, pieces: Any, outcome: list[Any], stops: list[str], *, chat: bool,
+               on_end: Any = None) -> Any:
     """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. Text is held back while it could
     still be the start of a stop string, so a stop string never reaches the client."""
     created = int(time.time())
@@ -310,11 +351,20 @@ def sse_events(ident: str, model_id: str, pieces: Any, outcome: list[Any], stops
         payload = {"id": ident, "object": kind, "created": created, "model": model_id, "choices": [choice]}
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
+    def failure(exc: Exception) -> str:
+        """An error after the 200 went out: OpenAI's in-stream error event (its clients raise it)."""
+        crashed = isinstance(exc, NativeCrash)
+        error = ApiError(503 if crashed else 500, crash_message(exc) if crashed else
+                         f"internal error: {type(exc).__name__}: {str(exc)[:300]}", kind="server_error",
+                         code="engine_crashed" if crashed else None)
+        return f"data: {json.dumps(error.body(), ensure_ascii=False)}\n\n"
+
     def events() -> Any:
         yield chunk(None, None, first=True)
-        sent, held, finish = "", "", "length"
+        sent, held, finish, received = "", "", "length", 0
         try:
             for piece in pieces:
+                received += 1
                 held += piece
                 cut, hit = cut_at_stop(sent + held, stops, "")
                 if hit:
@@ -326,12 +376,17 @@ def sse_events(ident: str, model_id: str, pieces: Any, outcome: list[Any], stops
                     sent, held = sent + held[:safe], held[safe:]
             else:
                 finish = outcome[0].finish_reason if outcome else finish
+        except Exception as exc:  # noqa: BLE001 - the client gets the error, the server goes on
+            yield failure(exc)
+            return
         finally:
             close = getattr(pieces, "close", None)
             if close:
                 close()  # releases the replica's lock when the client leaves early
         if held:
             yield chunk(held, None)
+        if on_end is not None:
+            on_end(outcome[0].new_tokens if outcome else received)  # a stop string closes the stream early
         yield chunk(None, finish)
         yield "data: [DONE]\n\n"
 

@@ -1,8 +1,6 @@
-"""What a serving replica holds: the models it answers for, by model id, loaded once.
-
-A LoRA run is served unmerged over its base. Several LoRA runs of one base share that base in memory: the first
-loads it with its adapter, the others add theirs to the same PEFT model (`load_adapter`), and each request switches
-to its adapter under the replica's lock. The id `base` answers with the adapters switched off.
+"""What a serving replica holds: the models it answers for, by model id, loaded once, and the lock that keeps one
+generation at a time on its CPUs. Runs, checkpoints and merged exports generate in torch (tuneforge.serve.causal),
+GGUF files in llama.cpp (tuneforge.serve.gguf); classification runs answer /v1/classify.
 """
 
 from __future__ import annotations
@@ -13,11 +11,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tuneforge.errors import ConfigError, TuneforgeError
-from tuneforge.generate import Completion, GenerationSettings, Generator
+from tuneforge.generate import Completion, GenerationSettings
 from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
+from tuneforge.serve.causal import CausalModel, TorchModel, load_causal
+from tuneforge.serve.gguf import gguf_model_id, is_gguf, load_gguf
 
 BASE_ID = "base"
 
@@ -29,21 +27,6 @@ def model_id_of(path: str | Path) -> str:
         run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
         return run.name
     return path.name
-
-
-@dataclass
-class CausalModel:
-    """One servable causal model: a generator and, for an adapter sharing a base, the adapter to switch to."""
-
-    model_id: str
-    generator: Generator
-    adapter: str | None = None  # PEFT adapter name; None: a merged or full model
-    use_base: bool = False  # the `base` id: adapters off
-    context_length: int = 2048
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.generator.tokenizer
 
 
 @dataclass
@@ -63,8 +46,10 @@ class Job:
     constraint: Any = None
 
     def batch_key(self, index: int) -> tuple:
-        """Requests with equal keys generate together; a grammar or a seeded draw keeps a request to itself."""
-        if self.constraint is not None or (self.seed is not None and self.settings.temperature > 0):
+        """Requests with equal keys generate together; a grammar or a seeded draw keeps a request to itself, as does
+        an engine that generates one request at a time."""
+        seeded = self.seed is not None and self.settings.temperature > 0
+        if not self.served.batches or self.constraint is not None or seeded:
             return ("alone", index)
         s = self.settings
         return (self.served.model_id, s.max_new_tokens, s.temperature, s.top_p, tuple(s.stop_strings))
@@ -88,9 +73,7 @@ class Engines:
         """Pieces of the answer as they come (`outcome` gets the Completion at the end); the lock is held until
         the stream ends or is closed."""
         with self.lock:
-            self.select(served, seed)
-            yield from served.generator.stream(prompt, settings, use_base=served.use_base, constraint=constraint,
-                                               outcome=outcome)
+            yield from served.stream(prompt, settings, seed=seed, constraint=constraint, outcome=outcome)
 
     def complete_many(self, jobs: list[Job]) -> list[Completion]:
         """Answers to several requests, those that can share a generation run as one left-padded batch: same model,
@@ -103,51 +86,77 @@ class Engines:
             first = jobs[members[0]]
             settings = replace(first.settings, batch_size=len(members))
             with self.lock:
-                self.select(first.served, first.seed)
-                completions = first.served.generator.complete([jobs[i].prompt for i in members], settings,
-                                                              use_base=first.served.use_base,
-                                                              constraint=first.constraint)
+                completions = first.served.complete([jobs[i].prompt for i in members], settings, seed=first.seed,
+                                                     constraint=first.constraint)
             answers.update(zip(members, completions, strict=True))
         return [answers[index] for index in range(len(jobs))]
 
-    @staticmethod
-    def select(served: CausalModel, seed: int | None) -> None:
-        if served.adapter is not None and not served.use_base:
-            served.generator.model.set_adapter(served.adapter)
-        if seed is not None:
-            torch.manual_seed(seed)
-
-    def prompt_tokens(self, served: CausalModel, prompt: Any) -> int:
-        return len(served.tokenizer(served.generator.render(prompt), add_special_tokens=not served.generator.chat)
-                   ["input_ids"])
+    def close(self) -> None:
+        for served in self.causal.values():
+            close = getattr(served, "close", None)
+            if close:
+                close()
 
 
-def planned_models(paths: list[str | Path]) -> list[tuple[str | Path, str, CheckpointMeta, Any]]:
-    """(path, model id, metadata, task) for each path, checked: a task that can be served, ids unique."""
-    planned: list[tuple[str | Path, str, CheckpointMeta, Any]] = []
+@dataclass(frozen=True)
+class Planned:
+    """One model to serve, checked before any replica loads it."""
+
+    path: Path
+    model_id: str
+    meta: CheckpointMeta | None = None  # None: a GGUF file
+    task: Any = None
+    gguf_lora: Path | None = None
+
+    @property
+    def shares_base(self) -> bool:
+        """A LoRA run that generates: the `base` id is served beside it."""
+        return self.meta is not None and self.meta.lora and self.task.generates
+
+
+def planned_models(paths: list[str | Path], gguf_lora: str | Path | None = None) -> list[Planned]:
+    """Each path's model id, metadata and task, checked: a task that can be served, files present, ids unique."""
+    ggufs = [path for path in paths if is_gguf(path)]
+    if gguf_lora is not None and len(ggufs) != 1:
+        raise ConfigError(f"--lora {gguf_lora}: a GGUF adapter applies to one GGUF model; name exactly one .gguf "
+                          f"file to serve (given {len(ggufs)})")
+    planned: list[Planned] = []
     for path in paths:
-        model_id = model_id_of(path)
-        if model_id == BASE_ID or any(model_id == seen for _, seen, _, _ in planned):
-            raise ConfigError(f"{path}: a model named {model_id!r} is already served; give each run its own "
+        if is_gguf(path):
+            for file in (path, gguf_lora):
+                if file is not None and not Path(file).is_file():
+                    raise ConfigError(f"{file}: no such GGUF file")
+            item = Planned(Path(path), gguf_model_id(path, gguf_lora), gguf_lora=Path(gguf_lora) if gguf_lora else None)
+        else:
+            meta = CheckpointMeta.read(resolve_checkpoint(path))
+            item = Planned(Path(path), model_id_of(path), meta, servable_task(path, meta))
+        if item.model_id == BASE_ID or any(item.model_id == seen.model_id for seen in planned):
+            raise ConfigError(f"{path}: a model named {item.model_id!r} is already served; give each run its own "
                               "directory name")
-        meta = CheckpointMeta.read(resolve_checkpoint(path))
-        planned.append((path, model_id, meta, servable_task(path, meta)))
+        planned.append(item)
     return planned
 
 
-def load_engines(paths: list[str | Path]) -> Engines:
-    """Load every run, checkpoint or merged export in `paths` (ids must be unique)."""
+def served_ids(planned: list[Planned]) -> list[str]:
+    return [item.model_id for item in planned] + ([BASE_ID] if any(item.shares_base for item in planned) else [])
+
+
+def load_engines(paths: list[str | Path], *, gguf_lora: str | Path | None = None, threads: int = 1) -> Engines:
+    """Load every run, checkpoint, merged export or GGUF file in `paths` (ids must be unique); `threads`: the CPU
+    threads llama.cpp generates with."""
     engines = Engines()
-    shared: dict[str, CausalModel] = {}  # base model source -> the first LoRA model loaded over it
-    for path, model_id, meta, task in planned_models(paths):
-        if task.classifies_texts:
-            engines.classifiers[model_id] = Classifier(model_id, task.load(path))
+    shared: dict[str, TorchModel] = {}  # base model source -> the first LoRA model loaded over it
+    for item in planned_models(paths, gguf_lora):
+        if item.meta is None:
+            engines.causal[item.model_id] = load_gguf(item.path, item.gguf_lora, threads)
+        elif item.task.classifies_texts:
+            engines.classifiers[item.model_id] = Classifier(item.model_id, item.task.load(item.path))
         else:
-            engines.causal[model_id] = load_causal(path, model_id, meta, shared)
+            engines.causal[item.model_id] = load_causal(item.path, item.model_id, item.meta, shared)
     first_lora = next(iter(shared.values()), None)
     if first_lora is not None:
-        engines.causal[BASE_ID] = CausalModel(BASE_ID, first_lora.generator, use_base=True,
-                                              context_length=first_lora.context_length)
+        engines.causal[BASE_ID] = TorchModel(BASE_ID, first_lora.generator, use_base=True,
+                                             context_length=first_lora.context_length)
     return engines
 
 
@@ -159,31 +168,3 @@ def servable_task(path: str | Path, meta: CheckpointMeta) -> Any:
         raise TuneforgeError(f"{path}: serving a {meta.task} run is not supported (it neither generates nor "
                              "classifies texts)")
     return task
-
-
-def load_causal(path: str | Path, model_id: str, meta: CheckpointMeta, shared: dict[str, CausalModel]) -> CausalModel:
-    from tuneforge.models.loading import base_model_source
-
-    if meta.lora:
-        source = base_model_source(meta)
-        host = shared.get(source)
-        if host is not None:  # a second adapter over a base already in memory
-            checkpoint = resolve_checkpoint(path)
-            host.generator.model.load_adapter(str(checkpoint), adapter_name=model_id)
-            from tuneforge.models.tokenizers import load_tokenizer
-
-            tokenizer = load_tokenizer(str(checkpoint), trust_remote_code=meta.trust_remote_code)
-            generator = Generator(host.generator.model, tokenizer, meta)
-            return CausalModel(model_id, generator, adapter=model_id, context_length=host.context_length)
-        generator = Generator.from_path(path)
-        served = CausalModel(model_id, generator, adapter="default", context_length=model_context(generator, meta))
-        shared[source] = served
-        return served
-    generator = Generator.from_path(path)
-    return CausalModel(model_id, generator, context_length=model_context(generator, meta))
-
-
-def model_context(generator: Generator, meta: CheckpointMeta) -> int:
-    """The longest sequence the model takes (its position embeddings), not the length it was fine-tuned at."""
-    config = getattr(generator.model, "config", None)
-    return int(getattr(config, "max_position_embeddings", None) or meta.context_length or 2048)

@@ -1,4 +1,6 @@
-"""Running the API on Ray Serve: one deployment whose replicas each load the served models and run the FastAPI app.
+"""Running the API on Ray Serve: a model deployment whose replicas each load the served models and run the FastAPI
+app, behind a gateway deployment that takes the HTTP requests (tuneforge.serve.gateway: a replica that dies
+mid-request becomes a 503, not Ray's 500).
 
 On one machine a local Ray is started for it; with `address` the replicas go wherever the cluster has room.
 """
@@ -11,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import ConfigError
-from tuneforge.serve.api import Limits
+from tuneforge.serve.api import Limits, RequestMetrics
 
 APP_NAME = "tuneforge"
+BATCH_WAIT_S = 0.1
 
 
 @dataclass
@@ -26,6 +29,7 @@ class ServeOptions:
     max_batch_size: int = 8  # concurrent completion requests generated together
     api_key: str | None = None
     address: str | None = None
+    gguf_lora: Path | None = None  # a GGUF LoRA adapter for the one GGUF file served
     limits: Limits = field(default_factory=Limits)
 
 
@@ -36,14 +40,11 @@ class Served:
 
 
 class ModelServer:
-    """One Serve replica: Ray Serve asks it for its ASGI app once it is constructed; building that app loads the
-    models, so a replica takes traffic only once they are in memory."""
+    """One model replica: loads the models when constructed (a replica takes traffic only once they are in memory)
+    and answers the requests the gateway forwards through the FastAPI app."""
 
-    def __init__(self, paths: list[str], limits: Limits, api_key: str | None, threads: int, max_batch_size: int):
-        self.paths, self.limits, self.api_key, self.threads = paths, limits, api_key, threads
-        self.max_batch_size = max_batch_size
-
-    def __serve_build_asgi_app__(self) -> Any:
+    def __init__(self, paths: list[str], gguf_lora: str | None, limits: Limits, api_key: str | None, threads: int,
+                 max_batch_size: int):
         import torch
         from ray import serve
         from starlette.concurrency import run_in_threadpool
@@ -51,25 +52,62 @@ class ModelServer:
         from tuneforge.serve.api import build_app
         from tuneforge.serve.engines import load_engines
 
-        torch.set_num_threads(max(1, self.threads))
-        engines = load_engines(self.paths)
+        torch.set_num_threads(max(1, threads))
+        engines = load_engines(paths, gguf_lora=gguf_lora, threads=max(1, threads))
 
-        # Requests that arrive within 20 ms of each other generate as one batch (what serve.batch is for).
-        @serve.batch(max_batch_size=self.max_batch_size, batch_wait_timeout_s=0.02)
+        # Requests that arrive within 100 ms of each other generate as one batch (what serve.batch is for). A batch
+        # runs to its end, so a request that just misses one waits for all of it: with 20 ms, 8 clients that sent
+        # within 60 ms of each other split into cohorts of 2 and 6 that kept alternating (bench/serve_load.py).
+        @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=BATCH_WAIT_S)
         async def batched(jobs: list[Any]) -> list[Any]:
             return await run_in_threadpool(engines.complete_many, jobs)
 
-        return build_app(engines, limits=self.limits, api_key=self.api_key, batched=batched)
+        self.app = build_app(engines, limits=limits, api_key=api_key, batched=batched, metrics=PrometheusMetrics())
+
+    async def forward(self, call: dict[str, Any], body: bytes) -> Any:
+        """(status, headers), then the body's chunks (a stream's events as they come)."""
+        from tuneforge.serve.gateway import asgi_exchange
+
+        async for item in asgi_exchange(self.app, call, body):
+            yield item
 
 
-def planned_model_ids(paths: list[str | Path]) -> list[str]:
+class PrometheusMetrics(RequestMetrics):
+    """Request metrics as Ray Serve metrics: each node's metrics agent serves them to Prometheus (as
+    `ray_tuneforge_serve_*`, with the deployment, replica and application tags Ray Serve adds), beside Ray Serve's
+    own per-deployment request counters and latency histograms."""
+
+    def __init__(self) -> None:
+        from ray.serve import metrics
+
+        self.requests = metrics.Counter("tuneforge_serve_requests", "HTTP requests answered, by route and status",
+                                        tag_keys=("route", "status"))
+        self.latency = metrics.Histogram("tuneforge_serve_request_seconds", "seconds from request to response",
+                                         boundaries=LATENCY_BOUNDARIES, tag_keys=("route",))
+        self.prompt_tokens = metrics.Counter("tuneforge_serve_prompt_tokens", "prompt tokens of answered requests",
+                                             tag_keys=("model",))
+        self.generated_tokens = metrics.Counter("tuneforge_serve_generated_tokens", "tokens generated",
+                                                tag_keys=("model",))
+
+    def request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.inc(tags={"route": route, "status": str(status)})
+        self.latency.observe(seconds, tags={"route": route})
+
+    def tokens(self, model: str, prompt: int, completion: int) -> None:
+        for counter, count in ((self.prompt_tokens, prompt), (self.generated_tokens, completion)):
+            if count > 0:  # Ray's counters refuse 0
+                counter.inc(count, tags={"model": model})
+
+
+LATENCY_BOUNDARIES = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120]
+
+
+def planned_model_ids(paths: list[str | Path], gguf_lora: str | Path | None = None) -> list[str]:
     """The ids the replicas will serve, checked on the driver first so that a bad path is one line, not a replica
     crash loop."""
-    from tuneforge.serve.engines import BASE_ID, planned_models
+    from tuneforge.serve.engines import planned_models, served_ids
 
-    planned = planned_models(paths)
-    has_base = any(meta.lora and task.generates for _, _, meta, task in planned)
-    return [model_id for _, model_id, _, _ in planned] + ([BASE_ID] if has_base else [])
+    return served_ids(planned_models(paths, gguf_lora))
 
 
 def start(paths: list[str | Path], options: ServeOptions) -> Served:
@@ -77,10 +115,11 @@ def start(paths: list[str | Path], options: ServeOptions) -> Served:
     from ray import serve
 
     from tuneforge.cluster import ensure_ray
+    from tuneforge.serve.gateway import Gateway
 
     if not paths:
         raise ConfigError("nothing to serve: name at least one run directory or checkpoint")
-    model_ids = planned_model_ids(paths)
+    model_ids = planned_model_ids(paths, options.gguf_lora)
     cluster = ensure_ray(options.address)
     replicas = options.autoscale[1] if options.autoscale else options.replicas
     cpus = options.cpus_per_replica or max(1.0, float(int(cluster.max_node_cpus / max(replicas, 1))))
@@ -88,12 +127,14 @@ def start(paths: list[str | Path], options: ServeOptions) -> Served:
     if options.autoscale:
         low, high = options.autoscale
         scaling = {"autoscaling_config": {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": 2}}
-    deployment = serve.deployment(serve.ingress()(ModelServer), name=APP_NAME, ray_actor_options={"num_cpus": cpus},
-                                  max_ongoing_requests=32, **scaling)
+    models = serve.deployment(ModelServer, name="models", ray_actor_options={"num_cpus": cpus},
+                              max_ongoing_requests=32, **scaling)
+    gateway = serve.deployment(Gateway, name="gateway", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
     serve.start(http_options={"host": options.host, "port": options.port})
     served_paths = [str(Path(p).resolve()) for p in paths]
-    bound = deployment.bind(served_paths, options.limits, options.api_key, int(cpus), options.max_batch_size)
-    serve.run(bound, name=APP_NAME, route_prefix="/", blocking=False)
+    gguf_lora = str(Path(options.gguf_lora).resolve()) if options.gguf_lora else None
+    bound = models.bind(served_paths, gguf_lora, options.limits, options.api_key, int(cpus), options.max_batch_size)
+    serve.run(gateway.bind(bound), name=APP_NAME, route_prefix="/", blocking=False)
     return Served(url=f"http://{options.host}:{options.port}", model_ids=model_ids)
 
 

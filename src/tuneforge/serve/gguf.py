@@ -1,0 +1,133 @@
+"""Serving a GGUF file (optionally with a GGUF LoRA adapter) through llama.cpp.
+
+llama.cpp runs in a child process of the replica (tuneforge.native): a crash there fails the request in flight
+with a 503 and a fresh child is started for the next one, instead of taking the replica down. llama.cpp generates
+one sequence at a time here, so requests to a GGUF model are never batched.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneforge import gguf_chat
+from tuneforge.errors import TuneforgeError
+from tuneforge.generate import Completion, GenerationSettings
+from tuneforge.native import NativeCrash
+from tuneforge.serve.causal import CausalModel
+
+GGUF_SUFFIX = ".gguf"
+
+
+def is_gguf(path: str | Path) -> bool:
+    return str(path).lower().endswith(GGUF_SUFFIX)
+
+
+def gguf_model_id(model: str | Path, lora: str | Path | None = None) -> str:
+    """Named after the file that makes the model what it is (the adapter when there is one); a file in a run's
+    export folder (RUN/export/model-q8_0.gguf) is named after the run."""
+    path = Path(lora or model).resolve()
+    if path.parent.name == "export" and (path.parent.parent / "run.json").is_file():
+        return f"{path.parent.parent.name}-gguf"
+    return path.stem
+
+
+def export_system_prompt(model: str | Path, lora: str | Path | None) -> str | None:
+    """The system prompt the run trained with, for a GGUF exported from a run (its Modelfile sets the same)."""
+    from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
+
+    run = Path(lora or model).resolve().parent.parent
+    if not (run / "run.json").is_file():
+        return None
+    try:
+        return CheckpointMeta.read(resolve_checkpoint(run)).system_prompt
+    except TuneforgeError:
+        return None  # the run's checkpoints were removed; the GGUF still serves
+
+
+@dataclass
+class GgufModel(CausalModel):
+    model_id: str
+    model_path: Path
+    lora_path: Path | None
+    threads: int
+    context_length: int = 0
+    system: str | None = None
+
+    def __post_init__(self) -> None:
+        self.chat: gguf_chat.GgufChat | None = None
+        self.pipe = threading.Lock()  # one call or stream at a time on the child's pipe (requests come from threads)
+        self.start()
+
+    def start(self) -> None:
+        # n_ctx 0: the context the model was trained with (every request is checked against it).
+        self.chat = gguf_chat.GgufChat(self.model_path, self.lora_path, n_ctx=0, n_threads=self.threads)
+        self.context_length = self.chat.context_length
+        self.raw = not self.chat.worker.call(gguf_chat.has_chat_template)
+
+    @property
+    def system_prompt(self) -> str | None:
+        return self.system
+
+    def prompt_tokens(self, prompt: Any) -> int:
+        return self.call(gguf_chat.prompt_tokens, prompt, None, self.raw)
+
+    def complete(self, prompts: list[Any], settings: GenerationSettings, *, seed: int | None,
+                 constraint: Any) -> list[Completion]:
+        options = self.options(settings, seed, constraint)
+        replies = [self.call(gguf_chat.answer, prompt, options, None, self.raw) for prompt in prompts]
+        return [Completion(r["text"], r["finish_reason"], r["completion_tokens"]) for r in replies]
+
+    def stream(self, prompt: Any, settings: GenerationSettings, *, seed: int | None, constraint: Any,
+               outcome: list[Completion]) -> Iterator[str]:
+        options = self.options(settings, seed, constraint)
+        with self.pipe:
+            yield from self.stream_locked(prompt, options, outcome)
+
+    def stream_locked(self, prompt: Any, options: dict[str, Any], outcome: list[Completion]) -> Iterator[str]:
+        text = ""
+        try:
+            for piece in self.worker().stream(gguf_chat.answer_pieces, prompt, options, None, self.raw):
+                if isinstance(piece, str):
+                    text += piece
+                    yield piece
+                else:
+                    outcome.append(Completion(text, piece["finish_reason"], piece["completion_tokens"]))
+        except NativeCrash:
+            self.restart()
+            raise
+
+    @staticmethod
+    def options(settings: GenerationSettings, seed: int | None, constraint: Any) -> dict[str, Any]:
+        schema = None if constraint is None else constraint.schema
+        return gguf_chat.sampling_options(settings, schema, seed=seed)
+
+    def worker(self) -> Any:
+        if self.chat is None:
+            self.start()
+        return self.chat.worker
+
+    def call(self, function: Any, *args: Any) -> Any:
+        with self.pipe:
+            try:
+                return self.worker().call(function, *args)
+            except NativeCrash:
+                self.restart()
+                raise
+
+    def restart(self) -> None:
+        """After a crash: the next request loads the model in a fresh child."""
+        if self.chat is not None:
+            self.chat.close()
+        self.chat = None
+
+    def close(self) -> None:
+        self.restart()
+
+
+def load_gguf(model: str | Path, lora: str | Path | None, threads: int) -> GgufModel:
+    return GgufModel(gguf_model_id(model, lora), Path(model), Path(lora) if lora else None, threads,
+                     system=export_system_prompt(model, lora))
