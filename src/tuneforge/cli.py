@@ -328,29 +328,46 @@ def check_user_metrics(specs: list[str]) -> None:
 
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="a classification run or checkpoint"),
-    text: Optional[list[str]] = typer.Option(None, "--text", "-t", help="text to classify (repeatable)"),
-    input_file: Optional[Path] = typer.Option(None, "--input", help="CSV/JSONL with the run's text fields"),
+    run: Path = typer.Argument(..., help="a classification or token classification run, or a checkpoint"),
+    text: Optional[list[str]] = typer.Option(None, "--text", "-t", help="text to label or tag (repeatable)"),
+    input_file: Optional[Path] = typer.Option(None, "--input", help="CSV/JSONL with the run's text fields ('text' "
+                                              "for a tagger)"),
     output: Optional[Path] = typer.Option(None, "--output", help="write JSON lines here instead of stdout"),
     threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0,
                                               help="below this confidence, predict --fallback"),
     fallback: Optional[str] = typer.Option(None, "--fallback", help="label for low-confidence predictions"),
+    aggregation: str = typer.Option("first", "--aggregation", help="tagger: a word's label from its subwords: "
+                                    "first, average or max"),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
 ) -> None:
-    """Label texts with a probability per class, as JSON lines."""
-    from tuneforge.predict import Predictor, apply_threshold
+    """Label texts with a probability per class, or tag their entities (spans with offsets), as JSON lines."""
+    from tuneforge.predict import apply_threshold
+    from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
+    from tuneforge.tasks import get_task
 
     if not text and not input_file:
         raise TuneforgeError("give --text TEXT or --input FILE")
     if (threshold is None) != (fallback is None):
         raise TuneforgeError("--threshold and --fallback go together")
-    predictor = Predictor.from_path(run)
+    task = get_task(CheckpointMeta.read(resolve_checkpoint(run)).task)
+    if not (task.classifies_texts or task.tags_words):
+        raise TuneforgeError(f"{run} is a {task.name} run: predict labels or tags texts; use tuneforge generate")
+    refuse_ignored([(task.tags_words and threshold is not None, "--threshold/--fallback apply to classification "
+                     "runs; a tagger's entities carry their own score"),
+                    (not task.tags_words and aggregation != "first", "--aggregation applies to token classification "
+                     "runs")])
+    model = task.load(run)
     rows: list[dict[str, Any]] = [{"text": t} for t in text or []]
     texts = list(text or [])
     if input_file:
-        file_texts, file_rows = predictor.read_texts(input_file)
+        file_texts, file_rows = model.read_texts(input_file)
         texts, rows = texts + file_texts, rows + file_rows
-    predictions = apply_threshold(predictor.predict(texts, batch_size), threshold, fallback)
+    if task.tags_words:
+        tagged = model.predict(texts, aggregation)
+        emit_lines([{**row, "entities": [entity.to_dict() for entity in entities]}
+                    for row, entities in zip(rows, tagged, strict=True)], output, "predictions")
+        return
+    predictions = apply_threshold(model.predict(texts, batch_size), threshold, fallback)
     emit_lines([{**row, **prediction.to_dict()} for row, prediction in zip(rows, predictions)], output, "predictions")
 
 
@@ -427,7 +444,8 @@ def runs_best(experiment: Path = typer.Argument(..., help="a search's directory"
 
 @app.command()
 def serve(
-    runs: list[Path] = typer.Argument(..., help="run directories, checkpoints or merged exports to serve"),
+    runs: list[Path] = typer.Argument(..., help="run directories, checkpoints, merged exports or GGUF files to serve"),
+    lora: Optional[Path] = typer.Option(None, "--lora", help="a GGUF LoRA adapter to apply to the GGUF file served"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (default: this machine only)"),
     port: int = typer.Option(8000, "--port", min=1, max=65535),
     replicas: int = typer.Option(1, "--replicas", min=1, help="replicas of the model server"),
@@ -446,7 +464,7 @@ def serve(
     from tuneforge.serve.server import api_key_from_env, parse_autoscale
 
     options = ServeOptions(host=host, port=port, replicas=replicas, autoscale=parse_autoscale(autoscale),
-                           api_key=api_key_from_env(api_key_env), address=address,
+                           api_key=api_key_from_env(api_key_env), address=address, gguf_lora=lora,
                            limits=Limits(max_tokens=max_tokens), max_batch_size=max_batch_size)
     with ui.busy(f"starting {len(runs)} model(s) on Ray Serve"):
         served = start(runs, options)

@@ -87,7 +87,8 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # --- what to train -------------------------------------------------------------------------------------
-    task: str = Field("causal_lm", description="causal_lm or classification (tuneforge.tasks lists them)")
+    task: str = Field("causal_lm", description="causal_lm, classification or token_classification "
+                      "(tuneforge.tasks lists them)")
     model_id: str = Field(description="local HF dir, hub id, or bundled alias (smollm2-135m-instruct, minilm-l6)")
     trust_remote_code: bool = Field(False, description="let the model's repo run its own Python code")
     load_in_4bit: bool = Field(False, description="QLoRA: load the base in 4-bit NF4 (bitsandbytes)")
@@ -111,6 +112,15 @@ class TrainConfig(BaseModel):
     text_fields: list[str] | None = Field(None, description="classification: columns joined into the input text")
     label_field: str | None = Field(None, description="classification: the label column")
     class_weights: Literal["balanced"] | None = None
+    tokens_field: str = Field("tokens", description="token_classification: the JSONL field of a sentence's words")
+    tags_field: str = Field("tags", description="token_classification: the JSONL field of one tag per word")
+    tag_scheme: Literal["IOB2", "IOBES"] = Field("IOB2", description="token_classification: the data's tag scheme")
+    strict_tags: bool = Field(False, description="token_classification: refuse an I-X that continues no entity "
+                              "(default: repair it to B-X, counted in the plan)")
+    label_all_tokens: bool = Field(False, description="token_classification: label every subword of a word (default: "
+                                   "the first only; the rest stay out of the loss)")
+    window_overlap: int = Field(32, ge=0, description="token_classification: tokens shared by consecutive windows of "
+                                "a sentence longer than context_length")
 
     # --- scale -----------------------------------------------------------------------------------------------
     num_devices: int = Field(1, ge=1, description="Ray Train workers (one per GPU, or CPU slices)")

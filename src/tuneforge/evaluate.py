@@ -1,6 +1,12 @@
-"""Evaluation of a trained classifier on a labelled file: weighted and per-class precision, recall, F1, support,
-accuracy and a confusion matrix. Rows whose label training never saw are kept: they are reported by name and
-count and scored as wrong (the model cannot predict a class it does not have)."""
+"""Evaluation of a trained run on a reference file.
+
+- classifier: weighted and per-class precision, recall, F1, support, accuracy and a confusion matrix. Rows whose
+  label training never saw are kept: reported by name and count and scored as wrong (the model cannot predict a
+  class it does not have).
+- token tagger: entity-level precision, recall and F1 (strict span match) micro and per type, word accuracy, the
+  first mistakes, and a confusion matrix over entity types with "none" for missed and spurious entities.
+- causal LM: loss on the reference tokens, then generated answers scored as validation scores them.
+"""
 
 from __future__ import annotations
 
@@ -59,6 +65,63 @@ def evaluate_classifier(run: str | Path, data_path: str | Path, *, name: str | N
         write_json(staged / "results.json", results)
         plot_confusion(results["confusion_matrix"], staged / "confusion_matrix.png")
     return EvalReport(results, target)
+
+
+NO_ENTITY = "none"  # the confusion row of a spurious entity, the column of a missed one
+
+
+def evaluate_tagger(run: str | Path, data_path: str | Path, *, name: str | None = None,
+                    output_dir: str | Path | None = None, batch_size: int = 32, aggregation: str = "first") -> EvalReport:
+    from tuneforge.data.records import check_data_file
+    from tuneforge.data.tokens import entity_scores, read_tagged, tags_to_entities, token_accuracy
+    from tuneforge.predict_tokens import Tagger
+
+    del batch_size  # sentences are tagged one at a time (windows differ per sentence)
+    data_path = Path(data_path)
+    check_data_file(data_path, "eval data")
+    tagger = Tagger.from_path(run)
+    meta = tagger.meta
+    sentences, repaired = read_tagged(data_path, tokens_field=meta.tokens_field or "tokens",
+                                      tags_field=meta.tags_field or "tags", scheme=tagger.scheme)
+    predicted = [[tag for tag, _ in tagger.tag_words(s.words, aggregation)] for s in sentences]
+    truth = [s.tags for s in sentences]
+    scores = entity_scores(truth, predicted, tagger.scheme)
+    pairs = [entity_pairs(tags_to_entities(t, tagger.scheme), tags_to_entities(p, tagger.scheme))
+             for t, p in zip(truth, predicted, strict=True)]
+    names = sorted({kind for sentence in pairs for pair in sentence for kind in pair} - {NO_ENTITY}) + [NO_ENTITY]
+    matrix = [[0] * len(names) for _ in names]
+    for true_kind, predicted_kind in (pair for sentence in pairs for pair in sentence):
+        matrix[names.index(true_kind)][names.index(predicted_kind)] += 1
+    results = {
+        "data": str(data_path), "checkpoint": str(run), "sentences": len(sentences), "repaired_tags": repaired,
+        "aggregation": aggregation, "precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1"],
+        "accuracy": token_accuracy(truth, predicted), "per_type": scores["per_type"],
+        "confusion_matrix": {"labels": names, "matrix": matrix},
+        "mistakes": [tagging_mistake(s, p, tagger.scheme) for s, p in zip(sentences, predicted, strict=True)
+                     if tags_to_entities(s.tags, tagger.scheme) != tags_to_entities(p, tagger.scheme)][:MISTAKES_SHOWN],
+    }
+    target = eval_dir(run, data_path, name, output_dir)
+    with atomic_dir(target) as staged:
+        write_json(staged / "results.json", results)
+        plot_confusion(results["confusion_matrix"], staged / "confusion_matrix.png")
+    return EvalReport(results, target)
+
+
+def entity_pairs(true: list[tuple[str, int, int]], predicted: list[tuple[str, int, int]]) -> list[tuple[str, str]]:
+    """(true type, predicted type) per entity, matched by exact span; NO_ENTITY on the side that has none."""
+    by_span = {(start, end): kind for kind, start, end in predicted}
+    pairs = [(kind, by_span.pop((start, end), NO_ENTITY)) for kind, start, end in true]
+    return pairs + [(NO_ENTITY, kind) for kind in by_span.values()]
+
+
+def tagging_mistake(sentence: Any, predicted: list[str], scheme: str) -> dict[str, Any]:
+    from tuneforge.data.tokens import tags_to_entities
+
+    def spans(tags: list[str]) -> list[list[str]]:
+        return [[" ".join(sentence.words[start:end]), kind] for kind, start, end in tags_to_entities(tags, scheme)]
+
+    return {"source": sentence.source, "text": sentence.text or " ".join(sentence.words),
+            "expected": spans(sentence.tags), "predicted": spans(predicted)}
 
 
 def eval_dir(run: str | Path, data_path: Path, name: str | None, output_dir: str | Path | None) -> Path:

@@ -61,6 +61,10 @@ class CheckpointMeta(BaseModel):
     text_fields: list[str] | None = None
     label_field: str | None = None
     class_weights: list[float] | None = None
+    # token classification
+    tag_scheme: str | None = None  # IOB2 | IOBES
+    tokens_field: str | None = None
+    tags_field: str | None = None
     # the event that saved it
     step: int = 0
     epoch: float = 0.0

@@ -30,13 +30,21 @@ def pad_right(examples: list[Any], pad_id: int, width: int) -> tuple[np.ndarray,
 def collate_causal(
     examples: list[Any], pad_id: int, *, padding: str = "longest", context_length: int, multiple_of: int | None = None
 ) -> dict[str, torch.Tensor]:
+    labels = [np.where(example.target_mask, example.input_ids, IGNORE_INDEX) for example in examples]
+    return collate_token_labels(examples, pad_id, labels, padding=padding, context_length=context_length,
+                                multiple_of=multiple_of)
+
+
+def collate_token_labels(examples: list[Any], pad_id: int, labels: list[np.ndarray], *, padding: str,
+                         context_length: int, multiple_of: int | None) -> dict[str, torch.Tensor]:
+    """Ids, mask and a label per token (IGNORE_INDEX on padding), padded on the right."""
     width = padded_length([len(e) for e in examples], padding, context_length, multiple_of)
     input_ids, attention = pad_right(examples, pad_id, width)
-    labels = np.full((len(examples), width), IGNORE_INDEX, dtype=np.int64)
-    for row, example in enumerate(examples):
-        labels[row, : len(example)] = np.where(example.target_mask, example.input_ids, IGNORE_INDEX)
+    padded = np.full((len(examples), width), IGNORE_INDEX, dtype=np.int64)
+    for row, row_labels in enumerate(labels):
+        padded[row, : len(row_labels)] = row_labels
     return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
-            "labels": torch.from_numpy(labels)}
+            "labels": torch.from_numpy(padded)}
 
 
 def collate_causal_padding_free(examples: list[Any]) -> dict[str, torch.Tensor]:
@@ -61,6 +69,13 @@ def collate_classification(
     input_ids, attention = pad_right(examples, pad_id, width)
     return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
             "labels": torch.tensor([example.label for example in examples], dtype=torch.long)}
+
+
+def collate_token_classification(
+    examples: list[Any], pad_id: int, *, padding: str = "longest", context_length: int, multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
+    return collate_token_labels(examples, pad_id, [example.labels for example in examples], padding=padding,
+                                context_length=context_length, multiple_of=multiple_of)
 
 
 def count_real_tokens(batch: dict[str, torch.Tensor]) -> int:

@@ -46,6 +46,20 @@ def classifier_check(predictor: Any, samples: list[dict[str, Any]], limit: int =
     return FidelityCheck(classifier_outputs(predictor.tokenizer, texts), "texts", "label_agreement")
 
 
+def tagger_check(tagger: Any, samples: list[dict[str, Any]], limit: int = 32) -> FidelityCheck:
+    """Per-token logits of the first validation sentences (their words, as training tokenized them)."""
+    sentences = [row["tokens"] for row in samples[:limit] if row.get("tokens")]
+    batch = tagger.tokenizer(sentences, is_split_into_words=True, padding=True, truncation=True, return_tensors="pt")
+    lengths = batch["attention_mask"].sum(-1).tolist()
+
+    @torch.no_grad()
+    def outputs(model: Any) -> list[torch.Tensor]:
+        logits = model(**batch).logits.float()
+        return [row[:length] for row, length in zip(logits, lengths, strict=True)]  # real tokens only
+
+    return FidelityCheck(outputs, "sentences", "tag_agreement")
+
+
 def make_probes(generator: Any, prompts: list[Any], max_new_tokens: int) -> list[Probe]:
     from tuneforge.generate import GenerationSettings
 

@@ -6,8 +6,9 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.tasks.base import Task
 from tuneforge.tasks.causal_lm import CausalLM
 from tuneforge.tasks.classification import SequenceClassification
+from tuneforge.tasks.token_classification import TokenClassification
 
-TASKS: dict[str, Task] = {task.name: task for task in (CausalLM(), SequenceClassification())}
+TASKS: dict[str, Task] = {task.name: task for task in (CausalLM(), SequenceClassification(), TokenClassification())}
 ALIASES = {"instruction_tuning": "causal_lm"}  # Anyscale's name for the same thing
 
 

@@ -19,6 +19,7 @@ class Task:
     gathers_predictions: ClassVar[bool] = False  # validation collects per-row predictions from every worker
     generates: ClassVar[bool] = False  # answers prompts with text (eval_generate applies)
     classifies_texts: ClassVar[bool] = False  # gives a label per text (served on /v1/classify)
+    tags_words: ClassVar[bool] = False  # gives entity spans in a text (tuneforge.predict_tokens.Tagger)
 
     # --- config ------------------------------------------------------------------------------------------------
     def check_config(self, config: Any) -> None:
@@ -84,3 +85,16 @@ class Task:
     def next_step_hint(self, run_dir: Path) -> str | None:
         """A command to try the trained run, shown when training ends."""
         return None
+
+
+class LabelHeadTask(Task):
+    """A task whose model is an encoder with a fresh head over the run's labels (sequence or token labels)."""
+
+    def model_kwargs(self, labels: list[str]) -> dict[str, Any]:
+        from tuneforge.models.loading import label_head
+
+        return label_head(labels)
+
+    def skeleton_config(self, model_config: Any, labels: list[str]) -> Any:
+        model_config.num_labels = max(len(labels), 2)
+        return model_config

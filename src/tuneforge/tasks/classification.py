@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tuneforge.tasks.base import Task
+from tuneforge.tasks.base import LabelHeadTask
 
 
-class SequenceClassification(Task):
+class SequenceClassification(LabelHeadTask):
     name = "classification"
     classifies_texts = True
     metrics = ("eval_loss", "eval_accuracy", "eval_precision", "eval_recall", "eval_f1")
@@ -48,15 +48,6 @@ class SequenceClassification(Task):
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification
-
-    def model_kwargs(self, labels: list[str]) -> dict[str, Any]:
-        from tuneforge.models.loading import label_head
-
-        return label_head(labels)
-
-    def skeleton_config(self, model_config: Any, labels: list[str]) -> Any:
-        model_config.num_labels = max(len(labels), 2)
-        return model_config
 
     def objective(self, model: Any, meta: Any) -> Any:
         from tuneforge.train.objectives import ClassificationObjective

@@ -173,3 +173,53 @@ class ClassificationObjective(nn.Module):
         metrics = {"eval_loss": loss_sum / max(count, 1.0)}
         metrics.update(classification_summary(extra["y_true"], extra["y_pred"], prefix="eval_"))
         return metrics
+
+
+class TokenClassificationObjective(nn.Module):
+    """Cross-entropy over the labelled tokens (a word's first subword, or all with label_all_tokens), optionally
+    class-weighted; validation adds entity-level precision / recall / F1 (strict span match, as seqeval) and word
+    accuracy."""
+
+    def __init__(self, model: nn.Module, labels: list[str], scheme: str, class_weights: list[float] | None = None):
+        super().__init__()
+        self.model, self.labels, self.scheme = model, list(labels), scheme
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                **extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss_sum, count, _ = self.scored(input_ids, attention_mask, labels, **extra)
+        return loss_sum, count
+
+    def scored(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+               **extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+        selected = labels != IGNORE_INDEX
+        targets = labels[selected]
+        losses = F.cross_entropy(logits[selected].float(), targets, reduction="none")
+        weights = self.class_weights[targets] if self.class_weights is not None else torch.ones_like(losses)
+        return (losses * weights).sum(), weights.sum(), logits
+
+    def eval_batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        loss_sum, count, logits = self.scored(**batch)
+        return loss_sum, count, logits.argmax(-1)
+
+    def target_count(self, batch: dict[str, torch.Tensor]) -> float:
+        labels = batch["labels"][batch["labels"] != IGNORE_INDEX]
+        if self.class_weights is None:
+            return float(labels.numel())
+        return float(self.class_weights.cpu()[labels.cpu()].sum())
+
+    def summarize(self, loss_sum: float, count: float, extra: dict[str, Any]) -> dict[str, float]:
+        from tuneforge.data.tokens import entity_scores, token_accuracy
+
+        true_tags, pred_tags = [], []
+        for truth, guess in zip(extra["y_true"], extra["y_pred"], strict=True):
+            kept = [(t, p) for t, p in zip(truth, guess, strict=True) if t != IGNORE_INDEX]
+            if kept:
+                true_tags.append([self.labels[t] for t, _ in kept])
+                pred_tags.append([self.labels[p] for _, p in kept])
+        scores = entity_scores(true_tags, pred_tags, self.scheme)
+        return {"eval_loss": loss_sum / max(count, 1.0), "eval_precision": scores["precision"],
+                "eval_recall": scores["recall"], "eval_f1": scores["f1"],
+                "eval_accuracy": token_accuracy(true_tags, pred_tags)}

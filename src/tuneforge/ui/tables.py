@@ -129,6 +129,27 @@ def show_classification_report(report: Any) -> None:
                   f"{report.output_dir / 'confusion_matrix.png'}")
 
 
+def show_tagging_report(report: Any) -> None:
+    results = report.results
+    table = titled_table(f"entities in {results['data']} ({results['sentences']} sentences)")
+    for column in ("type", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "type" else "right")
+    for kind, scores in results["per_type"].items():
+        table.add_row(kind, *(f"{scores[k]:.3f}" for k in ("precision", "recall", "f1")), str(scores["support"]))
+    table.add_section()
+    support = sum(scores["support"] for scores in results["per_type"].values())
+    table.add_row("[bold]micro[/bold]", *(f"{results[k]:.3f}" for k in ("precision", "recall", "f1")), str(support))
+    console.print(table)
+    console.print(f"word accuracy {results['accuracy']:.3f} · aggregation {results['aggregation']}")
+    for mistake in results["mistakes"][:3]:
+        expected = ", ".join(f"{text} [{kind}]" for text, kind in mistake["expected"]) or "none"
+        predicted = ", ".join(f"{text} [{kind}]" for text, kind in mistake["predicted"]) or "none"
+        console.print(f"  {mistake['source']}: {mistake['text']}\n    expected {expected}\n    predicted {predicted}",
+                      highlight=False)
+    console.print(f"results: {report.output_dir / 'results.json'} · confusion matrix: "
+                  f"{report.output_dir / 'confusion_matrix.png'}")
+
+
 CAUSAL_METRICS = ("stop_rate", "exact_match", "json_valid", "json_exact", "field_precision", "field_recall",
                   "field_f1", "run_on")
 
@@ -192,6 +213,7 @@ def show_eval_results(report: Any, keys: tuple[str, ...] | None = None) -> None:
 
 EVAL_RENDERERS: dict[str, Callable[[Any], None]] = {
     "classification": show_classification_report,
+    "token_classification": show_tagging_report,
     "causal_lm": show_causal_report,
 }
 
