@@ -106,6 +106,7 @@ def test_training_model_does_not_freeze_the_eos_embedding_row(tiny_llama_dir, sm
     assert model.get_input_embeddings().weight.grad[eos].abs().sum() > 0
 
 
+@pytest.mark.slow  # ~70 s of compiling on 2 cores; torch_compile is opt-in
 def test_compiled_blocks_train_like_eager_ones(tiny_llama_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

@@ -94,7 +94,8 @@ def entity_run(tmp_path_factory, ray_session):
     from tuneforge.train import train
 
     out = tmp_path_factory.mktemp("entities")
-    return train(load_config("configs/entities.yaml", [f"output_dir={out}", "run_name=entities"]))
+    return train(load_config("configs/entities.yaml", [f"output_dir={out}", "run_name=entities", "num_epochs=3",
+                                                       "max_num_checkpoints=2"]))
 
 
 @pytest.mark.e2e
@@ -121,3 +122,25 @@ def test_minilm_tags_held_out_phrasings_with_entity_f1_over_0_9(entity_run):
     recall = hits / max(1, sum(map(len, true_tags)))
     assert 2 * precision * recall / max(precision + recall, 1e-9) >= 0.9
 
+
+
+@pytest.mark.e2e
+def test_cli_eval_and_predict_on_a_tagger(entity_run, tmp_path):
+    from tests.test_cli import assert_one_clear_line, tuneforge_here
+
+    evaluated = tuneforge_here("eval", str(entity_run.run_dir), "--data", "data/demo/entities_heldout.jsonl",
+                               "--output", str(tmp_path / "eval"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(results["per_type"]) == {"CITY", "DATE", "PERSON", "TOPIC"} and results["f1"] >= 0.9
+    assert results["confusion_matrix"]["labels"][-1] == "none" and (tmp_path / "eval" / "confusion_matrix.png").is_file()
+    assert "micro" in evaluated.stdout
+    text = "Can Aiko meet in Oslo on June 2 about the roadmap?"
+    predicted = tuneforge_here("predict", str(entity_run.run_dir), "--text", text, "--aggregation", "average")
+    assert predicted.returncode == 0, predicted.stderr
+    entities = json.loads(predicted.stdout.strip().splitlines()[-1])["entities"]
+    assert {(e["text"], e["label"]) for e in entities} >= {("Aiko", "PERSON"), ("Oslo", "CITY"), ("June 2", "DATE")}
+    assert all(text[e["start"]:e["end"]] == e["text"] for e in entities)
+    refused = tuneforge_here("predict", str(entity_run.run_dir), "--text", text, "--threshold", "0.5",
+                             "--fallback", "O")
+    assert_one_clear_line(refused, "--threshold/--fallback apply to classification runs")

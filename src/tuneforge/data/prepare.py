@@ -58,6 +58,7 @@ class PreparedData:
     notes: list[str] = field(default_factory=list)
     valid_rows: list[dict[str, Any]] = field(default_factory=list)  # raw rows, a few, kept in the run for later stages
     system_prompt: str | None = None  # causal chat: the system message every training row shared, if one
+    long_rows: str = "truncated by context_length"  # what happens to a row longer than the context (plan wording)
 
 
 def split_records(records: list[Record], share: float, seed: int, path: Path) -> tuple[list[Record], list[Record]]:

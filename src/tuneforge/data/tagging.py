@@ -139,7 +139,7 @@ def prepare_token_classification(config: TrainConfig, tokenizer: Any, max_length
     rows = [{"tokens": s.words, "tags": s.tags, **({"text": s.text} if s.text else {})}
             for s in (valid or train)[:VALID_ROWS_KEPT]]
     return PreparedData("token_classification", splits["train"], splits["valid"], context_length, stats, labels,
-                        notes, valid_rows=rows)
+                        notes, valid_rows=rows, long_rows="longer than context_length: cut into windows")
 
 
 def label_token_counts(examples: list[TokenExample], num_labels: int) -> list[int]:

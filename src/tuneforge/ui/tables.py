@@ -51,7 +51,7 @@ def data_rows(prepared: Any) -> list[tuple[str, Any]]:
     for name, stats in data.stats.items():
         rows.append((f"{name} rows", stats.rows))
         rows.append((f"{name} tokens p50 / p95 / max", f"{stats.p50} / {stats.p95} / {stats.max}"))
-        rows.append((f"{name} truncated by context_length", stats.truncated))
+        rows.append((f"{name} {data.long_rows}", stats.truncated))
     if data.labels:
         rows.append(("labels", data.labels))
     return rows
