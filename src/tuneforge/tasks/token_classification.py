@@ -37,9 +37,6 @@ class TokenClassification(LabelHeadTask):
             facts["class_weights"] = [total / (present * count) if count else 1.0 for count in counts]
         return facts
 
-    def validation_samples(self, data: Any) -> list[dict[str, Any]]:
-        return [dict(row) for row in data.valid_rows]
-
     def collate(self, examples: list[Any], pad_id: int, *, padding: str, context_length: int,
                 multiple_of: int | None) -> dict[str, Any]:
         from tuneforge.data.collate import collate_token_classification
