@@ -11,7 +11,11 @@ Printed per side: held-out entity F1, real (non-pad) tokens per second of traini
 of every training step, over the seconds spent in training steps: validation and start-up excluded on both sides),
 and the ratios. Targets: tuneforge's F1 not lower, tokens/s ratio >= 1.0.
 
-    .venv/bin/python bench/token_classify.py [--epochs 4]
+    .venv/bin/python bench/token_classify.py [--epochs 4] [--threads 1]
+
+With every core given to torch (the default), tuneforge's Ray worker shares the cores with Ray's own processes
+(the train controller and its helper actors, the event queue, the agents: ~6-9 % of 2 cores, each Python one waking
+100 times a second); `--threads 1` leaves them a core of their own on a 2-core machine and measures the loops alone.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ TRAIN, VALID, HELD_OUT = (ROOT / "data" / "demo" / f"entities_{name}.jsonl" for 
 BATCH, LR, WARMUP, SEED, CONTEXT = 16, 5e-4, 5, 42, 64
 
 
-def tuneforge_side(epochs: int, out: Path) -> dict:
+def tuneforge_side(epochs: int, out: Path, threads: int | None) -> dict:
     from tuneforge.config import load_config
     from tuneforge.evaluate import evaluate_tagger
     from tuneforge.rundir import RunDir
@@ -35,7 +39,7 @@ def tuneforge_side(epochs: int, out: Path) -> dict:
     config = load_config(ROOT / "configs" / "entities.yaml", [
         f"num_epochs={epochs}", f"train_batch_size_per_device={BATCH}", f"learning_rate={LR}",
         f"num_warmup_steps={WARMUP}", f"seed={SEED}", f"context_length={CONTEXT}", "precision=fp32",
-        f"output_dir={out}", "run_name=tuneforge"])
+        f"output_dir={out}", "run_name=tuneforge", *([f"worker_resources={{CPU: {threads}}}"] if threads else [])])
     result = train(config)
     steps = [row for row in RunDir(result.run_dir).metrics() if row["type"] == "step"]
     seconds = sum(row["step_seconds"] for row in steps)
@@ -44,9 +48,12 @@ def tuneforge_side(epochs: int, out: Path) -> dict:
             "train_seconds": seconds}
 
 
-def baseline_side(epochs: int, out: Path) -> dict:
+def baseline_side(epochs: int, out: Path, threads: int | None) -> dict:
     """What a user writes with transformers alone."""
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
     from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
                               Trainer, TrainerCallback, TrainingArguments)
 
@@ -113,10 +120,13 @@ def baseline_side(epochs: int, out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads on both sides (default: every core); with fewer threads than cores, "
+                        "Ray's helper processes get a core of their own")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tf-token-bench-") as tmp:
-        baseline = baseline_side(args.epochs, Path(tmp))
-        tuneforge = tuneforge_side(args.epochs, Path(tmp))
+        baseline = baseline_side(args.epochs, Path(tmp), args.threads)
+        tuneforge = tuneforge_side(args.epochs, Path(tmp), args.threads)
     print("| side | held-out entity F1 | real tokens/s | seconds in training steps |")
     print("|---|---|---|---|")
     for name, side in (("HF Trainer script", baseline), ("tuneforge", tuneforge)):
