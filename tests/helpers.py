@@ -40,6 +40,23 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
+def save_config(config, path: Path) -> Path:
+    """A TrainConfig as the YAML file a CLI run reads."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
+    return path
+
+
+def tuneforge_cli(*args: str, **kwargs):
+    """`tuneforge ARGS` in a process of its own (its own session: a SIGKILL reaches it alone)."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "tuneforge.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs)
+
+
 def die_of(signal_name: str, *_args, **_kwargs) -> None:
     """Stands in for a native step that crashes: the process dies of `signal_name`, as llama.cpp would."""
     import os

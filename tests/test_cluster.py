@@ -117,3 +117,40 @@ def test_a_run_survives_another_rays_dashboard_appearing_on_the_default_port(tmp
     steps = [row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if row["type"] == "step"]
     assert len(steps) == json.loads((run / "plan.json").read_text())["total_steps"]
     assert steps[-1]["time"] > appeared + 5, "the run ended too soon after the other dashboard came up to prove much"
+
+
+@pytest.mark.slow
+def test_two_nodes_train_one_worker_each_like_two_workers_on_one_node(tmp_path, tiny_llama_dir):
+    """A real two-node Ray cluster on this machine (a head and a worker node, one CPU each), joined with --address:
+    SPREAD puts one worker on each node, gloo DDP runs across them, one checkpoint writer, and the run ends where
+    the same two workers on one local node end."""
+    from ray.cluster_utils import Cluster
+
+    from tests.helpers import save_config, tuneforge_cli
+    from tests.test_train import tiny_config
+    from tuneforge.rundir import RunDir
+
+    config = tiny_config(tmp_path, tiny_llama_dir, num_devices=2, worker_resources={"CPU": 1},
+                         placement_strategy="SPREAD", num_epochs=4, max_num_checkpoints=2)
+    source = save_config(config, tmp_path / "config.yaml")
+    local = tuneforge_cli("train", str(source), "--name", "one-node")
+    output, _ = local.communicate(timeout=600)
+    assert local.returncode == 0, output
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        joined = tuneforge_cli("train", str(source), "--name", "two-nodes", "--address", cluster.address)
+        output, _ = joined.communicate(timeout=600)
+        assert joined.returncode == 0, output
+    finally:
+        cluster.shutdown()
+
+    runs = {name: RunDir(tmp_path / "runs" / name) for name in ("one-node", "two-nodes")}
+    placed = json.loads(runs["two-nodes"].state_file.read_text())["attempts"][0]["ray_nodes"]
+    assert len(placed) == 2 and len(set(placed)) == 2  # one worker on each node
+    assert len(set(json.loads(runs["one-node"].state_file.read_text())["attempts"][0]["ray_nodes"])) == 1
+    evals = {name: [row for row in run.metrics() if row["type"] == "eval"] for name, run in runs.items()}
+    assert [row["step"] for row in evals["two-nodes"]] == [row["step"] for row in evals["one-node"]]
+    assert evals["two-nodes"][-1]["eval_loss"] == pytest.approx(evals["one-node"][-1]["eval_loss"], abs=1e-4)
+    for checkpoint in runs["two-nodes"].checkpoints():  # one writer: one adapter per checkpoint
+        assert len(list(checkpoint.glob("adapter_model*.safetensors"))) == 1

@@ -65,15 +65,18 @@ def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bo
             "logging_level": logging.INFO if debug else logging.ERROR,
             "runtime_env": {"env_vars": env_vars},
         }
-        if not address:
+        # Without --address (or RAY_ADDRESS), always a Ray of our own: ray.init() alone would join whatever
+        # `ray start` cluster this machine runs, a surprise for a run that was meant to stay local.
+        target = address or os.environ.get("RAY_ADDRESS") or "local"
+        if target == "local":
             options["dashboard_host"] = "127.0.0.1"
             options["dashboard_port"] = private_dashboard_port(dashboard)
         try:
-            context = ray.init(address=address, **options)
+            context = ray.init(address=target, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             target = address or "a local Ray instance"
             raise TuneforgeError(f"cannot start or reach {target}: {str(exc).splitlines()[0]}") from None
-        _started_locally = address is None and not os.environ.get("RAY_ADDRESS")
+        _started_locally = target == "local"
         _dashboard_url = f"http://{context.dashboard_url}" if dashboard and context.dashboard_url else None
         quiet_ray_loggers(debug)
     return describe_cluster()

@@ -66,6 +66,9 @@ class TuneSettings(BaseModel):
     mode: Literal["min", "max"] | None = None
     time_budget_s: float | None = Field(None, gt=0)
     experiment_name: str | None = None
+    max_failures: int | None = Field(
+        None, ge=-1, description="times a failed trial is started again, continuing its run from its last "
+        "checkpoint (-1: no limit); default 0 on the Ray tuneforge starts, 3 on a cluster (--address)")
 
 
 class EvalGenerate(BaseModel):
@@ -125,6 +128,12 @@ class TrainConfig(BaseModel):
     # --- scale -----------------------------------------------------------------------------------------------
     num_devices: int = Field(1, ge=1, description="Ray Train workers (one per GPU, or CPU slices)")
     worker_resources: dict[str, float] | None = Field(None, description="Ray resources per worker, e.g. {CPU: 4}")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how Ray places the workers on nodes: PACK fills a node first (fastest gradient "
+        "exchange), SPREAD puts them on as many nodes as it can, STRICT_* insist")
+    max_failures: int | None = Field(
+        None, ge=-1, description="times Ray Train restarts the workers after one dies or fails, each time from the "
+        "last checkpoint (-1: no limit); default 0 on the Ray tuneforge starts, 3 on a cluster (--address)")
 
     # --- schedule --------------------------------------------------------------------------------------------
     num_epochs: int | None = Field(None, ge=1, description="default: ceil(min_update_steps / steps_per_epoch)")

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneforge.atomic import write_json, write_jsonl, write_text
 from tuneforge.errors import TuneforgeError
@@ -71,6 +71,9 @@ class CheckpointMeta(BaseModel):
     metrics: dict[str, Any] = {}
     precision: str | None = None
     merged_from: str | None = None  # a merged export: the base model the adapter was merged into
+    # Every other file of the checkpoint and its size, written last: a copy cut short (a kill while Ray uploads it)
+    # is told from a whole one. None in checkpoints written before it existed, and in exports.
+    files: dict[str, int] | None = None
 
     @classmethod
     def read(cls, checkpoint: str | Path) -> CheckpointMeta:
@@ -101,6 +104,10 @@ class RunState(BaseModel):
     workers: int | None = None
     stopped_by: str | None = None
     startup: dict[str, float] | None = None  # seconds per phase before the first step (tuneforge.train.startup)
+    # This invocation's worker groups: the first, then one per restart after a failure (max_failures), each with
+    # the step it started from and its rank-0 worker's pid and node.
+    attempts: list[dict[str, Any]] = Field(default_factory=list)
+    driver: dict[str, Any] | None = None  # {node, pid} of the process that runs it
 
 
 def now() -> str:
@@ -268,12 +275,12 @@ class RunDir:
             return []
         registered, _ = read_snapshot(folder)
         candidates = [folder / name for name in registered] if registered is not None else folder.iterdir()
-        return sorted(p for p in candidates if p.is_dir() and is_checkpoint(p))
+        return sorted(p for p in candidates if p.is_dir() and is_whole_checkpoint(p))
 
     def latest_checkpoint(self) -> Path | None:
         """The checkpoint a resumed run continues from."""
         _, latest = read_snapshot(self.checkpoints_dir)
-        if latest and is_checkpoint(self.checkpoints_dir / latest):
+        if latest and is_whole_checkpoint(self.checkpoints_dir / latest):
             return self.checkpoints_dir / latest
         found = self.checkpoints()
         return found[-1] if found else None
@@ -306,6 +313,20 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def is_checkpoint(path: Path) -> bool:
     return (path / META_FILE).is_file()
+
+
+def is_whole_checkpoint(path: Path) -> bool:
+    """A checkpoint with every file its metadata lists, at the listed size."""
+    try:
+        listed = CheckpointMeta.read(path).files
+    except CheckpointError:
+        return False
+    return all((path / name).is_file() and (path / name).stat().st_size == size for name, size in (listed or {}).items())
+
+
+def snapshot_is_damaged(folder: Path) -> bool:
+    """Ray Train's snapshot is there but unreadable: a kill while Ray rewrote it (Ray writes it in place)."""
+    return (folder / RAY_SNAPSHOT).is_file() and read_snapshot(folder) == (None, None)
 
 
 def locate(path: str | Path) -> Path:

@@ -5,7 +5,8 @@ A checkpoint directory is self-describing:
 - LoRA: `adapter_model.safetensors` + `adapter_config.json` (the adapter only, never the base);
   full fine-tuning: `model.safetensors` + `config.json`;
 - the tokenizer (with the pad token training used);
-- `tuneforge.json`: a `CheckpointMeta` (task, base model, data shape, labels, stop tokens, step, metrics);
+- `tuneforge.json`: a `CheckpointMeta` (task, base model, data shape, labels, stop tokens, step, metrics, and the
+  size of every other file, so that a copy cut short is never taken for a checkpoint);
 - `training_state.pt`: optimizer, LR schedule, RNG and step, for `--resume` (tensors and plain types only, loaded
   with `weights_only=True`).
 """
@@ -30,7 +31,9 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, tokenizer: Any, met
         model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     torch.save(state, directory / STATE_FILE)
-    meta.write(directory)
+    files = {str(path.relative_to(directory)): path.stat().st_size for path in sorted(directory.rglob("*"))
+             if path.is_file()}
+    meta.model_copy(update={"files": files}).write(directory)
 
 
 def load_training_state(directory: Path) -> dict[str, Any] | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,8 @@ from tuneforge.atomic import atomic_dir, write_text
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.metrics import better, mean_throughput
 from tuneforge.plan import plot_learning_rates
-from tuneforge.rundir import CheckpointMeta, RunDir, now
+from tuneforge.rundir import RAY_SNAPSHOT, CheckpointMeta, RunDir, now, snapshot_is_damaged
+from tuneforge.train.liveness import Process, wait_until_gone
 from tuneforge.train.startup import StartupClock
 from tuneforge.train.preflight import (
     PreparedRun,
@@ -91,8 +92,47 @@ def resume(run_dir: Path, *, overrides: list[str] | None = None, address: str | 
     check_before_ray(prepared.config, run.path, address, cpus_per_worker)
     placement = connect(prepared.config, reporter, address, dashboard, debug, cpus_per_worker)
     clock.mark("Ray")
+    wait_for_earlier_processes(run, reporter)
     write_text(run.config_file, prepared.config.to_yaml())
-    return execute(prepared, run, placement, reporter, resume_step=run.latest_step(), clock=clock)
+    init_checkpoint = set_aside_damaged_snapshot(run, reporter)
+    return execute(prepared, run, placement, reporter, resume_step=run.latest_step(), init_checkpoint=init_checkpoint,
+                   clock=clock)
+
+
+EARLIER_WORKERS_WAIT_S = 120.0
+
+
+def wait_for_earlier_processes(run: RunDir, reporter: Reporter) -> None:
+    """A run marked running whose driver is alive is refused; the workers of a driver that was killed are waited
+    for (Ray stops them seconds after the driver), so that only one lineage ever writes to the run."""
+    state = run.state()
+    if state.status != "running" or not state.driver:
+        return
+    driver = Process(**state.driver)
+    if driver.local and driver.running():  # a driver on another machine cannot be checked from here
+        raise TuneforgeError(f"{run.path} is still being trained by process {driver.pid} on {driver.node}; stop it "
+                             "(Ctrl-C) or wait for it to end before --resume")
+    workers = [Process(a["node"], a["worker_pid"]) for a in state.attempts if a.get("worker_pid") and a.get("node")]
+    if any(worker.running() for worker in workers):
+        reporter.phase("waiting for the workers of the run's killed driver to stop")
+    left = wait_until_gone(workers, EARLIER_WORKERS_WAIT_S)
+    if left:
+        raise TuneforgeError(f"{run.path}: the workers of its killed driver (pid {', '.join(str(p.pid) for p in left)}) "
+                             f"are still running after {EARLIER_WORKERS_WAIT_S:.0f} s; stop them before --resume")
+
+
+def set_aside_damaged_snapshot(run: RunDir, reporter: Reporter) -> Path | None:
+    """Ray Train rewrites its checkpoint record in place, so a kill at that moment leaves it unreadable and Ray
+    would refuse to start. The record is moved aside and the run continues from its latest whole checkpoint (Ray
+    then keeps best-k among the checkpoints it writes from here on; the earlier ones stay on disk)."""
+    if not snapshot_is_damaged(run.checkpoints_dir):
+        return None
+    damaged = run.checkpoints_dir / RAY_SNAPSHOT
+    damaged.rename(damaged.with_name(f"{RAY_SNAPSHOT}.damaged-{int(time.time())}"))
+    latest = run.latest_checkpoint()
+    where = f"its latest whole checkpoint, {latest.name}" if latest else "the start (no whole checkpoint found)"
+    reporter.note(f"{damaged} was cut short (killed while Ray wrote it): set aside; continuing from {where}")
+    return latest
 
 
 @dataclass
@@ -173,21 +213,33 @@ def execute(
         init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
         threads=placement.scaling.resources_per_worker.get("CPU", 1),
         import_paths=[os.getcwd()],
+        driver=Process.current(),
     )
     started = time.time()
     run.update_state(status="running", started=now(), ended=None, error=None, resumed_from_step=resume_step,
                      started_from=str(init_checkpoint) if init_checkpoint else None,
-                     workers=prepared.config.num_devices)
+                     workers=prepared.config.num_devices, driver=asdict(inputs.driver), attempts=[])
     tracker = Tracker(run, resume_step)
     clock = clock or StartupClock()
     clock.mark("run directory, data into Ray's object store")
 
-    def record_startup(event: dict[str, Any]) -> None:
-        if event.get("type") == "start" and "startup" in event:
-            event["startup_seconds"] = clock.breakdown(event.pop("startup"))
-            run.update_state(startup=event["startup_seconds"])
+    attempts: list[dict[str, Any]] = []
 
-    pump = EventPump(events, [record_startup, tracker.record, reporter.event])
+    def record_start(event: dict[str, Any]) -> None:
+        """Each "start" is one attempt of the worker group: the first, or Ray Train's restart after a failure."""
+        if event.get("type") != "start":
+            return
+        attempts.append({"step": event.get("step", 0), "time": now(), "worker_pid": event.get("pid"),
+                         "node": event.get("node"), "ray_nodes": event.pop("ray_nodes", None)})
+        startup = event.pop("startup", None)
+        if len(attempts) > 1:
+            event["restart"] = len(attempts) - 1
+        elif startup:  # the start-up breakdown is measured from this driver's clock: the first attempt's only
+            event["startup_seconds"] = clock.breakdown(startup)
+            run.update_state(startup=event["startup_seconds"])
+        run.update_state(attempts=attempts)
+
+    pump = EventPump(events, [record_start, tracker.record, reporter.event])
     reporter.phase("training")
     try:
         result = fit(inputs, placement.scaling, prepared.config, run, callbacks,
@@ -238,13 +290,22 @@ def fit(inputs: Any, scaling: Any, config: TrainConfig, run: RunDir, callbacks: 
             # Workers that cannot be placed within RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) end the run with an
             # error instead of Ray retrying forever; on a cluster (--address) a request within its totals (checked
             # by check_fits) may wait for other jobs to free resources.
-            failure_config=FailureConfig(max_failures=0, controller_failure_limit=0 if local else -1),
+            failure_config=FailureConfig(max_failures=failures_allowed(config, local),
+                                         controller_failure_limit=0 if local else -1),
         ),
     )
     try:
         return trainer.fit()
     except Exception as exc:  # noqa: BLE001 - unwrap Ray's wrapper to show the worker's own error
         raise unwrap_training_error(exc) from exc
+
+
+def failures_allowed(config: TrainConfig, local: bool) -> int:
+    """Worker-group restarts: none by default on the Ray tuneforge starts here (a failure there is almost always
+    the code or the data, and would fail again), a few on a cluster, where nodes come and go."""
+    if config.max_failures is not None:
+        return config.max_failures
+    return 0 if local else 3
 
 
 def unwrap_training_error(exc: Exception) -> Exception:
@@ -274,7 +335,8 @@ def scaling_config(config: TrainConfig, cluster: ClusterInfo, cpus_per_worker: f
 
     resources, use_gpu = worker_resources(config, cluster, cpus_per_worker)
     check_fits(config, resources, cluster)
-    return ScalingConfig(num_workers=config.num_devices, use_gpu=use_gpu, resources_per_worker=resources)
+    return ScalingConfig(num_workers=config.num_devices, use_gpu=use_gpu, resources_per_worker=resources,
+                         placement_strategy=config.placement_strategy)
 
 
 class EventPump:

@@ -12,6 +12,8 @@ or nccl (GPU); exact resume (optimizer, schedule, RNG and position in the epoch)
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 import random
 import tempfile
 import time
@@ -24,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from tuneforge.config import TrainConfig
+from tuneforge.errors import TuneforgeError
 from tuneforge.data.collate import count_real_tokens
 from tuneforge.plan import TrainingPlan, make_scheduler
 from tuneforge.rundir import CheckpointMeta
@@ -31,6 +34,7 @@ from tuneforge.tasks import get_task
 from tuneforge.train import checkpoints
 from tuneforge.train.batching import epoch_batches, eval_batches
 from tuneforge.train.hardware import autocast_context, make_grad_scaler, resolve_precision
+from tuneforge.train.liveness import Process
 
 
 @dataclass
@@ -47,6 +51,7 @@ class WorkerInputs:
     init_checkpoint: str | None = None  # start from this checkpoint's weights and state (a PBT donor)
     threads: float = 1.0  # CPUs Ray gave each worker
     import_paths: list[str] | None = None  # where the driver finds the user's eval_metrics modules
+    driver: Process | None = None  # the process that started the run: workers on its node stop once it is gone
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -69,6 +74,7 @@ class TrainingLoop:
         self.meta = inputs.meta
         self.events = inputs.events
         self.import_paths = inputs.import_paths or []
+        self.driver = inputs.driver
         payload = ray.get(inputs.payload)
         self.data, self.tokenizer = payload["data"], payload["tokenizer"]
         self.startup.append(("data payload fetch", time.time()))
@@ -174,11 +180,14 @@ class TrainingLoop:
         plan, accumulation = self.plan, self.config.gradient_accumulation_steps
         self.emit({"type": "start", "step": self.start_step, "total_steps": plan.total_steps, "precision": self.precision,
                    "world_size": self.world_size, "device": str(self.device), "trainable": trainable_counts(self.model),
-                   "startup": self.startup})
+                   "startup": self.startup, "pid": os.getpid(), "node": platform.node(),
+                   "ray_nodes": gather_objects(ray_node_id())})
         window = Window()
         epoch_cache: tuple[int, list[list[int]]] | None = None
         self.prepared.train()
         for step in range(self.start_step, plan.total_steps):
+            if self.driver is not None and not self.driver.running():
+                raise TuneforgeError(f"the driver (pid {self.driver.pid}) is gone: stopping before step {step + 1}")
             epoch, step_in_epoch = divmod(step, plan.steps_per_epoch)
             if epoch_cache is None or epoch_cache[0] != epoch:
                 epoch_cache = (epoch, self.batches_for_epoch(epoch))
@@ -406,6 +415,12 @@ def trainable_counts(model: torch.nn.Module) -> dict[str, int]:
         total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": total}
+
+
+def ray_node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def seed_everything(seed: int) -> None:

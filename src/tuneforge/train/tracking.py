@@ -20,22 +20,37 @@ class Tracker:
     metrics.jsonl, and hidden in TensorBoard with purge_step): those steps are about to be trained again."""
 
     def __init__(self, run: RunDir, resume_step: int | None = None):
+        self.run, self.samples_path = run, run.generation_samples_file
+        self.last_step = resume_step or 0
+        self.open(resume_step)
+
+    def open(self, resume_step: int | None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         if resume_step is not None:
             # One row per (kind, step): an attempt cut short may have logged steps it then trained again.
-            latest = {(row.get("type"), row.get("step")): row for row in run.metrics()
+            latest = {(row.get("type"), row.get("step")): row for row in self.run.metrics()
                       if int(row.get("step", 0)) <= resume_step}
             keep = sorted(latest.values(), key=lambda row: (int(row["step"]), row.get("type") != "step"))
-            write_text(run.metrics_file, "".join(json.dumps(row) + "\n" for row in keep))
-            drop_samples_after(run, resume_step)
-        self.metrics_file = open(run.metrics_file, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self.samples_path = run.generation_samples_file
+            write_text(self.run.metrics_file, "".join(json.dumps(row) + "\n" for row in keep))
+            drop_samples_after(self.run, resume_step)
+        self.metrics_file = open(self.run.metrics_file, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         purge = resume_step + 1 if resume_step is not None else None
-        self.writer = SummaryWriter(log_dir=str(run.tensorboard_dir), purge_step=purge)
+        self.writer = SummaryWriter(log_dir=str(self.run.tensorboard_dir), purge_step=purge)
+
+    def rewind(self, step: int) -> None:
+        """Workers restarted after a failure continue from the checkpoint of `step`: what was logged after it goes."""
+        self.close()
+        self.open(step)
+        self.last_step = step
 
     def record(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
+        if kind == "start" and int(event.get("step", 0)) < self.last_step:
+            self.rewind(int(event.get("step", 0)))
+            return
+        if "step" in event:
+            self.last_step = max(self.last_step, int(event["step"]))
         if kind == "samples":
             self.record_samples(int(event["step"]), event["rows"])
             return

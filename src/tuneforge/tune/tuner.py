@@ -67,7 +67,8 @@ def search(config: TrainConfig, *, address: str | None = None, resume_dir: Path 
         else:
             start_experiment(experiment_dir, config, {"metric": metric, "mode": mode, "concurrency": plan.concurrency,
                                                       "cpus_per_worker": plan.cpus_per_worker, "notes": notes})
-            tuner = new_tuner(experiment_dir, trainable, config, settings, space, metric, mode, plan, display)
+            tuner = new_tuner(experiment_dir, trainable, config, settings, space, metric, mode, plan, display,
+                              local=cluster.local)
         grid = tuner.fit()
     # Tune stops every trial when the time budget runs out, as it does when the search is interrupted; only the
     # clock tells the two apart (trial_status).
@@ -127,9 +128,11 @@ def trial_trainable(config: TrainConfig, experiment_dir: Path, plan: ResourcePla
 
 
 def new_tuner(experiment_dir: Path, trainable: Any, config: TrainConfig, settings: TuneSettings,
-              space: dict[str, SpaceSpec], metric: str, mode: str, plan: ResourcePlan, display: Any) -> Any:
+              space: dict[str, SpaceSpec], metric: str, mode: str, plan: ResourcePlan, display: Any,
+              *, local: bool) -> Any:
     from ray import tune
 
+    retries = settings.max_failures if settings.max_failures is not None else (0 if local else 3)
     return tune.Tuner(
         trainable,
         param_space={key: to_domain(spec) for key, spec in space.items()},  # dotted keys; the trial nests them
@@ -141,6 +144,8 @@ def new_tuner(experiment_dir: Path, trainable: Any, config: TrainConfig, setting
             # up); pruning could delete it first (seen: FileNotFoundError in the exploiting trial), so PBT keeps all.
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=None if settings.scheduler == "pbt" else config.num_checkpoints_to_keep),
+            # A retried trial finds its run directory and resumes it (train_trial).
+            failure_config=tune.FailureConfig(max_failures=retries),
         ),
     )
 

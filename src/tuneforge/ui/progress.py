@@ -71,12 +71,18 @@ class RichReporter:
             f"[dim]· {event['world_size']} worker(s) on {event['device']}, {event['precision']}, "
             f"{counts.get('trainable', 0):,} trainable parameters ({share:.2f}%)[/dim]"
         )
-        if event.get("step"):
+        if event.get("restart"):
+            console.print(f"[yellow]· workers restarted (attempt {event['restart'] + 1}) after a failure: "
+                          f"continuing from the checkpoint of step {event.get('step', 0)}[/yellow]")
+        elif event.get("step"):
             console.print(f"[dim]· resuming at step {event['step']}[/dim]")
         if self.debug and event.get("startup_seconds"):
             from tuneforge.train.startup import startup_line
 
             console.print(f"[dim]· {startup_line(event['startup_seconds'])}[/dim]", highlight=False)
+        if self.task_id is not None:  # a restart: the same bar goes back to the checkpoint's step
+            self.progress.update(self.task_id, completed=event.get("step", 0))
+            return
         self.task_id = self.progress.add_task(self.title, total=event["total_steps"], completed=event.get("step", 0),
                                               stats="")
 
