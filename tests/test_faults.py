@@ -243,3 +243,24 @@ def test_restarted_workers_rewind_the_metrics_to_their_checkpoint(tmp_path):
     assert [r["step"] for r in rows if r["type"] == "step"] == list(range(1, 9))  # each step once
     assert [r["loss"] for r in rows if r["type"] == "step"][4:] == [0.5] * 4  # the retrained ones kept
 
+
+
+def test_a_process_is_gone_once_killed_reaped_or_its_pid_reused():
+    import subprocess
+    import sys
+
+    from tuneforge.train.liveness import Process
+
+    assert Process.current().running()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    import psutil
+
+    alive = Process(Process.current().node, child.pid, psutil.Process(child.pid).create_time())
+    assert alive.running()
+    assert not Process(alive.node, child.pid, alive.started - 1000).running()  # the same pid, another process
+    assert Process("another-machine", child.pid).running()  # cannot be checked from here: assumed alive
+    child.kill()
+    time.sleep(0.2)
+    assert not alive.running()  # killed and not yet reaped: a zombie is gone
+    child.wait()
+    assert not alive.running() and not wait_until_gone([alive], 1)

@@ -112,7 +112,8 @@ def wait_for_earlier_processes(run: RunDir, reporter: Reporter) -> None:
     if driver.local and driver.running():  # a driver on another machine cannot be checked from here
         raise TuneforgeError(f"{run.path} is still being trained by process {driver.pid} on {driver.node}; stop it "
                              "(Ctrl-C) or wait for it to end before --resume")
-    workers = [Process(a["node"], a["worker_pid"]) for a in state.attempts if a.get("worker_pid") and a.get("node")]
+    workers = [Process(a["node"], a["worker_pid"], a.get("worker_started")) for a in state.attempts
+               if a.get("worker_pid") and a.get("node")]
     if any(worker.running() for worker in workers):
         reporter.phase("waiting for the workers of the run's killed driver to stop")
     left = wait_until_gone(workers, EARLIER_WORKERS_WAIT_S)
@@ -230,7 +231,8 @@ def execute(
         if event.get("type") != "start":
             return
         attempts.append({"step": event.get("step", 0), "time": now(), "worker_pid": event.get("pid"),
-                         "node": event.get("node"), "ray_nodes": event.pop("ray_nodes", None)})
+                         "worker_started": event.get("pid_started"), "node": event.get("node"),
+                         "ray_nodes": event.pop("ray_nodes", None)})
         startup = event.pop("startup", None)
         if len(attempts) > 1:
             event["restart"] = len(attempts) - 1

@@ -9,15 +9,18 @@ import platform
 import time
 from dataclasses import dataclass
 
+import psutil
+
 
 @dataclass(frozen=True)
 class Process:
     node: str
     pid: int
+    started: float | None = None  # its start time: a pid reused by a later process (after a reboot) is not it
 
     @classmethod
     def current(cls) -> Process:
-        return cls(platform.node(), os.getpid())
+        return cls(platform.node(), os.getpid(), psutil.Process().create_time())
 
     @property
     def local(self) -> bool:
@@ -28,12 +31,14 @@ class Process:
         if not self.local:
             return True
         try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
+            process = psutil.Process(self.pid)
+            if self.started is not None and abs(process.create_time() - self.started) > 1.0:
+                return False
+            return process.status() != psutil.STATUS_ZOMBIE  # killed, not yet reaped by its parent
+        except psutil.NoSuchProcess:
             return False
-        except PermissionError:  # another user's process now holds the pid
+        except psutil.AccessDenied:  # another user's process: it exists
             return True
-        return True
 
 
 def wait_until_gone(processes: list[Process], timeout_s: float) -> list[Process]:

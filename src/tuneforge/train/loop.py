@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 import torch.distributed as dist
 
@@ -181,6 +182,7 @@ class TrainingLoop:
         self.emit({"type": "start", "step": self.start_step, "total_steps": plan.total_steps, "precision": self.precision,
                    "world_size": self.world_size, "device": str(self.device), "trainable": trainable_counts(self.model),
                    "startup": self.startup, "pid": os.getpid(), "node": platform.node(),
+                   "pid_started": psutil.Process().create_time(),
                    "ray_nodes": gather_objects(ray_node_id())})
         window = Window()
         epoch_cache: tuple[int, list[list[int]]] | None = None
