@@ -227,8 +227,11 @@ def test_ray_serve_deployment_answers_the_openai_client(tiny_lora_run):
                                                                         max_tokens=3), range(16)))
         assert len({reply.id for reply in replies}) == 16 and all(r.usage.completion_tokens for r in replies)
         generated = answer.usage.completion_tokens + sum(r.usage.completion_tokens for r in replies)
-        exported = prometheus_series(lambda text: "tuneforge_serve_generated_tokens" in text and
-                                     'route="/v1/completions",status="200"' in text)
+        wanted = (f'model="{tiny_lora_run.name}"', 'model="base"', 'route="/v1/completions",status="200"',
+                  "tuneforge_serve_request_seconds_bucket", "ray_serve_num_http_requests")
+        # Each process exports on its own clock: wait until every series the asserts read has arrived.
+        exported = prometheus_series(lambda text: all(series in text for series in wanted) and counter_total(
+            text, "tuneforge_serve_generated_tokens") >= generated, timeout=120)
         assert f'model="{tiny_lora_run.name}"' in exported and 'model="base"' in exported
         assert 'tuneforge_serve_request_seconds_bucket' in exported and "ray_serve_num_http_requests" in exported
         assert generated <= counter_total(exported, "tuneforge_serve_generated_tokens")
