@@ -264,3 +264,19 @@ def test_a_process_is_gone_once_killed_reaped_or_its_pid_reused():
     assert not alive.running()  # killed and not yet reaped: a zombie is gone
     child.wait()
     assert not alive.running() and not wait_until_gone([alive], 1)
+
+
+def test_resume_refuses_a_run_whose_driver_is_still_alive(tmp_path):
+    from dataclasses import asdict
+
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.train.driver import wait_for_earlier_processes
+    from tuneforge.train.preflight import SilentReporter
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.update_state(status="running", driver=asdict(Process.current()))
+    with pytest.raises(TuneforgeError, match=rf"still being trained by process {os.getpid()}.*before --resume"):
+        wait_for_earlier_processes(run, SilentReporter())
+    run.update_state(status="failed")  # a driver that ended on its own: nothing to wait for
+    wait_for_earlier_processes(run, SilentReporter())

@@ -74,8 +74,8 @@ def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bo
         try:
             context = ray.init(address=target, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            target = address or "a local Ray instance"
-            raise TuneforgeError(f"cannot start or reach {target}: {str(exc).splitlines()[0]}") from None
+            where = address or "a local Ray instance"
+            raise TuneforgeError(f"cannot start or reach {where}: {str(exc).splitlines()[0]}") from None
         _started_locally = target == "local"
         _dashboard_url = f"http://{context.dashboard_url}" if dashboard and context.dashboard_url else None
         quiet_ray_loggers(debug)

@@ -107,7 +107,7 @@ class RunState(BaseModel):
     # This invocation's worker groups: the first, then one per restart after a failure (max_failures), each with
     # the step it started from and its rank-0 worker's pid and node.
     attempts: list[dict[str, Any]] = Field(default_factory=list)
-    driver: dict[str, Any] | None = None  # {node, pid} of the process that runs it
+    driver: dict[str, Any] | None = None  # {node, pid, started} of the process that runs it
 
 
 def now() -> str:

@@ -292,7 +292,7 @@ def fit(inputs: Any, scaling: Any, config: TrainConfig, run: RunDir, callbacks: 
             # Workers that cannot be placed within RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) end the run with an
             # error instead of Ray retrying forever; on a cluster (--address) a request within its totals (checked
             # by check_fits) may wait for other jobs to free resources.
-            failure_config=FailureConfig(max_failures=failures_allowed(config, local),
+            failure_config=FailureConfig(max_failures=failures_allowed(config.max_failures, local),
                                          controller_failure_limit=0 if local else -1),
         ),
     )
@@ -302,11 +302,12 @@ def fit(inputs: Any, scaling: Any, config: TrainConfig, run: RunDir, callbacks: 
         raise unwrap_training_error(exc) from exc
 
 
-def failures_allowed(config: TrainConfig, local: bool) -> int:
-    """Worker-group restarts: none by default on the Ray tuneforge starts here (a failure there is almost always
-    the code or the data, and would fail again), a few on a cluster, where nodes come and go."""
-    if config.max_failures is not None:
-        return config.max_failures
+def failures_allowed(setting: int | None, local: bool) -> int:
+    """Restarts after a failure (of a worker group, or of a search trial): none by default on the Ray tuneforge
+    starts here (a failure there is almost always the code or the data, and would fail again), a few on a cluster,
+    where nodes come and go."""
+    if setting is not None:
+        return setting
     return 0 if local else 3
 
 

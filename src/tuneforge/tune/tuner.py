@@ -132,7 +132,8 @@ def new_tuner(experiment_dir: Path, trainable: Any, config: TrainConfig, setting
               *, local: bool) -> Any:
     from ray import tune
 
-    retries = settings.max_failures if settings.max_failures is not None else (0 if local else 3)
+    from tuneforge.train.driver import failures_allowed
+
     return tune.Tuner(
         trainable,
         param_space={key: to_domain(spec) for key, spec in space.items()},  # dotted keys; the trial nests them
@@ -145,7 +146,7 @@ def new_tuner(experiment_dir: Path, trainable: Any, config: TrainConfig, setting
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=None if settings.scheduler == "pbt" else config.num_checkpoints_to_keep),
             # A retried trial finds its run directory and resumes it (train_trial).
-            failure_config=tune.FailureConfig(max_failures=retries),
+            failure_config=tune.FailureConfig(max_failures=failures_allowed(settings.max_failures, local)),
         ),
     )
 
