@@ -100,6 +100,9 @@ class TrainConfig(BaseModel):
     train_path: str
     valid_path: str | None = None
     valid_split: float = Field(0.1, ge=0, lt=1, description="held-out share of train when valid_path is absent")
+    streaming: bool | None = Field(
+        None, description="tokenize train_path with Ray Data into Parquet shards and stream them to the workers "
+        "(causal task); default: when its files add up to more than 256 MiB")
     context_length: int | None = Field(None, gt=0, description="default: longest row, capped at the model's limit")
     truncation: Literal["truncate", "refuse"] = Field("truncate", description="rows longer than context_length")
     padding: Literal["longest", "max_length"] = "longest"
@@ -137,6 +140,8 @@ class TrainConfig(BaseModel):
 
     # --- schedule --------------------------------------------------------------------------------------------
     num_epochs: int | None = Field(None, ge=1, description="default: ceil(min_update_steps / steps_per_epoch)")
+    max_steps: int | None = Field(None, ge=1, description="train exactly this many optimizer steps (wins over "
+                                  "num_epochs; the schedule and checkpoint events are planned for them)")
     min_update_steps: int = Field(100, ge=1)
     train_batch_size_per_device: int = Field(8, ge=1)
     eval_batch_size_per_device: int = Field(8, ge=1)
@@ -453,7 +458,7 @@ def nearest_source(loc: tuple[str, ...], sources: dict[tuple[str, ...], str], de
 def resolve_data_paths(config: TrainConfig, config_dir: Path) -> None:
     for field in ("train_path", "valid_path"):
         value = getattr(config, field)
-        if value is not None:
+        if value is not None and "://" not in value:  # a URI (s3://, gs://, file://) is pyarrow's to resolve
             setattr(config, field, str(resolve_path(value, config_dir)))
     if config.eval_generate and config.eval_generate.json_schema:
         config.eval_generate.json_schema = str(resolve_path(config.eval_generate.json_schema, config_dir))
@@ -462,7 +467,14 @@ def resolve_data_paths(config: TrainConfig, config_dir: Path) -> None:
 def resolve_path(value: str, config_dir: Path) -> Path:
     """CWD-relative first (how Anyscale files are written), then relative to the config file."""
     path = Path(value).expanduser()
-    if path.is_absolute() or path.exists():
+    if path.is_absolute() or names_something(path):
         return path.resolve()
     beside_config = config_dir / path
-    return beside_config.resolve() if beside_config.exists() else path.resolve()
+    return beside_config.resolve() if names_something(beside_config) else path.resolve()
+
+
+def names_something(path: Path) -> bool:
+    """An existing file or directory, or a glob that matches one."""
+    import glob
+
+    return path.exists() or bool(glob.glob(str(path)))

@@ -37,8 +37,12 @@ class TrainingPlan:
 def make_plan(config: TrainConfig, train_rows: int) -> TrainingPlan:
     global_batch = config.train_batch_size_per_device * config.num_devices * config.gradient_accumulation_steps
     steps_per_epoch = max(1, train_rows // global_batch)
-    num_epochs = config.num_epochs or math.ceil(config.min_update_steps / steps_per_epoch)
-    total_steps = steps_per_epoch * num_epochs
+    if config.max_steps:  # as in HF: the step count wins over epochs; the last epoch may be cut short
+        total_steps = config.max_steps
+        num_epochs = math.ceil(total_steps / steps_per_epoch)
+    else:
+        num_epochs = config.num_epochs or math.ceil(config.min_update_steps / steps_per_epoch)
+        total_steps = steps_per_epoch * num_epochs
     return TrainingPlan(
         train_rows=train_rows,
         global_batch_size=global_batch,
@@ -46,12 +50,11 @@ def make_plan(config: TrainConfig, train_rows: int) -> TrainingPlan:
         num_epochs=num_epochs,
         total_steps=total_steps,
         warmup_steps=min(config.num_warmup_steps, total_steps),
-        event_steps=event_steps(config, steps_per_epoch, num_epochs),
+        event_steps=event_steps(config, steps_per_epoch, total_steps),
     )
 
 
-def event_steps(config: TrainConfig, steps_per_epoch: int, num_epochs: int) -> tuple[int, ...]:
-    total = steps_per_epoch * num_epochs
+def event_steps(config: TrainConfig, steps_per_epoch: int, total: int) -> tuple[int, ...]:
     if config.checkpoint_every_n_epochs:
         every = config.checkpoint_every_n_epochs * steps_per_epoch
         steps = set(range(every, total + 1, every))

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import random
+from itertools import groupby
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from tuneforge.data import causal
-from tuneforge.data.records import Record, read_records
+from tuneforge.data.records import Record, read_dataset
 from tuneforge.errors import DataError
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 
 VALID_ROWS_KEPT = 64
+T = TypeVar("T")
 
 
 @dataclass
@@ -59,9 +61,14 @@ class PreparedData:
     valid_rows: list[dict[str, Any]] = field(default_factory=list)  # raw rows, a few, kept in the run for later stages
     system_prompt: str | None = None  # causal chat: the system message every training row shared, if one
     long_rows: str = "truncated by context_length"  # what happens to a row longer than the context (plan wording)
+    stream: Any = None  # data.streaming.StreamedTrain: training rows the workers stream (then `train` is empty)
+
+    @property
+    def train_rows(self) -> int:
+        return self.stream.rows if self.stream else len(self.train)
 
 
-def split_records(records: list[Record], share: float, seed: int, path: Path) -> tuple[list[Record], list[Record]]:
+def split_records(records: list[T], share: float, seed: int, path: Path) -> tuple[list[T], list[T]]:
     """Seeded random hold-out of `share` of the rows (at least one, never all)."""
     if share == 0:
         return records, []
@@ -76,24 +83,24 @@ def split_records(records: list[Record], share: float, seed: int, path: Path) ->
     return train, valid
 
 
-def prepare_causal(config: TrainConfig, tokenizer: Any, model_max_length: int | None) -> PreparedData:
-    train_path = Path(config.train_path)
-    train_records = read_records(train_path, "train_path")
-    shape = causal.detect_shape(train_records, train_path)
-    notes = causal.validate_rows(train_records, train_path, shape)
-    if config.valid_path:
-        valid_path = Path(config.valid_path)
-        valid_records = read_records(valid_path, "valid_path")
-        valid_shape = causal.detect_shape(valid_records, valid_path)
-        if valid_shape != shape:
-            raise DataError(f"{valid_path}: rows are {valid_shape} but train_path's rows are {shape}; use one shape")
-        notes += causal.validate_rows(valid_records, valid_path, shape)
-    else:
-        valid_path = train_path
-        train_records, valid_records = split_records(train_records, config.valid_split, config.seed, train_path)
+Parts = list[tuple[str, list[Record]]]  # (file as messages name it, its rows), in file order
 
-    train = causal.tokenize_records(train_records, train_path, shape, tokenizer, config.train_on_inputs)
-    valid = causal.tokenize_records(valid_records, valid_path, shape, tokenizer, config.train_on_inputs)
+
+def prepare_causal(config: TrainConfig, tokenizer: Any, model_max_length: int | None) -> PreparedData:
+    train_parts = read_dataset(config.train_path, "train_path")
+    shape = causal.detect_shape(train_parts[0][1], Path(train_parts[0][0]))
+    notes = validate_parts(train_parts, shape)
+    if config.valid_path:
+        valid_parts = read_dataset(config.valid_path, "valid_path")
+        valid_shape = causal.detect_shape(valid_parts[0][1], Path(valid_parts[0][0]))
+        if valid_shape != shape:
+            raise DataError(f"{config.valid_path}: rows are {valid_shape} but train_path's rows are {shape}; use one shape")
+        notes += validate_parts(valid_parts, shape)
+    else:
+        train_parts, valid_parts = split_parts(train_parts, config.valid_split, config.seed, config.train_path)
+
+    train = tokenize_parts(train_parts, shape, tokenizer, config.train_on_inputs)
+    valid = tokenize_parts(valid_parts, shape, tokenizer, config.train_on_inputs)
     context_length = choose_context_length(config.context_length, [len(e) for e in train + valid], model_max_length)
     stats = {}
     kept = {}
@@ -101,18 +108,46 @@ def prepare_causal(config: TrainConfig, tokenizer: Any, model_max_length: int | 
         lengths = [len(example) for example in examples]
         kept[name], truncated = fit_to_context(examples, context_length, config.truncation)
         dropped = len(examples) - len(kept[name])
-        if dropped:
-            notes.append(f"{name}: {dropped} row(s) dropped: no target tokens left within context_length {context_length}")
-        if truncated:
-            notes.append(f"{name}: {truncated} row(s) truncated to context_length {context_length}")
+        notes += fit_notes(name, dropped, truncated, context_length)
         target_tokens = int(sum(example.target_mask.sum() for example in kept[name]))
         # Token lengths describe every row read; the row count is what training uses (steps/epoch follow it).
         stats[name] = replace(LengthStats.of(lengths, target_tokens, truncated), rows=len(kept[name]), dropped=dropped)
     if not kept["train"]:
-        raise DataError(f"{train_path}: no row has target tokens within context_length {context_length}")
+        raise DataError(f"{config.train_path}: no row has target tokens within context_length {context_length}")
+    train_rows = [record.data for _, records in train_parts for record in records]
+    valid_rows = [record.data for _, records in (valid_parts or train_parts) for record in records]
     return PreparedData(shape, kept["train"], kept["valid"], context_length, stats, notes=notes,
-                        valid_rows=[record.data for record in (valid_records or train_records)[:rows_kept(config)]],
-                        system_prompt=causal.shared_system_prompt([record.data for record in train_records]))
+                        valid_rows=valid_rows[:rows_kept(config)],
+                        system_prompt=causal.shared_system_prompt(train_rows))
+
+
+def validate_parts(parts: Parts, shape: causal.Shape) -> list[str]:
+    return [note for label, records in parts for note in causal.validate_rows(records, Path(label), shape)]
+
+
+def tokenize_parts(parts: Parts, shape: causal.Shape, tokenizer: Any, train_on_inputs: bool) -> list[causal.Example]:
+    return [example for label, records in parts
+            for example in causal.tokenize_records(records, Path(label), shape, tokenizer, train_on_inputs)]
+
+
+def split_parts(parts: Parts, share: float, seed: int, spec: str) -> tuple[Parts, Parts]:
+    """`split_records` over the rows of all files together; each side keeps its rows grouped by file, in order."""
+    located = [(label, record) for label, records in parts for record in records]
+    train, valid = split_records(located, share, seed, Path(spec))
+    return group_by_file(train), group_by_file(valid)
+
+
+def group_by_file(located: list[tuple[str, Record]]) -> Parts:
+    return [(label, [record for _, record in group]) for label, group in groupby(located, key=lambda item: item[0])]
+
+
+def fit_notes(name: str, dropped: int, truncated: int, context_length: int) -> list[str]:
+    notes = []
+    if dropped:
+        notes.append(f"{name}: {dropped} row(s) dropped: no target tokens left within context_length {context_length}")
+    if truncated:
+        notes.append(f"{name}: {truncated} row(s) truncated to context_length {context_length}")
+    return notes
 
 
 def rows_kept(config: TrainConfig) -> int:

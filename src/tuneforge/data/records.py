@@ -1,4 +1,5 @@
-"""Reading row files (JSONL, CSV) so that every problem can name its file and line."""
+"""Reading row files (JSONL, CSV, Parquet) so that every problem can name its file and line (for Parquet, the row:
+the format has no lines)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from tuneforge.errors import DataError, where
 
-SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv")
+SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv")  # one file read in memory; datasets add .parquet
 
 
 @dataclass(frozen=True)
@@ -29,11 +30,43 @@ def read_records(path: str | Path, role: str = "data") -> list[Record]:
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataError(f"{path}: unsupported file type '{suffix}'; use .jsonl or .csv")
-    text = decode_utf8(path)
-    records = read_csv_text(text, path) if suffix == ".csv" else read_jsonl_text(text, path)
+    records = parse_rows(path.read_bytes(), path, "csv" if suffix == ".csv" else "jsonl")
     if not records:
         raise DataError(f"{path}: {role} file is empty; it needs at least one row")
     return records
+
+
+def read_dataset(spec: str, role: str) -> list[tuple[str, list[Record]]]:
+    """Every file of a dataset (one file, a directory of shards, a glob or a URI) with its rows, in file order."""
+    from tuneforge.data.sources import resolve_data
+
+    files = resolve_data(spec, role)
+    parts = [(files.label(path), parse_rows(files.read_bytes(path), files.label(path), files.format))
+             for path in files.paths]
+    parts = [(label, records) for label, records in parts if records]
+    if not parts:
+        what = "file is" if len(files.paths) == 1 else "files are"
+        raise DataError(f"{spec}: {role} {what} empty; it needs at least one row")
+    return parts
+
+
+def parse_rows(raw: bytes, path: str | Path, file_format: str) -> list[Record]:
+    """The rows of one file's bytes (`file_format`: jsonl | csv | parquet)."""
+    if file_format == "parquet":
+        return read_parquet_bytes(raw, path)
+    text = decode_utf8(raw, path)
+    return read_csv_text(text, path) if file_format == "csv" else read_jsonl_text(text, path)
+
+
+def read_parquet_bytes(raw: bytes, path: str | Path) -> list[Record]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(pa.BufferReader(raw)).to_pylist()
+    except Exception as exc:  # noqa: BLE001 - pyarrow's errors for a damaged file vary by what is damaged
+        raise DataError(f"{path}: not a readable Parquet file ({str(exc).strip().splitlines()[0]})") from None
+    return [Record(number, row) for number, row in enumerate(rows, start=1)]
 
 
 def check_data_file(path: Path, role: str = "data") -> None:
@@ -44,12 +77,11 @@ def check_data_file(path: Path, role: str = "data") -> None:
         raise DataError(f"{path}: {role} file not found")
 
 
-def decode_utf8(path: Path) -> str:
-    raw = path.read_bytes()
+def decode_utf8(raw: bytes, path: str | Path, first_line: int = 1) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
+        line = raw[: exc.start].count(b"\n") + first_line
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         raise DataError(
             f"{where(path, line)}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {column}); "
@@ -57,9 +89,10 @@ def decode_utf8(path: Path) -> str:
         ) from None
 
 
-def read_jsonl_text(text: str, path: Path) -> list[Record]:
+def read_jsonl_text(text: str, path: str | Path, first_line: int = 1) -> list[Record]:
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: str.splitlines() would also cut at U+2028 and other separators JSON allows in strings.
+    for number, line in enumerate(text.split("\n"), start=first_line):
         if not line.strip():
             continue
         try:
@@ -75,7 +108,7 @@ def read_jsonl_text(text: str, path: Path) -> list[Record]:
     return records
 
 
-def read_csv_text(text: str, path: Path) -> list[Record]:
+def read_csv_text(text: str, path: str | Path) -> list[Record]:
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     line = 1  # where the record being parsed starts: an unclosed quote is reported where it opened
     try:

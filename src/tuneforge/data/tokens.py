@@ -157,7 +157,7 @@ def read_conll(path: Path) -> list[Draft]:
     drafts: list[Draft] = []
     words, tags, lines = [], [], []  # the sentence being read
     columns, first_line = 0, 0
-    for number, line in enumerate(decode_utf8(path).splitlines(), start=1):
+    for number, line in enumerate(decode_utf8(path.read_bytes(), path).splitlines(), start=1):
         fields = line.split()
         if not fields or fields[0].startswith("-DOCSTART-"):  # a document marker also ends a sentence
             if words:

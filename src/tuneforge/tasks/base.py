@@ -20,6 +20,7 @@ class Task:
     generates: ClassVar[bool] = False  # answers prompts with text (eval_generate applies)
     classifies_texts: ClassVar[bool] = False  # gives a label per text (served on /v1/classify)
     tags_words: ClassVar[bool] = False  # gives entity spans in a text (tuneforge.predict_tokens.Tagger)
+    reads_datasets: ClassVar[bool] = False  # train_path may be a directory, glob or URI, and may stream (Ray Data)
 
     # --- config ------------------------------------------------------------------------------------------------
     def check_config(self, config: Any) -> None:

@@ -15,6 +15,7 @@ class CausalLM(Task):
     lora_task_type = "CAUSAL_LM"
     export_formats = ("merged", "gguf", "gguf-lora")
     generates = True
+    reads_datasets = True
 
     def reported_metrics(self, config: Any) -> tuple[str, ...]:
         from tuneforge.scoring import JSON_METRICS, TEXT_METRICS, user_metric_name
@@ -27,8 +28,10 @@ class CausalLM(Task):
 
     def prepare_data(self, config: Any, tokenizer: Any, max_length: int | None) -> Any:
         from tuneforge.data.prepare import prepare_causal
+        from tuneforge.data.streaming import prepare_streamed_causal, wants_streaming
 
-        data = prepare_causal(config, tokenizer, max_length)
+        prepare = prepare_streamed_causal if wants_streaming(config) else prepare_causal
+        data = prepare(config, tokenizer, max_length)
         if config.eval_generate:
             from tuneforge.train.generation import check_generation_setup
 

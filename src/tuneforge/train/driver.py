@@ -66,6 +66,7 @@ def train(
     donor); `run_dir` places the run exactly there (replacing what is there)."""
     reporter = reporter or SilentReporter()
     clock = StartupClock()
+    start_ray_for_data(config, reporter, address, dashboard, debug)
     prepared = prepare_run(config, reporter)
     clock.mark("config, model files, data")
     run = RunDir(run_dir) if run_dir else choose_run_dir(prepared.config, overwrite)
@@ -87,6 +88,7 @@ def resume(run_dir: Path, *, overrides: list[str] | None = None, address: str | 
     config = load_config(run.config_file, overrides)
     reporter = reporter or SilentReporter()
     clock = StartupClock()
+    start_ray_for_data(config, reporter, address, dashboard, debug)
     prepared = prepare_run(config, reporter)
     clock.mark("config, model files, data")
     check_before_ray(prepared.config, run.path, address, cpus_per_worker)
@@ -97,6 +99,18 @@ def resume(run_dir: Path, *, overrides: list[str] | None = None, address: str | 
     init_checkpoint = set_aside_damaged_snapshot(run, reporter)
     return execute(prepared, run, placement, reporter, resume_step=run.latest_step(), init_checkpoint=init_checkpoint,
                    clock=clock)
+
+
+def start_ray_for_data(config: TrainConfig, reporter: Reporter, address: str | None, dashboard: bool,
+                       debug: bool) -> None:
+    """Streamed data is tokenized by Ray Data while the run is prepared, so Ray (the cluster, with --address)
+    starts first."""
+    from tuneforge.data.streaming import wants_streaming
+    from tuneforge.tasks import get_task
+
+    if get_task(config.task).reads_datasets and wants_streaming(config):
+        reporter.phase("starting Ray" if address is None else f"joining Ray at {address}")
+        ensure_ray(address, dashboard=dashboard, debug=debug)
 
 
 EARLIER_WORKERS_WAIT_S = 120.0
@@ -245,7 +259,7 @@ def execute(
     reporter.phase("training")
     try:
         result = fit(inputs, placement.scaling, prepared.config, run, callbacks,
-                     has_validation=bool(prepared.data.valid), local=placement.local)
+                     has_validation=bool(prepared.data.valid), local=placement.local, stream=prepared.data.stream)
     except BaseException as exc:
         run.update_state(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
                          error=str(exc)[:2000], ended=now())
@@ -269,7 +283,7 @@ def data_counts(data: Any) -> dict[str, Any]:
 
 
 def fit(inputs: Any, scaling: Any, config: TrainConfig, run: RunDir, callbacks: list[Any] | None,
-        *, has_validation: bool, local: bool = True) -> Any:
+        *, has_validation: bool, local: bool = True, stream: Any = None) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
@@ -295,11 +309,26 @@ def fit(inputs: Any, scaling: Any, config: TrainConfig, run: RunDir, callbacks: 
             failure_config=FailureConfig(max_failures=failures_allowed(config.max_failures, local),
                                          controller_failure_limit=0 if local else -1),
         ),
+        **streamed_datasets(stream, config.seed),
     )
     try:
         return trainer.fit()
     except Exception as exc:  # noqa: BLE001 - unwrap Ray's wrapper to show the worker's own error
         raise unwrap_training_error(exc) from exc
+
+
+def streamed_datasets(stream: Any, seed: int) -> dict[str, Any]:
+    """The trainer's datasets for a streamed run. Kept in order, so that one worker sees the same rows in the same
+    order on a resume; with several workers Ray Data hands blocks to whichever asks first."""
+    if stream is None:
+        return {}
+    from ray.data import ExecutionOptions
+    from ray.train import DataConfig
+
+    from tuneforge.data.streaming import training_dataset
+
+    return {"datasets": {"train": training_dataset(stream, seed)},
+            "dataset_config": DataConfig(execution_options=ExecutionOptions(preserve_order=True))}
 
 
 def failures_allowed(setting: int | None, local: bool) -> int:

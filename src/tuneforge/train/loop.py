@@ -185,15 +185,13 @@ class TrainingLoop:
                    "pid_started": psutil.Process().create_time(),
                    "ray_nodes": gather_objects(ray_node_id())})
         window = Window()
-        epoch_cache: tuple[int, list[list[int]]] | None = None
+        batches = self.batch_source()
         self.prepared.train()
         for step in range(self.start_step, plan.total_steps):
             if self.driver is not None and not self.driver.running():
                 raise TuneforgeError(f"the driver (pid {self.driver.pid}) is gone: stopping before step {step + 1}")
             epoch, step_in_epoch = divmod(step, plan.steps_per_epoch)
-            if epoch_cache is None or epoch_cache[0] != epoch:
-                epoch_cache = (epoch, self.batches_for_epoch(epoch))
-            micro_batches = epoch_cache[1][step_in_epoch * accumulation : (step_in_epoch + 1) * accumulation]
+            micro_batches = batches.take(epoch, step_in_epoch * accumulation, accumulation)
             started = time.perf_counter()
             loss_sum, targets, real_tokens, grad_norm = self.optimizer_step(micro_batches)
             window.add(loss_sum, targets, real_tokens, time.perf_counter() - started)
@@ -203,20 +201,20 @@ class TrainingLoop:
             if done in plan.event_steps:
                 self.checkpoint_event(done, window.take_event_loss())
 
-    def batches_for_epoch(self, epoch: int) -> list[list[int]]:
-        return epoch_batches(
-            self.train_lengths,
-            batch_size=self.config.train_batch_size_per_device,
-            world_size=self.world_size,
-            rank=self.rank,
-            batches_per_rank=self.plan.steps_per_epoch * self.config.gradient_accumulation_steps,
-            seed=self.config.seed,
-            epoch=epoch,
-            group_by_length=self.config.group_by_length,
-        )
+    def batch_source(self) -> InMemoryBatches | Any:
+        """Where each step's micro-batches of rows come from: the rows in memory, or this worker's shard of the
+        streamed dataset."""
+        if self.data.stream is not None:
+            import ray.train
 
-    def optimizer_step(self, micro_batches: list[list[int]]) -> tuple[float, float, float, float]:
-        batches = [self.collate(indices) for indices in micro_batches]
+            from tuneforge.data.streaming import StreamedBatches
+
+            return StreamedBatches(ray.train.get_dataset_shard("train"), self.config.train_batch_size_per_device,
+                                   self.config.seed)
+        return InMemoryBatches(self)
+
+    def optimizer_step(self, micro_batches: list[list[Any]]) -> tuple[float, float, float, float]:
+        batches = [self.collate(rows) for rows in micro_batches]
         local_targets = sum(self.objective.target_count(batch) for batch in batches)
         step_targets = all_reduce_sum([local_targets], self.device)[0]
         # DDP averages gradients over workers; scaling by world_size turns that average into a sum over all
@@ -252,10 +250,9 @@ class TrainingLoop:
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
-    def collate(self, indices: list[int], rows: list[Any] | None = None) -> dict[str, torch.Tensor]:
-        rows = self.data.train if rows is None else rows
+    def collate(self, rows: list[Any]) -> dict[str, torch.Tensor]:
         return self.task.collate(
-            [rows[i] for i in indices],
+            rows,
             self.tokenizer.pad_token_id,
             padding="free" if self.padding_free else self.config.padding,
             context_length=self.data.context_length,
@@ -281,7 +278,7 @@ class TrainingLoop:
         extra: dict[str, list[int]] = {"y_true": [], "y_pred": []}
         for indices in eval_batches(self.valid_lengths, batch_size=self.config.eval_batch_size_per_device,
                                     world_size=self.world_size, rank=self.rank):
-            batch = self.to_device(self.collate(indices, self.data.valid))
+            batch = self.to_device(self.collate([self.data.valid[i] for i in indices]))
             with autocast_context(self.precision, self.device):
                 batch_loss, batch_count, predictions = objective.eval_batch(batch)
             if predictions is not None:
@@ -337,6 +334,30 @@ class TrainingLoop:
     def emit(self, event: dict[str, Any]) -> None:
         if self.rank == 0 and self.events is not None:
             self.events.put({**event, "time": time.time()})
+
+
+class InMemoryBatches:
+    """Micro-batches of rows held in memory, from the (seed, epoch) order of train/batching.py."""
+
+    def __init__(self, loop: TrainingLoop):
+        self.loop = loop
+        self.epoch: int | None = None
+        self.indices: list[list[int]] = []
+
+    def take(self, epoch: int, position: int, count: int) -> list[list[Any]]:
+        if epoch != self.epoch:
+            loop = self.loop
+            self.epoch, self.indices = epoch, epoch_batches(
+                loop.train_lengths,
+                batch_size=loop.config.train_batch_size_per_device,
+                world_size=loop.world_size,
+                rank=loop.rank,
+                batches_per_rank=loop.plan.steps_per_epoch * loop.config.gradient_accumulation_steps,
+                seed=loop.config.seed,
+                epoch=epoch,
+                group_by_length=loop.config.group_by_length,
+            )
+        return [[self.loop.data.train[i] for i in batch] for batch in self.indices[position : position + count]]
 
 
 class Window:

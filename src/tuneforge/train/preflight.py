@@ -1,5 +1,6 @@
 """Everything that can be wrong with a run, found before the run directory exists or Ray starts: the config, the
-data, the model id, the LoRA targets, the output directory and the resources asked for. Writes nothing."""
+data, the model id, the LoRA targets, the output directory and the resources asked for. Writes nothing, except the
+tokenized shards of streamed data (a cache under output_dir, data/streaming.py)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ class PreparedRun:
 
 def prepare_run(config: TrainConfig, reporter: Reporter | None = None) -> PreparedRun:
     """Resolve the model, load the tokenizer, read and tokenize the data, compute the plan. Raises a
-    TuneforgeError for any bad input; writes nothing."""
+    TuneforgeError for any bad input; writes nothing but the cache of streamed data's shards (data.streaming)."""
     from tuneforge.models import (
         ModelError,
         check_lora_targets,
@@ -89,7 +90,7 @@ def prepare_run(config: TrainConfig, reporter: Reporter | None = None) -> Prepar
     check_lora_targets(config, model_config, data.labels)
     config = config.model_copy(update={"context_length": data.context_length,
                                        "padding_free": resolve_padding_free(config, task, model_config, data.context_length)})
-    plan = make_plan(config, len(data.train))
+    plan = make_plan(config, data.train_rows)
     if config.num_epochs is None:
         config = config.model_copy(update={"num_epochs": plan.num_epochs})
     meta = CheckpointMeta(
@@ -112,15 +113,27 @@ def resolve_padding_free(config: TrainConfig, task: Task, model_config: Any, con
 
 
 def check_data_files(config: TrainConfig) -> None:
-    """Data paths that are no file fail before the model is resolved (a bundled model converts for ~20 s)."""
+    """Data paths that name no data fail before the model is resolved (a bundled model converts for ~20 s)."""
     from tuneforge.data.records import check_data_file
+    from tuneforge.data.sources import is_many, resolve_data
     from tuneforge.errors import DataError
 
+    task = get_task(config.task)
+    if config.streaming and not task.reads_datasets:
+        raise ConfigError(f"{config.source_of('streaming')}: streaming: the {task.name} task reads its data in memory; "
+                          "remove the key")
     for key in ("train_path", "valid_path"):
         value = getattr(config, key)
+        if value is None:
+            continue
         try:
-            if value is not None:
+            if not is_many(value):
                 check_data_file(Path(value), key)
+            elif task.reads_datasets:
+                resolve_data(value, key)
+            else:
+                raise DataError(f"{value}: the {task.name} task reads one file; directories, globs and URIs are read "
+                                "by the causal_lm task")
         except DataError as exc:
             raise DataError(f"{config.source_of(key)}: {exc}") from None
 

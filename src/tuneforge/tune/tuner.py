@@ -37,11 +37,15 @@ def search(config: TrainConfig, *, address: str | None = None, resume_dir: Path 
     and trial_done(trial_id, status) calls as trials progress."""
     from tuneforge.cluster import ensure_ray
     from tuneforge.train import prepare_run
-    from tuneforge.train.preflight import check_fits, check_writable, worker_resources
+    from tuneforge.train.driver import start_ray_for_data
+    from tuneforge.train.preflight import SilentReporter, check_fits, check_writable, worker_resources
 
     settings = config.tune or TuneSettings()
     space = validate_search(config)
-    prepare_run(config)  # data, model id and LoRA targets fail here, before any trial starts
+    # Data, model id and LoRA targets fail here, before any trial starts; streamed data is tokenized here once, while
+    # every CPU is free, into the cache the trials then read.
+    start_ray_for_data(config, SilentReporter(), address, True, debug)
+    prepare_run(config)
     if not resume_dir:
         check_writable(Path(config.output_dir), config.source_of("output_dir"))
     config, notes = apply_pbt_rules(config, settings)
