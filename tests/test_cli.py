@@ -166,13 +166,17 @@ def test_option_errors_are_one_line_with_exit_code_2(tmp_path):
     assert_one_clear_line(tuneforge_here("plan"), "Missing argument", "plan --help")
 
 
-def test_a_directory_as_train_path_is_named_with_its_config_line_before_the_model_loads(tmp_path, monkeypatch):
+def test_a_directory_with_no_data_as_train_path_is_named_with_its_config_line_before_the_model_loads(
+        tmp_path, monkeypatch):
     import tuneforge.models
 
     monkeypatch.setattr(tuneforge.models, "resolve_model", lambda *_: pytest.fail("the model was resolved"))
-    cfg = write_config(tmp_path / "c.yaml", config_text(tmp_path, tmp_path / "runs"))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "_SUCCESS").write_text("")
+    cfg = write_config(tmp_path / "c.yaml", config_text(shards, tmp_path / "runs"))
     assert_one_clear_line(tuneforge_here("train", str(cfg)),
-                          f"{cfg}:2: {tmp_path}: train_path is a directory, not a file")
+                          f"{cfg}:2: {shards}: train_path directory holds no .jsonl, .csv or .parquet file")
 
 
 @pytest.mark.parametrize("task", ["causal_lm", "classification"])

@@ -185,6 +185,10 @@ class TrainConfig(BaseModel):
     # --- output ----------------------------------------------------------------------------------------------
     output_dir: str = "runs"
     run_name: str | None = Field(None, description="default: the config file name (plus a timestamp if taken)")
+    storage_path: str | None = Field(
+        None, description="where Ray Train keeps the checkpoints: a directory every node mounts, or a pyarrow URI "
+        "(s3://bucket/prefix, gs://, hdfs://); each run uses <storage_path>/<run name>/checkpoints; default: the "
+        "run directory's checkpoints/")
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
 
@@ -460,6 +464,8 @@ def resolve_data_paths(config: TrainConfig, config_dir: Path) -> None:
         value = getattr(config, field)
         if value is not None and "://" not in value:  # a URI (s3://, gs://, file://) is pyarrow's to resolve
             setattr(config, field, str(resolve_path(value, config_dir)))
+    if config.storage_path and "://" not in config.storage_path:
+        config.storage_path = str(Path(config.storage_path).expanduser().resolve())
     if config.eval_generate and config.eval_generate.json_schema:
         config.eval_generate.json_schema = str(resolve_path(config.eval_generate.json_schema, config_dir))
 

@@ -324,6 +324,30 @@ def is_whole_checkpoint(path: Path) -> bool:
     return all((path / name).is_file() and (path / name).stat().st_size == size for name, size in (listed or {}).items())
 
 
+def checkpoint_store(run_path: Path, storage_path: str | None) -> str:
+    """Where Ray Train keeps a run's checkpoints: the run's own checkpoints/ folder, or
+    <storage_path>/<run name>/checkpoints (a shared directory or a pyarrow URI such as s3://bucket/prefix)."""
+    if not storage_path:
+        return str(run_path.resolve() / "checkpoints")
+    base = storage_path.rstrip("/") if "://" in storage_path else str(Path(storage_path).resolve())
+    return f"{base}/{run_path.name}/checkpoints"
+
+
+def stored_latest_step(store: str) -> int:
+    """The step of the latest checkpoint Ray registered in a store that may be remote (0 when there is none)."""
+    from pyarrow import fs
+
+    try:
+        filesystem, base = fs.FileSystem.from_uri(store) if "://" in store else (fs.LocalFileSystem(), store)
+        with filesystem.open_input_stream(f"{base}/{RAY_SNAPSHOT}") as stream:
+            snapshot = json.loads(stream.read())
+        latest = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+        with filesystem.open_input_stream(f"{base}/{latest}/{META_FILE}") as stream:
+            return CheckpointMeta.model_validate_json(stream.read()).step
+    except (OSError, ValueError, KeyError, TypeError, ValidationError):
+        return 0
+
+
 def snapshot_is_damaged(folder: Path) -> bool:
     """Ray Train's snapshot is there but unreadable: a kill while Ray rewrote it (Ray writes it in place)."""
     return (folder / RAY_SNAPSHOT).is_file() and read_snapshot(folder) == (None, None)

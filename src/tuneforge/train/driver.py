@@ -19,7 +19,15 @@ from tuneforge.atomic import atomic_dir, write_text
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.metrics import better, mean_throughput
 from tuneforge.plan import plot_learning_rates
-from tuneforge.rundir import RAY_SNAPSHOT, CheckpointMeta, RunDir, now, snapshot_is_damaged
+from tuneforge.rundir import (
+    RAY_SNAPSHOT,
+    CheckpointMeta,
+    RunDir,
+    checkpoint_store,
+    now,
+    snapshot_is_damaged,
+    stored_latest_step,
+)
 from tuneforge.train.liveness import Process, wait_until_gone
 from tuneforge.train.startup import StartupClock
 from tuneforge.train.preflight import (
@@ -96,8 +104,11 @@ def resume(run_dir: Path, *, overrides: list[str] | None = None, address: str | 
     clock.mark("Ray")
     wait_for_earlier_processes(run, reporter)
     write_text(run.config_file, prepared.config.to_yaml())
-    init_checkpoint = set_aside_damaged_snapshot(run, reporter)
-    return execute(prepared, run, placement, reporter, resume_step=run.latest_step(), init_checkpoint=init_checkpoint,
+    if prepared.config.storage_path:  # Ray Train finds the latest checkpoint in the store itself
+        init_checkpoint, resume_step = None, stored_latest_step(checkpoint_store(run.path, prepared.config.storage_path))
+    else:
+        init_checkpoint, resume_step = set_aside_damaged_snapshot(run, reporter), run.latest_step()
+    return execute(prepared, run, placement, reporter, resume_step=resume_step, init_checkpoint=init_checkpoint,
                    clock=clock)
 
 
@@ -107,7 +118,9 @@ def start_ray_for_data(config: TrainConfig, reporter: Reporter, address: str | N
     starts first."""
     from tuneforge.data.streaming import wants_streaming
     from tuneforge.tasks import get_task
+    from tuneforge.train.preflight import check_data_files
 
+    check_data_files(config)  # a path that names no data: one line naming the config's line, before Ray starts
     if get_task(config.task).reads_datasets and wants_streaming(config):
         reporter.phase("starting Ray" if address is None else f"joining Ray at {address}")
         ensure_ray(address, dashboard=dashboard, debug=debug)
@@ -224,7 +237,7 @@ def execute(
         meta=prepared.meta,
         payload=ray.put({"data": prepared.data, "tokenizer": prepared.tokenizer}),
         events=events,
-        checkpoint_root=str(run.checkpoints_dir.resolve()),
+        checkpoint_root=checkpoint_store(run.path, prepared.config.storage_path),
         init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
         threads=placement.scaling.resources_per_worker.get("CPU", 1),
         import_paths=[os.getcwd()],
@@ -258,7 +271,7 @@ def execute(
     pump = EventPump(events, [record_start, tracker.record, reporter.event])
     reporter.phase("training")
     try:
-        result = fit(inputs, placement.scaling, prepared.config, run, callbacks,
+        result = fit(inputs, placement.scaling, prepared.config, callbacks,
                      has_validation=bool(prepared.data.valid), local=placement.local, stream=prepared.data.stream)
     except BaseException as exc:
         run.update_state(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
@@ -282,7 +295,7 @@ def data_counts(data: Any) -> dict[str, Any]:
     return {**counts["train"], "valid": counts["valid"]}
 
 
-def fit(inputs: Any, scaling: Any, config: TrainConfig, run: RunDir, callbacks: list[Any] | None,
+def fit(inputs: Any, scaling: Any, config: TrainConfig, callbacks: list[Any] | None,
         *, has_validation: bool, local: bool = True, stream: Any = None) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
@@ -299,8 +312,9 @@ def fit(inputs: Any, scaling: Any, config: TrainConfig, run: RunDir, callbacks: 
         train_loop_config={"inputs": inputs},
         scaling_config=scaling,
         run_config=RunConfig(
-            name=run.checkpoints_dir.name,
-            storage_path=str(run.path.resolve()),
+            # Ray Train keeps the checkpoints in storage_path/name: inputs.checkpoint_root, maybe a URI.
+            name=inputs.checkpoint_root.rsplit("/", 1)[1],
+            storage_path=inputs.checkpoint_root.rsplit("/", 1)[0],
             checkpoint_config=checkpoint_config,
             callbacks=callbacks or [],
             # Workers that cannot be placed within RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) end the run with an
@@ -414,10 +428,11 @@ class EventPump:
 def finalize(run: RunDir, prepared: PreparedRun, result: Any, seconds: float) -> RunResult:
     """Copy the best checkpoint to best/ and write results.json (both atomically)."""
     config = prepared.config
-    ranked = [(Path(checkpoint.path), metrics) for checkpoint, metrics in (result.best_checkpoints or [])]
-    best_path, best_metrics = pick_best(ranked, config)
-    if best_path is not None:
-        copy_checkpoint(best_path, run.best_dir)
+    ranked = list(result.best_checkpoints or [])
+    best, best_metrics = pick_best(ranked, config)
+    best_path = checkpoint_address(best, config) if best is not None else None
+    if best is not None:
+        copy_checkpoint(best, run.best_dir)
     history = run.metrics()
     steps = [row for row in history if row.get("type") == "step"]
     evals = [row for row in history if row.get("type") == "eval"]
@@ -430,7 +445,7 @@ def finalize(run: RunDir, prepared: PreparedRun, result: Any, seconds: float) ->
         "best_metric": config.best_metric,
         "best_metrics": best_metrics,
         "final_metrics": evals[-1] if evals else {},
-        "checkpoints": [str(path) for path, _ in ranked],
+        "checkpoints": [checkpoint_address(checkpoint, config) for checkpoint, _ in ranked],
         "steps": prepared.plan.total_steps,
         "epochs": prepared.plan.num_epochs,
         "data": data_counts(prepared.data),
@@ -444,17 +459,22 @@ def finalize(run: RunDir, prepared: PreparedRun, result: Any, seconds: float) ->
     return RunResult(run.path, best, best_metrics, results["final_metrics"], results)
 
 
-def pick_best(ranked: list[tuple[Path, dict[str, Any]]], config: TrainConfig) -> tuple[Path | None, dict[str, Any]]:
+def pick_best(ranked: list[tuple[Any, dict[str, Any]]], config: TrainConfig) -> tuple[Any, dict[str, Any]]:
     scored = [(path, metrics) for path, metrics in ranked if config.best_metric in metrics]
     if not scored:
         return (ranked[-1][0], ranked[-1][1]) if ranked else (None, {})
     return better(config.best_mode)(scored, key=lambda item: item[1][config.best_metric])
 
 
-def copy_checkpoint(source: Path, target: Path) -> None:
-    import shutil
-
+def copy_checkpoint(checkpoint: Any, target: Path) -> None:
+    """A Ray Train checkpoint, from wherever it is stored, into a local directory (whole, or not at all)."""
     with atomic_dir(target) as staged:
-        shutil.copytree(source, staged, dirs_exist_ok=True)
+        checkpoint.to_directory(str(staged))
+
+
+def checkpoint_address(checkpoint: Any, config: TrainConfig) -> str:
+    """Where a checkpoint is, as the user would write it: a local path, or a URI in the config's storage."""
+    storage = config.storage_path or ""
+    return f"{storage.split('://', 1)[0]}://{checkpoint.path}" if "://" in storage else str(checkpoint.path)
 
 

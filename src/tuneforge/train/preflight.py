@@ -151,11 +151,31 @@ def check_before_ray(config: TrainConfig, run_dir: Path, address: str | None, cp
     tuneforge would start here, more workers than this machine has CPUs or GPUs for. (RAY_ADDRESS, which Ray
     sets inside its jobs, means joining a cluster: its totals are checked once connected.)"""
     check_writable(run_dir, config.source_of("output_dir"))
+    check_storage(config)
     if address is None and not os.environ.get("RAY_ADDRESS") and not ray_is_running():
         machine = local_machine()
         resources, _ = worker_resources(config, machine, cpus_per_worker)
         # Custom resources (accelerator_type:...) are only known once Ray has looked at the hardware.
         check_fits(config, {name: resources[name] for name in ("CPU", "GPU") if name in resources}, machine)
+
+
+def check_storage(config: TrainConfig) -> None:
+    """A storage_path URI whose filesystem pyarrow cannot open fails now, not at the first checkpoint."""
+    storage = config.storage_path
+    if not storage:
+        return
+    if "://" not in storage:
+        check_writable(Path(storage), config.source_of("storage_path"))
+        return
+    from pyarrow import fs
+
+    try:
+        filesystem, base = fs.FileSystem.from_uri(storage)
+        filesystem.get_file_info(base)
+    except Exception as exc:  # noqa: BLE001 - pyarrow's errors differ by scheme (no credentials, no such bucket)
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{config.source_of('storage_path')}: cannot open {storage} through pyarrow ({detail}); "
+                          "check the URI, your credentials and that the storage is reachable from here") from None
 
 
 def check_writable(run_dir: Path, at: str) -> None:
