@@ -351,3 +351,12 @@ def test_pbt_raising_num_checkpoints_to_keep_is_shown_when_the_search_starts(tmp
     with pytest.raises(NoRay):
         search(config, display=display)
     assert len(display.notes) == 1 and "num_checkpoints_to_keep raised from 1 to 3" in display.notes[0]
+
+
+def test_pbt_refuses_checkpoints_kept_outside_the_run_directories():
+    from tuneforge.tune.tuner import apply_pbt_rules
+
+    config = TrainConfig(model_id="m", train_path="t.jsonl", storage_path="s3://bucket/ckpts")
+    with pytest.raises(ConfigError, match=r"scheduler pbt hands checkpoints between trials .*remove storage_path"):
+        apply_pbt_rules(config, TuneSettings(scheduler="pbt"))
+    assert apply_pbt_rules(config, TuneSettings(scheduler="asha"))[0] is config

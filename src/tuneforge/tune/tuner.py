@@ -90,6 +90,9 @@ def objective_direction(config: TrainConfig, settings: TuneSettings) -> tuple[st
 
 def apply_pbt_rules(config: TrainConfig, settings: TuneSettings) -> tuple[TrainConfig, list[str]]:
     """PBT copies checkpoints between trials; with few kept, a donor's may be deleted before it is copied."""
+    if settings.scheduler == "pbt" and config.storage_path:
+        raise ConfigError(f"{config.source_of('storage_path')}: scheduler pbt hands checkpoints between trials "
+                          "through their run directories; remove storage_path (or use asha or fifo)")
     if settings.scheduler != "pbt" or config.num_checkpoints_to_keep >= PBT_MIN_KEEP:
         return config, []
     note = (f"num_checkpoints_to_keep raised from {config.num_checkpoints_to_keep} to {PBT_MIN_KEEP}: PBT trials "
