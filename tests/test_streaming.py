@@ -178,8 +178,12 @@ def test_streamed_preparation_tokenizes_every_row_as_in_memory_and_is_reused(
     config = causal_config(tmp_path, tiny_llama_dir, str(shards), valid_path=str(tmp_path / "valid.jsonl"),
                            context_length=40)
     in_memory = prepare_causal(config, smol_tokenizer, 512)
-    streamed = streaming.prepare_streamed_causal(config, smol_tokenizer, 512)
+    events = []
+    streamed = streaming.prepare_streamed_causal(config, smol_tokenizer, 512, progress=events.append)
 
+    chunks = len(events) - 1  # one event before the first chunk, then one per chunk as it finishes
+    assert [event["done"] for event in events] == list(range(chunks + 1))
+    assert {event["total"] for event in events} == {chunks} and events[-1]["rows"] == 150
     assert streamed.train == [] and streamed.stream.rows == len(in_memory.train) == 150
     assert len(streamed.stream.files) > 2
     expected = {e.source: (e.input_ids.tolist(), e.target_mask.tolist()) for e in in_memory.train}
@@ -292,3 +296,17 @@ def test_a_streamed_run_learns_and_resumes_on_the_same_batches(ray_session, tmp_
     assert np.allclose([row["loss"] for row in resumed_steps], [row["loss"] for row in steps], atol=1e-5)
     final = json.loads(cut.results_file.read_text())["final_metrics"]["eval_loss"]
     assert abs(final - whole.final_metrics["eval_loss"]) < 1e-4
+
+
+def test_the_progress_display_shows_the_preparation_then_training_as_separate_bars():
+    from tuneforge.ui.progress import RichReporter
+
+    reporter = RichReporter()
+    for done in range(4):
+        reporter.event({"type": "prepare", "done": done, "total": 3, "rows": 100 * done, "bytes": 3 * 2**20})
+    reporter.event({"type": "start", "step": 0, "total_steps": 9, "precision": "fp32", "world_size": 1,
+                    "device": "cpu", "trainable": {"trainable": 1, "total": 10}})
+    reporter.event({"type": "step", "step": 2, "loss": 1.0, "tokens_per_second": 5.0, "lr": 1e-4})
+    bars = {task.description: (task.completed, task.total, task.fields["stats"]) for task in reporter.progress.tasks}
+    assert bars["tokenizing (Ray Data)"] == (3, 3, "300 rows · 3.0 MiB in all")
+    assert bars["training"][:2] == (2, 9)

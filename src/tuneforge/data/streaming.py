@@ -23,7 +23,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -75,48 +75,64 @@ class StreamedTrain:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def prepare_streamed_causal(config: TrainConfig, tokenizer: Any, model_max_length: int | None) -> PreparedData:
-    from tuneforge.data.prepare import LengthStats, PreparedData, choose_context_length, fit_notes, rows_kept
+def prepare_streamed_causal(config: TrainConfig, tokenizer: Any, model_max_length: int | None,
+                            progress: Callable[[dict[str, Any]], None] | None = None) -> PreparedData:
+    from tuneforge.data.prepare import LengthStats, PreparedData, fit_notes, rows_kept
 
     files = resolve_data(config.train_path, "train_path")
-    sample = read_sample(files, SAMPLE_ROWS)
-    label = files.label(files.paths[0])
-    shape = causal.detect_shape(sample, Path(label))
-    causal.validate_rows(sample, Path(label), shape)
-    sample_lengths = [len(e) for e in causal.tokenize_records(sample, Path(label), shape, tokenizer,
-                                                              config.train_on_inputs)]
-    context_length = choose_context_length(config.context_length, sample_lengths, model_max_length)
-    notes = [] if config.context_length else [
-        f"context_length {context_length}: the longest of the first {len(sample)} rows (streamed data is not read "
-        "whole before training); set context_length to choose"]
+    sample, shape, context_length, notes = look_at_sample(config, files, tokenizer, model_max_length)
     chunks, estimated_rows = plan_chunks(files)
     valid_parts = read_dataset(config.valid_path, "valid_path") if config.valid_path else None
     held_out_share = 0.0 if valid_parts else held_out_fraction(config.valid_split, estimated_rows)
     settings = {"shape": shape, "train_on_inputs": config.train_on_inputs, "context_length": context_length,
                 "truncation": config.truncation, "held_out_share": held_out_share, "seed": config.seed}
     directory = Path(config.output_dir) / CACHE_DIR / cache_key(files, tokenizer, settings)
-    summary = load_or_build(directory, files, chunks, tokenizer, settings)
+    summary = load_or_build(directory, files, chunks, tokenizer, settings, progress)
 
-    train_lengths = np.concatenate([read_column(path, "length") for path in summary["files"]] or [np.zeros(0)])
-    rows, dropped, truncated = summary["rows"], summary["dropped"], summary["truncated"]
+    rows = summary["rows"]
     if not rows:
         raise DataError(f"{config.train_path}: no row has target tokens within context_length {context_length}")
-    notes += summary["notes"] + fit_notes("train", dropped, truncated, context_length)
-    stats = {"train": LengthStats.of(train_lengths.tolist(), summary["target_tokens"], truncated)}
-    stats["train"].rows, stats["train"].dropped = rows, dropped
+    notes += summary["notes"] + fit_notes("train", summary["dropped"], summary["truncated"], context_length)
     if valid_parts:
         valid, valid_rows, valid_stats = in_memory_valid(valid_parts, shape, tokenizer, config, context_length, notes)
     else:
         valid, valid_rows = read_held_out(directory / "valid")
         valid_stats = LengthStats.of([len(e) for e in valid], int(sum(e.target_mask.sum() for e in valid)), 0)
-    stats["valid"] = valid_stats
-    notes.append(f"train: {rows} rows streamed from {len(files.paths)} file(s) ({files.total_bytes / 2**20:.0f} MiB), "
+    stats = {"train": train_statistics(summary), "valid": valid_stats}
+    notes.append(f"train: {rows} rows streamed from {len(files.paths)} file(s) ({files.total_bytes / 2**20:.1f} MiB), "
                  f"tokenized by Ray Data into {directory}")
     data = PreparedData(shape, [], valid, context_length, stats, notes=notes,
                         valid_rows=valid_rows[:rows_kept(config)],
                         system_prompt=causal.shared_system_prompt([record.data for record in sample]))
     data.stream = StreamedTrain(str(directory / "train"), summary["files"], rows)
     return data
+
+
+def look_at_sample(config: TrainConfig, files: DataFiles, tokenizer: Any,
+                   model_max_length: int | None) -> tuple[list[Record], causal.Shape, int, list[str]]:
+    """The first rows, read by the driver: the data's shape, its first errors, and the default context_length."""
+    from tuneforge.data.prepare import choose_context_length
+
+    sample = read_sample(files, SAMPLE_ROWS)
+    label = Path(files.label(files.paths[0]))
+    shape = causal.detect_shape(sample, label)
+    causal.validate_rows(sample, label, shape)
+    lengths = [len(e) for e in causal.tokenize_records(sample, label, shape, tokenizer, config.train_on_inputs)]
+    context_length = choose_context_length(config.context_length, lengths, model_max_length)
+    notes = [] if config.context_length else [
+        f"context_length {context_length}: the longest of the first {len(sample)} rows (streamed data is not read "
+        "whole before training); set context_length to choose"]
+    return sample, shape, context_length, notes
+
+
+def train_statistics(summary: dict[str, Any]) -> Any:
+    """The plan's length statistics, from the shards' length column (4 bytes a row in the driver)."""
+    from tuneforge.data.prepare import LengthStats
+
+    lengths = np.concatenate([read_column(path, "length") for path in summary["files"]] or [np.zeros(0)])
+    stats = LengthStats.of(lengths.tolist(), summary["target_tokens"], summary["truncated"])
+    stats.rows, stats.dropped = summary["rows"], summary["dropped"]
+    return stats
 
 
 def held_out_fraction(share: float, estimated_rows: int) -> float:
@@ -247,14 +263,14 @@ def cache_key(files: DataFiles, tokenizer: Any, settings: dict[str, Any]) -> str
 
 
 def load_or_build(directory: Path, files: DataFiles, chunks: list[Chunk], tokenizer: Any,
-                  settings: dict[str, Any]) -> dict[str, Any]:
+                  settings: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     """The cached preparation, or a new one: built beside its final place and renamed into it when whole."""
     summary_file = directory / "summary.json"
     if summary_file.is_file():
         return json.loads(summary_file.read_text())
     staging = directory.with_name(f"{directory.name}.partial-{os.getpid()}-{int(time.time())}")
     try:
-        summary = run_preparation(staging, files, chunks, tokenizer, settings)
+        summary = run_preparation(staging, files, chunks, tokenizer, settings, progress or (lambda event: None))
         summary["files"] = [str(directory / "train" / Path(path).name) for path in summary["files"]]
         (staging / "summary.json").write_text(json.dumps(summary))
         if directory.exists():  # a concurrent run finished the same preparation first
@@ -268,7 +284,7 @@ def load_or_build(directory: Path, files: DataFiles, chunks: list[Chunk], tokeni
 
 
 def run_preparation(staging: Path, files: DataFiles, chunks: list[Chunk], tokenizer: Any,
-                    settings: dict[str, Any]) -> dict[str, Any]:
+                    settings: dict[str, Any], progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     import ray.data
 
     from tuneforge.cluster import ensure_ray
@@ -282,10 +298,16 @@ def run_preparation(staging: Path, files: DataFiles, chunks: list[Chunk], tokeni
     prepared = dataset.map_batches(prepare_chunks, batch_size=1, batch_format="pandas",
                                    fn_kwargs={"files": files, "tokenizer": tokenizer, "settings": settings,
                                               "out_dir": str(staging)})
+    results = []
+    progress({"type": "prepare", "done": 0, "total": len(chunks), "rows": 0, "bytes": files.total_bytes})
     try:
-        results = sorted(prepared.take_all(), key=lambda row: row["index"])
+        for row in prepared.iter_rows():  # one row per chunk, as the chunks finish
+            results.append(row)
+            progress({"type": "prepare", "done": len(results), "total": len(chunks),
+                      "rows": sum(item["rows"] for item in results), "bytes": files.total_bytes})
     except Exception as exc:  # noqa: BLE001 - Ray wraps the DataError a chunk raised
         raise data_error_inside(exc) from None
+    results.sort(key=lambda row: row["index"])
     notes = [row["note"] for row in results if row["note"]]
     note = [f"{notes[0]} (and notes in {len(notes) - 1} more chunk(s))" if len(notes) > 1 else notes[0]] if notes else []
     return {"rows": int(sum(row["rows"] for row in results)), "dropped": int(sum(row["dropped"] for row in results)),

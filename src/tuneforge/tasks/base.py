@@ -31,8 +31,9 @@ class Task:
         return self.metrics
 
     # --- data --------------------------------------------------------------------------------------------------
-    def prepare_data(self, config: Any, tokenizer: Any, max_length: int | None) -> Any:
-        """Read, validate and tokenize train and validation rows: a PreparedData."""
+    def prepare_data(self, config: Any, tokenizer: Any, max_length: int | None, progress: Any = None) -> Any:
+        """Read, validate and tokenize train and validation rows: a PreparedData. `progress`, if given, receives
+        {"type": "prepare", ...} events from work long enough to show a bar for (Ray Data's preparation)."""
         raise NotImplementedError
 
     def run_facts(self, config: Any, tokenizer: Any, data: Any) -> dict[str, Any]:

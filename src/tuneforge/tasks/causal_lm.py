@@ -26,12 +26,14 @@ class CausalLM(Task):
         users = tuple(user_metric_name(spec) for spec in config.eval_metrics or ())
         return (*self.metrics, *(f"eval_{name}" for name in scored + users), "eval_generate_seconds")
 
-    def prepare_data(self, config: Any, tokenizer: Any, max_length: int | None) -> Any:
+    def prepare_data(self, config: Any, tokenizer: Any, max_length: int | None, progress: Any = None) -> Any:
         from tuneforge.data.prepare import prepare_causal
         from tuneforge.data.streaming import prepare_streamed_causal, wants_streaming
 
-        prepare = prepare_streamed_causal if wants_streaming(config) else prepare_causal
-        data = prepare(config, tokenizer, max_length)
+        if wants_streaming(config):
+            data = prepare_streamed_causal(config, tokenizer, max_length, progress=progress)
+        else:
+            data = prepare_causal(config, tokenizer, max_length)
         if config.eval_generate:
             from tuneforge.train.generation import check_generation_setup
 

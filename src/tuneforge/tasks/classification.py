@@ -24,7 +24,7 @@ class SequenceClassification(LabelHeadTask):
         if not config.label_field:
             raise ValueError("classification needs label_field (the column holding the label)")
 
-    def prepare_data(self, config: Any, tokenizer: Any, max_length: int | None) -> Any:
+    def prepare_data(self, config: Any, tokenizer: Any, max_length: int | None, progress: Any = None) -> Any:
         from tuneforge.data.classification import prepare_classification
 
         return prepare_classification(config, tokenizer, max_length)

@@ -19,7 +19,7 @@ class TokenClassification(LabelHeadTask):
     gathers_predictions = True
     tags_words = True
 
-    def prepare_data(self, config: Any, tokenizer: Any, max_length: int | None) -> Any:
+    def prepare_data(self, config: Any, tokenizer: Any, max_length: int | None, progress: Any = None) -> Any:
         from tuneforge.data.tagging import prepare_token_classification
 
         return prepare_token_classification(config, tokenizer, max_length)

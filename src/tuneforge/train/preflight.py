@@ -84,7 +84,7 @@ def prepare_run(config: TrainConfig, reporter: Reporter | None = None) -> Prepar
     tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
     ensure_distinct_pad(tokenizer)
     reporter.phase("reading and tokenizing data")
-    data = task.prepare_data(config, tokenizer, model_max_length(model_config))
+    data = task.prepare_data(config, tokenizer, model_max_length(model_config), progress=reporter.event)
     for note in data.notes:
         reporter.note(note)
     check_lora_targets(config, model_config, data.labels)

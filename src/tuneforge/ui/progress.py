@@ -39,6 +39,7 @@ class RichReporter:
             transient=False,
         )
         self.task_id: Any = None
+        self.prepare_id: Any = None
         self.last_plain = 0.0
 
     def __enter__(self) -> RichReporter:
@@ -57,12 +58,21 @@ class RichReporter:
 
     def event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
-        if kind == "start":
+        if kind == "prepare":
+            self.preparation(event)
+        elif kind == "start":
             self.start(event)
         elif kind == "step" and self.task_id is not None:
             self.step(event)
         elif kind == "eval":
             self.evaluation(event)
+
+    def preparation(self, event: dict[str, Any]) -> None:
+        """Ray Data tokenizing streamed data: chunks done of all, rows so far."""
+        stats = f"{event['rows']:,} rows · {event['bytes'] / 2**20:,.1f} MiB in all"
+        if self.prepare_id is None:
+            self.prepare_id = self.progress.add_task("tokenizing (Ray Data)", total=event["total"], stats=stats)
+        self.progress.update(self.prepare_id, completed=event["done"], stats=stats)
 
     def start(self, event: dict[str, Any]) -> None:
         counts = event.get("trainable", {})
@@ -91,7 +101,7 @@ class RichReporter:
         self.progress.update(self.task_id, completed=event["step"], stats=stats)
         if not console.is_terminal and time.monotonic() - self.last_plain > PLAIN_LOG_EVERY_S:
             self.last_plain = time.monotonic()
-            total = self.progress.tasks[0].total if self.progress.tasks else "?"
+            total = next((task.total for task in self.progress.tasks if task.id == self.task_id), "?")
             console.print(f"step {event['step']}/{total} · {stats}")
 
     def evaluation(self, event: dict[str, Any]) -> None:
