@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tuneforge.cluster import ClusterInfo, ensure_ray
+from tuneforge.cluster import ClusterInfo, ensure_ray, ray_is_running
 from tuneforge.config import TrainConfig, load_config
 from tuneforge.atomic import atomic_dir, write_text
 from tuneforge.errors import ConfigError, TuneforgeError
@@ -172,7 +172,8 @@ class Placement:
 def connect(config: TrainConfig, reporter: Reporter, address: str | None, dashboard: bool, debug: bool,
             cpus_per_worker: float | None) -> Placement:
     """Start or join Ray and size the workers; refuses a request the machine can never satisfy."""
-    reporter.phase("starting Ray" if address is None else f"joining Ray at {address}")
+    if not ray_is_running():  # else started already, for streamed data
+        reporter.phase("starting Ray" if address is None else f"joining Ray at {address}")
     cluster = ensure_ray(address, dashboard=dashboard, debug=debug)
     return Placement(scaling_config(config, cluster, cpus_per_worker), cluster.local or address is None)
 
