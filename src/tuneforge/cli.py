@@ -290,7 +290,7 @@ def eval_(
     """Score a run on a data file: classification P/R/F1 + confusion matrix, or causal loss, stop rate, exact match
     and JSON field scores with the first mistakes."""
     from tuneforge.evaluate import refuse_unseen_labels
-    from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
+    from tuneforge.rundir import CheckpointMeta, RunDir, resolve_checkpoint
     from tuneforge.tasks import get_task
 
     meta = CheckpointMeta.read(resolve_checkpoint(run))
@@ -311,6 +311,10 @@ def eval_(
         check_user_metrics(metric or ())
     report = task.evaluate(run, data, name=name, output_dir=output, batch_size=batch_size, **generation)
     ui.show_eval_report(task.name, report)
+    if output is None and RunDir(run).is_run():  # the run's page now shows this evaluation too
+        from tuneforge.report import write_report
+
+        ui.show_phase(f"report: {write_report([run])}")
     if "unseen_labels" in report.results and not allow_unseen_labels:
         refuse_unseen_labels(report)
 
@@ -481,6 +485,19 @@ def serve(
 
 
 # --- export / doctor -------------------------------------------------------------------------------------------
+
+
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="one run directory, or several to compare"),
+    output: Optional[Path] = typer.Option(None, "--output", help="the HTML file (default: RUN/report.html for one "
+                                          "run, ./report.html for several)"),
+) -> None:
+    """Write one self-contained HTML page about a run (or several side by side): config, plan, curves, metrics,
+    evaluations, answers, exports. Opens without network access."""
+    from tuneforge.report import write_report
+
+    ui.show_phase(f"report: {write_report(runs, output)}")
 
 
 @app.command()

@@ -48,6 +48,7 @@ class RunResult:
     best_metrics: dict[str, Any]
     final_metrics: dict[str, Any]
     results: dict[str, Any]
+    report: Path | None = None  # the run's report.html, refreshed at the end
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -287,6 +288,9 @@ def execute(
             pass
     outcome = finalize(run, prepared, result, seconds=time.time() - started)
     run.update_state(status="completed", ended=now())
+    from tuneforge.report import write_report
+
+    outcome.report = write_report([run.path])
     return outcome
 
 

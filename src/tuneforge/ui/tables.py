@@ -34,6 +34,8 @@ def show_run_summary(result: Any, hint: str | None = None, dashboard: str | None
     ]
     console.print(key_value_table("run complete", rows))
     console.print(f"TensorBoard: [bold]tensorboard --logdir {result.run_dir}[/bold]")
+    if getattr(result, "report", None):
+        console.print(f"Report:      [bold]{result.report}[/bold]")
     if hint:
         console.print(f"Try it:      [bold]{hint}[/bold]")
     if dashboard:
