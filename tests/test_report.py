@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -81,23 +82,33 @@ def test_the_command_writes_the_report_and_refuses_what_is_not_a_run(tiny_lora_r
     assert out.is_file() and str(out) in done.stdout
     refused = tuneforge_here("report", str(tmp_path))
     assert refused.returncode == 2
-    assert f"{tmp_path}: not a tuneforge run (no config.yaml)" in refused.stderr
+    assert f"{tmp_path}: not a tuneforge run or search (no config.yaml, no tune_config.yaml)" in refused.stderr
     assert "Traceback" not in refused.stderr
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium (scripts/ensure_chromium.sh installs it)")
+BROWSER = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr",
+           "--v=0", "--window-size=1200,3000"]
+needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
+                                    reason="no chromium (scripts/ensure_chromium.sh installs it)")
+
+
+def open_in_chromium(page: Path, screenshot: Path) -> tuple[list[str], str]:
+    """The console messages of loading `page` in headless Chromium (taking a screenshot), and its loaded DOM."""
+    loaded = subprocess.run([*BROWSER, f"--screenshot={screenshot}", page.as_uri()], capture_output=True, text=True,
+                            timeout=120)
+    console = [line for line in loaded.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    dom = subprocess.run([*BROWSER, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    return console, dom
+
+
+@needs_chromium
 def test_the_report_loads_in_headless_chromium_without_errors_and_draws(tiny_lora_run, tiny_full_run, tmp_path):
     from PIL import Image
 
     page = write_report([tiny_lora_run, tiny_full_run], tmp_path / "both.html")
-    browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               "--enable-logging=stderr", "--v=0", "--window-size=1200,3000"]
     shot = tmp_path / "shot.png"
-    loaded = subprocess.run([*browser, f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True,
-                            timeout=120)
-    console = [line for line in loaded.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    console, dom = open_in_chromium(page, shot)
     assert console == []  # no console message at all: no script errors, no failed loads
-    dom = subprocess.run([*browser, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
     charts = dom.count("<svg")
     assert charts == 1 + 2 * 2  # the overlay, then loss and tokens/s per run
     assert sum(1 for count in line_points(dom) if count >= 4) >= charts  # every chart drew a line of points

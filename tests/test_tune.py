@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -170,6 +172,22 @@ def test_summarize_reads_trial_statuses_from_tunes_results(tmp_path):
     assert RunDir(experiment / "trial_d").state().stopped_by == "time_budget_s"
 
 
+def test_a_search_report_says_which_trials_and_files_are_missing(tmp_path):
+    from tuneforge.report import write_report
+
+    experiment = tmp_path / "exp"
+    write_trial(experiment, "trial_a", "running", [1.0])
+    (experiment / "tune_config.yaml").write_text("model_id: m\ntrain_path: t.jsonl\n")
+    page = write_report([experiment]).read_text(encoding="utf-8")
+    assert "no best_run.json yet: the search has not finished" in page
+    assert "no trials.csv: the search is running or was interrupted" in page
+    (experiment / "trials.csv").write_text("run_id,status,iterations,best_objective,final_objective,param.lr,error\n"
+                                           "trial_a,done,1,1.0,1.0,0.1,\ntrial_z,error,0,,,0.2,boom\n")
+    page = write_report([experiment]).read_text(encoding="utf-8")
+    assert "whose run is missing (no config.yaml): trial_a, trial_z" in page
+    assert "<td>boom</td>" in page and "objective against lr" in page
+
+
 def test_a_restored_progress_callback_reports_to_the_resuming_display():
     import pickle
 
@@ -266,6 +284,21 @@ def test_two_trial_grid_picks_the_better_trial(tmp_path, tiny_llama_dir, monkeyp
     assert float(best_row["final.eval_loss"]) >= float(best_row["best.eval_loss"])
     monkeypatch.chdir(tmp_path)  # `tuneforge runs best grid` finds the experiment by name under ./runs
     assert read_best_run(Path("grid")) == best_run
+
+    from tuneforge.report import write_report
+
+    page = write_report([experiment]).read_text(encoding="utf-8")  # experiment/report.html
+    assert f"<td>{best_run['run_id']}</td>" in page.split("<h2>Trials</h2>")[0]  # the best run, first
+    trials_table = page[page.index('<table class="sortable">'):page.index("<h2>Objective</h2>")]
+    assert trials_table.count("<tr>") == 3 and "<th>learning_rate</th>" in trials_table  # header + a row per trial
+    assert f"{best_run['metric']} against learning_rate" in page and f"best {best_run['metric']} by trial" in page
+    assert all(f"{row['run_id']} train" in page for row in rows)  # both trials' curves overlaid
+    assert "<script>" in page and not re.search(r'(src|href)="(https?:)?//', page)
+    if shutil.which("chromium"):  # the sorting script loads without an error in a real browser
+        from tests.test_report import open_in_chromium
+
+        console, dom = open_in_chromium(experiment / "report.html", tmp_path / "search.png")
+        assert console == [] and dom.count("<svg") >= 2
 
 
 @pytest.mark.slow  # ~90 s; make test keeps the grid search (trials, best run) and the scheduler settings checks

@@ -421,6 +421,9 @@ def tune(
     with ui.SearchDisplay(metric) as display:
         result = search(loaded, address=address, resume_dir=resume, display=display, debug=debugging(ctx))
     ui.show_search_result(result)
+    from tuneforge.report import write_report
+
+    ui.show_phase(f"report: {write_report([result.experiment_dir])}")
 
 
 runs_app = typer.Typer(help="Look at runs and searches under an output directory.", no_args_is_help=True)
@@ -489,12 +492,12 @@ def serve(
 
 @app.command()
 def report(
-    runs: list[Path] = typer.Argument(..., help="one run directory, or several to compare"),
-    output: Optional[Path] = typer.Option(None, "--output", help="the HTML file (default: RUN/report.html for one "
-                                          "run, ./report.html for several)"),
+    runs: list[Path] = typer.Argument(..., help="one run directory, several to compare, or a search's directory"),
+    output: Optional[Path] = typer.Option(None, "--output", help="the HTML file (default: report.html in the run or "
+                                          "search, ./report.html for several runs)"),
 ) -> None:
-    """Write one self-contained HTML page about a run (or several side by side): config, plan, curves, metrics,
-    evaluations, answers, exports. Opens without network access."""
+    """Write one self-contained HTML page about a run (or several side by side, or a search): config, plan, curves,
+    metrics, evaluations, answers, exports; a search's trials and objective. Opens without network access."""
     from tuneforge.report import write_report
 
     ui.show_phase(f"report: {write_report(runs, output)}")

@@ -1,13 +1,16 @@
-"""`tuneforge report`: one self-contained HTML page about one run or several, read from their run directories only.
+"""`tuneforge report`: one self-contained HTML page about one run, several runs, or a search, read from their
+directories only.
 
 The page needs no network to open: charts are drawn by matplotlib as inline SVG, images are inlined as data URIs,
-and there is no script. A run that has not logged yet, a failed run, or a run missing any file gets a line saying
-what is missing in place of that section; nothing in a run directory makes the report fail.
+and the only script (a search's sortable trials table) is inline. A run that has not logged yet, a failed run, a
+search with trials missing, or any missing file gets a line saying what is missing in place of that section;
+nothing in a run or search directory makes the report fail.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
 import json
@@ -24,23 +27,51 @@ h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:left;
 font-size:.9rem;vertical-align:top}th{background:#f5f5f5}.missing{color:#a60;font-style:italic}
 .differs{background:#fff3cd}.chart svg{max-width:100%;height:auto}code{font-size:.85rem}
+table.sortable th{cursor:pointer}table.sortable th:after{content:" \\2195";color:#aaa}
+"""
+# Sorts a table by the clicked column: numbers as numbers, the rest as text; a second click reverses.
+SORT_SCRIPT = """
+document.querySelectorAll("table.sortable th").forEach(function (th, column) {
+  th.addEventListener("click", function () {
+    var body = th.closest("table").tBodies[0], rows = Array.from(body.rows);
+    var down = th.dataset.down !== "1"; th.dataset.down = down ? "1" : "0";
+    rows.sort(function (a, b) {
+      var x = a.cells[column].textContent, y = b.cells[column].textContent, nx = parseFloat(x), ny = parseFloat(y);
+      var order = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+      return down ? order : -order;
+    });
+    rows.forEach(function (row) { body.appendChild(row); });
+  });
+});
 """
 
 
 def write_report(paths: list[str | Path], output: str | Path | None = None) -> Path:
-    """Write the report of the runs at `paths` to `output` (default: report.html in the run, or in the working
-    directory for several runs) and return where it is."""
-    runs = [open_run(path) for path in paths]
-    page = render_page(runs)
-    target = Path(output) if output else (runs[0].path / "report.html" if len(runs) == 1 else Path("report.html"))
+    """Write the report of the runs, or of the one search, at `paths` to `output` (default: report.html in the run
+    or search directory, or in the working directory for several runs) and return where it is."""
+    directories = [locate(path) for path in paths]
+    searches = [path for path in directories if is_search(path)]
+    if searches and len(directories) > 1:
+        raise TuneforgeError(f"{searches[0]} is a search: report on it alone, or give runs to compare")
+    if searches:
+        page, default = render_search(searches[0]), searches[0] / "report.html"
+    else:
+        runs = [open_run(path) for path in directories]
+        page, default = render_page(runs), (runs[0].path / "report.html" if len(runs) == 1 else Path("report.html"))
+    target = Path(output) if output else default
     write_text(target, page)
     return target
+
+
+def is_search(path: Path) -> bool:
+    return (path / "tune_config.yaml").is_file()
 
 
 def open_run(path: str | Path) -> RunDir:
     run = RunDir(locate(path))
     if not run.is_run():
-        raise TuneforgeError(f"{run.path}: not a tuneforge run (no config.yaml); give a run directory to report on")
+        raise TuneforgeError(f"{run.path}: not a tuneforge run or search (no config.yaml, no tune_config.yaml); "
+                             "give a run or search directory to report on")
     return run
 
 
@@ -51,8 +82,89 @@ def render_page(runs: list[RunDir]) -> str:
         body += compare_runs(runs)
     for run in runs:
         body += run_section(run, heading=len(runs) > 1)
+    return html_page(title, body)
+
+
+def html_page(title: str, body: list[str], script: str = "") -> str:
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
+            f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>{''.join(body)}"
+            + (f"<script>{script}</script>" if script else "") + "</body></html>")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A search
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def render_search(directory: Path) -> str:
+    search, best = read_json(directory / "search.json"), read_json(directory / "best_run.json")
+    metric = best.get("metric") or search.get("metric") or "objective"
+    trials = read_trials(directory / "trials.csv")
+    body = [f"<h1>tuneforge search report: {escape(directory.name)}</h1>",
+            table([["search", str(directory)], ["metric", f"{metric} ({search.get('mode', '?')})"],
+                   ["trials", str(len(trials))]])]
+    body += ["<h2>Best run</h2>", best_section(best)]
+    body += ["<h2>Trials</h2>", trials_table(trials) if trials else missing(
+        "no trials.csv: the search is running or was interrupted before its summary; the trials' runs follow")]
+    if trials:
+        body += ["<h2>Objective</h2>", objective_charts(trials, metric)]
+    runs = [RunDir(path) for path in sorted(directory.iterdir()) if path.is_dir() and RunDir(path).is_run()]
+    listed = {trial.get("run_id") for trial in trials}
+    absent = sorted(name for name in listed if name and not (directory / name / "config.yaml").is_file())
+    if absent:
+        body.append(missing(f"trials listed in trials.csv whose run is missing (no config.yaml): {', '.join(absent)}"))
+    if runs:
+        body += compare_runs(runs)
+    return html_page(directory.name, body, SORT_SCRIPT if trials else "")
+
+
+def read_trials(path: Path) -> list[dict[str, str]]:
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            return list(csv.DictReader(handle))
+    except (OSError, csv.Error):
+        return []
+
+
+def best_section(best: dict[str, Any]) -> str:
+    if not best:
+        return missing("no best_run.json yet: the search has not finished")
+    rows = [["run", best.get("run_id", "?")], ["objective", shown(best.get("objective"))],
+            ["checkpoint", best.get("checkpoint") or "none kept"]]
+    rows += [[f"hyperparameter {name}", shown(value)] for name, value in (best.get("hyperparameters") or {}).items()]
+    return table(rows)
+
+
+TRIAL_COLUMNS = ("run_id", "status", "iterations", "best_objective", "final_objective")
+
+
+def trials_table(trials: list[dict[str, str]]) -> str:
+    params = [key for key in trials[0] if key.startswith("param.")]
+    columns = [*TRIAL_COLUMNS, *params, "error"]
+    head = "<thead><tr>" + "".join(f"<th>{escape(c.removeprefix('param.'))}</th>" for c in columns) + "</tr></thead>"
+    body = "".join("<tr>" + "".join(f"<td>{escape(trial.get(c, ''))}</td>" for c in columns) + "</tr>" for trial in trials)
+    return f"<table class=\"sortable\">{head}<tbody>{body}</tbody></table>"
+
+
+def objective_charts(trials: list[dict[str, str]], metric: str) -> str:
+    scored = [(trial["run_id"], number(trial.get("best_objective"))) for trial in trials]
+    scored = [(name, value) for name, value in scored if value is not None]
+    if not scored:
+        return missing("no trial reported the objective")
+    charts = [bar_chart(f"best {metric} by trial", scored)]
+    for param in (key for key in trials[0] if key.startswith("param.")):
+        points = [(trial.get(param, ""), number(trial.get("best_objective"))) for trial in trials]
+        points = [(value, objective) for value, objective in points if objective is not None]
+        charts.append(scatter_chart(f"{metric} against {param.removeprefix('param.')}", param.removeprefix("param."),
+                                    points))
+    return "".join(charts)
+
+
+def number(text: Any) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -242,12 +354,7 @@ def line_chart(title: str, lines: dict[str, list[tuple[float, float]]], *,
                points: dict[str, list[tuple[float, float]]] | None = None, events: list[int] | None = None,
                best: int | None = None) -> str:
     """An inline SVG chart: lines, marked points, dotted vertical lines at checkpoint events, a star at the best."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(8, 3.2))
+    figure, axes = new_figure()
     for label, values in lines.items():
         if values:
             axes.plot(*zip(*values, strict=True), label=label, linewidth=1.4)
@@ -263,6 +370,47 @@ def line_chart(title: str, lines: dict[str, list[tuple[float, float]]], *,
     axes.set_xlabel("optimizer step")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
+    return svg_of(figure)
+
+
+def bar_chart(title: str, bars: list[tuple[str, float]]) -> str:
+    figure, axes = new_figure()
+    axes.bar([name for name, _ in bars], [value for _, value in bars], color="#1f77b4")
+    axes.set_title(title)
+    axes.tick_params(axis="x", labelrotation=30, labelsize=7)
+    return svg_of(figure)
+
+
+def scatter_chart(title: str, x_label: str, points: list[tuple[str, float]]) -> str:
+    """The objective against one searched parameter: numbers on a numeric axis (log where they span decades),
+    anything else as categories."""
+    figure, axes = new_figure()
+    numeric = [(number(x), y) for x, y in points]
+    if points and all(x is not None for x, _ in numeric):
+        axes.plot([x for x, _ in numeric], [y for _, y in numeric], "o", markersize=7)
+        positive = [x for x, _ in numeric if x > 0]
+        if len(positive) == len(numeric) and max(positive) / min(positive) >= 100:
+            axes.set_xscale("log")
+    else:
+        axes.plot([str(x) for x, _ in points], [y for _, y in points], "o", markersize=7)
+    axes.set_title(title)
+    axes.set_xlabel(x_label)
+    axes.grid(alpha=0.3)
+    return svg_of(figure)
+
+
+def new_figure() -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(8, 3.2))
+
+
+def svg_of(figure: Any) -> str:
+    import matplotlib.pyplot as plt
+
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg", bbox_inches="tight")
     plt.close(figure)
