@@ -3,6 +3,7 @@
 # here where apt-get can (root, Debian/Ubuntu); elsewhere the browser tests skip with one line saying why.
 command -v chromium >/dev/null 2>&1 && exit 0
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
         || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; } \
         || echo "chromium could not be installed with apt-get: the browser checks of the HTML report will skip"

@@ -86,8 +86,8 @@ def test_the_command_writes_the_report_and_refuses_what_is_not_a_run(tiny_lora_r
     assert "Traceback" not in refused.stderr
 
 
-BROWSER = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr",
-           "--v=0", "--window-size=1200,3000"]
+BROWSER = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+           "--enable-logging=stderr", "--v=0", "--window-size=1200,3000"]
 needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
                                     reason="no chromium (scripts/ensure_chromium.sh installs it)")
 
