@@ -19,7 +19,7 @@ from typing import Any
 
 from tuneforge.atomic import write_text
 from tuneforge.errors import TuneforgeError
-from tuneforge.rundir import RunDir, locate, read_json
+from tuneforge.rundir import RunDir, locate, read_json, read_jsonl
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
@@ -444,17 +444,3 @@ def shown(value: Any) -> str:
 
 def escape(text: str) -> str:
     return html.escape(str(text), quote=True)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows

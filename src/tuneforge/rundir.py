@@ -218,15 +218,7 @@ class RunDir:
 
     def metrics(self) -> list[dict[str, Any]]:
         """metrics.jsonl's rows (a line cut short by a crash is skipped)."""
-        if not self.metrics_file.is_file():
-            return []
-        rows = []
-        for line in self.metrics_file.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return rows
+        return read_jsonl(self.metrics_file)
 
     def validation_samples(self) -> list[dict[str, Any]]:
         if not self.samples_file.is_file():
@@ -309,6 +301,21 @@ def read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """A JSONL file's object rows ([] when it is missing); a line cut short by a crash is skipped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def is_checkpoint(path: Path) -> bool:

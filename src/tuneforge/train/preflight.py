@@ -169,12 +169,13 @@ def check_storage(config: TrainConfig) -> None:
         return
     from pyarrow import fs
 
+    from tuneforge.data.sources import first_line
+
     try:
         filesystem, base = fs.FileSystem.from_uri(storage)
         filesystem.get_file_info(base)
     except Exception as exc:  # noqa: BLE001 - pyarrow's errors differ by scheme (no credentials, no such bucket)
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{config.source_of('storage_path')}: cannot open {storage} through pyarrow ({detail}); "
+        raise ConfigError(f"{config.source_of('storage_path')}: cannot open {storage} through pyarrow ({first_line(exc)}); "
                           "check the URI, your credentials and that the storage is reachable from here") from None
 
 
