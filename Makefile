@@ -44,7 +44,7 @@ demo: $(VENV)/.core
 	$(BIN)/tuneforge eval runs/demo --data data/demo/meetings_heldout.jsonl --compare-base --max-new-tokens 64
 
 test: $(VENV)/.dev
-	scripts/ensure_chromium.sh
+	scripts/ensure_test_tools.sh
 	$(BIN)/python -m pytest -q --durations=15
 
 test-slow: $(VENV)/.dev

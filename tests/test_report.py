@@ -1,5 +1,5 @@
 """`tuneforge report`: one self-contained HTML page per run or per group of runs, read from run directories only,
-and checked in a real headless Chromium where one is installed (scripts/ensure_chromium.sh)."""
+and checked in a real headless Chromium where one is installed (scripts/ensure_test_tools.sh)."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def test_the_command_writes_the_report_and_refuses_what_is_not_a_run(tiny_lora_r
 BROWSER = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
            "--enable-logging=stderr", "--v=0", "--window-size=1200,3000"]
 needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
-                                    reason="no chromium (scripts/ensure_chromium.sh installs it)")
+                                    reason="no chromium (scripts/ensure_test_tools.sh installs it)")
 
 
 def open_in_chromium(page: Path, screenshot: Path) -> tuple[list[str], str]:

@@ -487,6 +487,42 @@ def serve(
         stop()
 
 
+@app.command()
+def monitor(
+    address: Optional[str] = typer.Option(None, "--address", help="a running Ray cluster (default: start one here "
+                                          "for `tuneforge train --address` to join)"),
+    directory: Path = typer.Option(Path("tuneforge-monitor"), "--dir", help="where prometheus.yml, Prometheus's "
+                                   "data and the Grafana folder go"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address Prometheus, Grafana and the dashboard listen on"),
+    prometheus_port: int = typer.Option(9090, "--prometheus-port", min=1, max=65535),
+    grafana_port: int = typer.Option(3000, "--grafana-port", min=1, max=65535),
+    dashboard_port: int = typer.Option(8265, "--dashboard-port", min=1, max=65535),
+    scrape_interval: float = typer.Option(2.0, "--scrape-interval", min=1.0, help="seconds between scrapes"),
+) -> None:
+    """Watch training, searches and serving live: Prometheus on Ray's metrics, Ray's dashboard, a Grafana folder."""
+    import signal
+    import time
+
+    from tuneforge.observe.monitor import MonitorOptions, start_monitor
+
+    options = MonitorOptions(address=address, directory=directory, host=host, prometheus_port=prometheus_port,
+                             grafana_port=grafana_port, dashboard_port=dashboard_port,
+                             scrape_interval_s=scrape_interval)
+    with ui.busy("starting Prometheus" + ("" if address else " and Ray")):
+        watching = start_monitor(options)
+    ui.show_monitor(watching)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        while watching.running():
+            watching.refresh_targets()
+            time.sleep(5)
+        raise TuneforgeError(f"prometheus stopped: see {directory / 'prometheus.log'}")
+    except KeyboardInterrupt:
+        ui.show_phase("stopping Prometheus")
+    finally:
+        watching.stop()
+
+
 # --- export / doctor -------------------------------------------------------------------------------------------
 
 

@@ -41,8 +41,11 @@ _started_locally = False
 _dashboard_url: str | None = None
 
 
-def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bool = False) -> ClusterInfo:
-    """Start (or join) Ray once per process and describe what it offers."""
+def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bool = False,
+               dashboard_host: str = "127.0.0.1", dashboard_port: int | None = None,
+               system_config: dict[str, Any] | None = None) -> ClusterInfo:
+    """Start (or join) Ray once per process and describe what it offers. The dashboard and system settings apply
+    only to a Ray started here."""
     global _started_locally, _dashboard_url
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     # Ray starts workers at nice 15; beside any process at the default priority (an editor, a test run) the
@@ -69,8 +72,12 @@ def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bo
         # `ray start` cluster this machine runs, a surprise for a run that was meant to stay local.
         target = address or os.environ.get("RAY_ADDRESS") or "local"
         if target == "local":
-            options["dashboard_host"] = "127.0.0.1"
-            options["dashboard_port"] = private_dashboard_port(dashboard)
+            options["dashboard_host"] = dashboard_host
+            options["dashboard_port"] = dashboard_port or private_dashboard_port(dashboard)
+            if system_config:
+                options["_system_config"] = system_config
+        else:
+            use_saved_auth_token()
         try:
             context = ray.init(address=target, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -80,6 +87,15 @@ def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bo
         _dashboard_url = f"http://{context.dashboard_url}" if dashboard and context.dashboard_url else None
         quiet_ray_loggers(debug)
     return describe_cluster()
+
+
+def use_saved_auth_token() -> None:
+    """Join a cluster the way `ray start` does: a Ray started on this machine (`ray.init()`, `tuneforge monitor`)
+    has token authentication on and saved its token in ~/.ray/auth_token, but a driver given an address sends it
+    only in token mode. A user's own RAY_AUTH_MODE wins."""
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 DEFAULT_DASHBOARD_PORT = 8265

@@ -18,6 +18,7 @@ from tuneforge.config import TrainConfig, load_config
 from tuneforge.atomic import atomic_dir, write_text
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.metrics import better, mean_throughput
+from tuneforge.observe.training import run_tags
 from tuneforge.plan import plot_learning_rates
 from tuneforge.rundir import (
     RAY_SNAPSHOT,
@@ -244,6 +245,7 @@ def execute(
         threads=placement.scaling.resources_per_worker.get("CPU", 1),
         import_paths=[os.getcwd()],
         driver=Process.current(),
+        metric_tags=run_tags(run.path),
     )
     started = time.time()
     run.update_state(status="running", started=now(), ended=None, error=None, resumed_from_step=resume_step,

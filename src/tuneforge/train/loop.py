@@ -27,8 +27,9 @@ import torch
 import torch.distributed as dist
 
 from tuneforge.config import TrainConfig
-from tuneforge.errors import TuneforgeError
 from tuneforge.data.collate import count_real_tokens
+from tuneforge.errors import TuneforgeError
+from tuneforge.observe.training import TrainingMetrics
 from tuneforge.plan import TrainingPlan, make_scheduler
 from tuneforge.rundir import CheckpointMeta
 from tuneforge.tasks import get_task
@@ -53,6 +54,7 @@ class WorkerInputs:
     threads: float = 1.0  # CPUs Ray gave each worker
     import_paths: list[str] | None = None  # where the driver finds the user's eval_metrics modules
     driver: Process | None = None  # the process that started the run: workers on its node stop once it is gone
+    metric_tags: tuple[str, str] = ("", "")  # (run, trial) on this run's Ray metrics
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -81,6 +83,7 @@ class TrainingLoop:
         self.startup.append(("data payload fetch", time.time()))
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.metrics = TrainingMetrics(*inputs.metric_tags, rank=self.rank)
         # A Tune trial keeps 0.01 CPU for itself, so its workers get e.g. 1.99: that is still two threads.
         torch.set_num_threads(max(1, int(float(inputs.threads or 1) + 0.05)))
 
@@ -184,6 +187,7 @@ class TrainingLoop:
                    "startup": self.startup, "pid": os.getpid(), "node": platform.node(),
                    "pid_started": psutil.Process().create_time(),
                    "ray_nodes": gather_objects(ray_node_id())})
+        self.metrics.start(plan.total_steps, self.start_step)
         window = Window()
         batches = self.batch_source()
         self.prepared.train()
@@ -332,6 +336,7 @@ class TrainingLoop:
         }
 
     def emit(self, event: dict[str, Any]) -> None:
+        self.metrics.record(event)
         if self.rank == 0 and self.events is not None:
             self.events.put({**event, "time": time.time()})
 

@@ -91,6 +91,27 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def show_monitor(monitor: Any) -> None:
+    """Where to look while the monitor runs, and how to join its cluster."""
+    console.print(f"Prometheus: [bold]{monitor.prometheus_url}[/bold]  (scraping Ray's metrics agents every "
+                  f"{monitor.options.scrape_interval_s:g} s; tuneforge's series are ray_tuneforge_*)", highlight=False)
+    if monitor.dashboard_url:
+        console.print(f"Ray dashboard: [bold]{monitor.dashboard_url}[/bold]  (it asks for the cluster's token: "
+                      "`ray get-auth-token`; its Metrics tab shows Ray's panels once Grafana runs)", highlight=False)
+    from tuneforge.observe.monitor import grafana_installed
+
+    where = "after running" if grafana_installed() else "(not installed here; where it is) after running"
+    console.print(f"Grafana: {monitor.grafana_url} {where}", highlight=False)
+    console.print(f"  {monitor.grafana_command}", highlight=False, soft_wrap=True)
+    if monitor.options.address is None:
+        console.print(f"Train on this cluster: [bold]tuneforge train CONFIG --address {monitor.ray_address}[/bold]"
+                      "  (Ctrl-C stops the monitor and its Ray)", highlight=False, soft_wrap=True)
+    else:
+        console.print("Ctrl-C stops the monitor (the cluster keeps running)")
+    for note in monitor.notes:
+        show_note(note)
+
+
 def show_serving(url: str, model_ids: list[str], *, api_key: bool, exposed: bool) -> None:
     """Where the API listens, what it serves, and a request to paste."""
     if exposed and not api_key:

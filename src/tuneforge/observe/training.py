@@ -1,0 +1,73 @@
+"""Training and search metrics as Ray metrics (`ray.util.metrics`).
+
+Every worker records its own view, tagged with the run, the Tune trial (empty outside a search) and its rank; each
+node's metrics agent serves them to Prometheus as `ray_tuneforge_*`. metrics.jsonl stays the record of a run: these
+are for watching runs live, next to Ray's own node, Train and Data metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TAG_KEYS = ("run", "trial", "rank")
+
+# name -> (kind, description). Ray adds the "ray_" prefix; counters get "_total" in Prometheus.
+TRAINING_METRICS: dict[str, tuple[str, str]] = {
+    "tuneforge_train_loss": ("gauge", "mean train loss per target token over the last logging window"),
+    "tuneforge_learning_rate": ("gauge", "learning rate at the last logged step"),
+    "tuneforge_grad_norm": ("gauge", "gradient norm before clipping at the last logged step"),
+    "tuneforge_tokens_per_second": ("gauge", "real (non-padding) tokens trained per second over the last window"),
+    "tuneforge_step": ("gauge", "optimizer steps done"),
+    "tuneforge_total_steps": ("gauge", "optimizer steps the run plans"),
+    "tuneforge_epoch": ("gauge", "epochs done (fractional)"),
+    "tuneforge_eval_loss": ("gauge", "validation loss at the last checkpoint event"),
+    "tuneforge_eval_metric": ("gauge", "the task's other validation metrics at the last checkpoint event, by metric"),
+    "tuneforge_checkpoints": ("counter", "checkpoint events (validation + checkpoint) done"),
+}
+STEP_FIELDS = {"loss": "tuneforge_train_loss", "lr": "tuneforge_learning_rate", "grad_norm": "tuneforge_grad_norm",
+               "tokens_per_second": "tuneforge_tokens_per_second", "step": "tuneforge_step",
+               "epoch": "tuneforge_epoch"}
+NOT_EVAL_METRICS = {"eval_loss", "eval_seconds"}
+
+
+class TrainingMetrics:
+    """One worker's metrics. `record` takes the loop's events (step, eval, checkpoint) as metrics.jsonl has them."""
+
+    def __init__(self, run: str, trial: str, rank: int):
+        from ray.util import metrics
+
+        kinds = {"gauge": metrics.Gauge, "counter": metrics.Counter}
+        self.tags = {"run": run, "trial": trial, "rank": str(rank)}
+        self.metrics = {name: kinds[kind](name, description, tag_keys=TAG_KEYS + (("metric",) if name.endswith("eval_metric") else ()))
+                        for name, (kind, description) in TRAINING_METRICS.items()}
+
+    def start(self, total_steps: int, step: int) -> None:
+        self.set("tuneforge_total_steps", total_steps)
+        self.set("tuneforge_step", step)
+
+    def record(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "step":
+            for field, name in STEP_FIELDS.items():
+                if isinstance(event.get(field), (int, float)):
+                    self.set(name, event[field])
+        elif kind == "eval":
+            self.metrics["tuneforge_checkpoints"].inc(1, tags=self.tags)
+            self.set("tuneforge_step", event["step"])
+            self.set("tuneforge_epoch", event["epoch"])
+            if isinstance(event.get("eval_loss"), (int, float)):
+                self.set("tuneforge_eval_loss", event["eval_loss"])
+            for key, value in event.items():
+                if key.startswith("eval_") and key not in NOT_EVAL_METRICS and isinstance(value, (int, float)):
+                    self.metrics["tuneforge_eval_metric"].set(float(value), tags={**self.tags,
+                                                                                  "metric": key.removeprefix("eval_")})
+
+    def set(self, name: str, value: float) -> None:
+        self.metrics[name].set(float(value), tags=self.tags)
+
+
+def run_tags(run_dir: Path) -> tuple[str, str]:
+    """(run, trial): a search's trials are its run directories `trial_<id>` beside tune_config.yaml."""
+    if (run_dir.parent / "tune_config.yaml").is_file():
+        return run_dir.parent.name, run_dir.name
+    return run_dir.name, ""
