@@ -217,7 +217,7 @@ def test_prometheus_holds_the_last_training_values_of_metrics_jsonl(tmp_path, ti
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env(),
                                start_new_session=True)
     try:
-        address = read_train_address(monitor)
+        address, auth_mode = read_train_address(monitor)
         prometheus = f"http://127.0.0.1:{ports['prometheus']}"
         config = tmp_path / "tiny.yaml"
         config.write_text(yaml.safe_dump({
@@ -227,7 +227,8 @@ def test_prometheus_holds_the_last_training_values_of_metrics_jsonl(tmp_path, ti
             "logging_steps": 1, "precision": "fp32", "output_dir": str(tmp_path / "runs"), "run_name": "watched",
             "lora_config": {"r": 4, "lora_alpha": 8}}))
         trained = subprocess.run([sys.executable, "-m", "tuneforge.cli", "train", str(config), "--address", address],
-                                 check=False, capture_output=True, text=True, timeout=600, env=cli_env())
+                                 check=False, capture_output=True, text=True, timeout=600,
+                                 env={**cli_env(), **auth_mode})
         assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
         rows = [json.loads(line) for line in (tmp_path / "runs" / "watched" / "metrics.jsonl").read_text().splitlines()]
         last_step = [row for row in rows if row["type"] == "step"][-1]
@@ -273,13 +274,14 @@ def test_prometheus_holds_the_last_training_values_of_metrics_jsonl(tmp_path, ti
         assert probe.connect_ex(("127.0.0.1", ports["prometheus"])) != 0, "Prometheus still listens after Ctrl-C"
 
 
-def read_train_address(monitor: subprocess.Popen) -> str:
+def read_train_address(monitor: subprocess.Popen) -> tuple[str, dict[str, str]]:
+    """The address of the printed train line, and the environment it sets."""
     seen = []
     for line in monitor.stdout:
         seen.append(line)
-        found = re.search(r"--address (\S+)", line)
+        found = re.search(r"Train on this cluster: ((?:\w+=\S+ )*)tuneforge train CONFIG --address (\S+)", line)
         if found:
-            return found.group(1)
+            return found.group(2), dict(pair.split("=", 1) for pair in found.group(1).split())
     raise AssertionError("monitor ended before printing its address:\n" + "".join(seen))
 
 
@@ -317,7 +319,10 @@ def free_port() -> int:
 
 
 def cli_env() -> dict[str, str]:
-    return {**os.environ, "COLUMNS": "400", "PYTHONPATH": str(ROOT / "src")}
+    """The test process's environment, less the RAY_AUTH_MODE a Ray started in it sets: what a join needs comes
+    from the command line the monitor prints."""
+    env = {key: value for key, value in os.environ.items() if key != "RAY_AUTH_MODE"}
+    return {**env, "COLUMNS": "400", "PYTHONPATH": str(ROOT / "src")}
 
 
 def test_targets_written_from_the_node_list_name_each_metrics_agent(ray_session, tmp_path):

@@ -115,3 +115,23 @@ def test_the_report_loads_in_headless_chromium_without_errors_and_draws(tiny_lor
     image = Image.open(shot).convert("L")
     drawn = sum(1 for value in image.getdata() if value < 200)
     assert drawn > 0.02 * image.width * image.height  # text, tables and charts: far from a blank page
+
+
+@needs_chromium
+def test_clicking_a_trials_column_sorts_it_in_a_real_browser(tmp_path):
+    """The search page's one script: a click sorts by the column (numbers as numbers), a second click reverses."""
+    from tuneforge.report import SORT_SCRIPT, html_page, trials_table
+
+    trials = [{"run_id": f"trial_{name}", "status": "done", "best_objective": value, "param.learning_rate": lr}
+              for name, value, lr in (("a", "3.5", "1e-3"), ("b", "10.25", "1e-4"), ("c", "2", "1e-2"))]
+    clicks = ("var th = document.querySelectorAll('table.sortable th')[3];"
+              "th.click(); document.body.dataset.once = Array.from(document.querySelectorAll('tbody tr'))"
+              ".map(function (row) { return row.cells[0].textContent; }).join(',');"
+              "th.click(); document.body.dataset.twice = Array.from(document.querySelectorAll('tbody tr'))"
+              ".map(function (row) { return row.cells[0].textContent; }).join(',');")
+    page = tmp_path / "sort.html"
+    page.write_text(html_page("sort", [trials_table(trials)], SORT_SCRIPT + clicks))
+    console, dom = open_in_chromium(page, tmp_path / "sort.png")
+    assert console == []
+    assert 'data-once="trial_c,trial_a,trial_b"' in dom  # 2 < 3.5 < 10.25, not "10.25" < "2" < "3.5"
+    assert 'data-twice="trial_b,trial_a,trial_c"' in dom

@@ -76,26 +76,24 @@ def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bo
             options["dashboard_port"] = dashboard_port or private_dashboard_port(dashboard)
             if system_config:
                 options["_system_config"] = system_config
-        else:
-            use_saved_auth_token()
         try:
             context = ray.init(address=target, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = address or "a local Ray instance"
-            raise TuneforgeError(f"cannot start or reach {where}: {str(exc).splitlines()[0]}") from None
+            hint = auth_hint() if target != "local" else ""
+            raise TuneforgeError(f"cannot start or reach {where}: {str(exc).splitlines()[0]}{hint}") from None
         _started_locally = target == "local"
         _dashboard_url = f"http://{context.dashboard_url}" if dashboard and context.dashboard_url else None
         quiet_ray_loggers(debug)
     return describe_cluster()
 
 
-def use_saved_auth_token() -> None:
-    """Join a cluster the way `ray start` does: a Ray started on this machine (`ray.init()`, `tuneforge monitor`)
-    has token authentication on and saved its token in ~/.ray/auth_token, but a driver given an address sends it
-    only in token mode. A user's own RAY_AUTH_MODE wins."""
-    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
-
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+def auth_hint() -> str:
+    """Ray 2.60 turns token authentication on for the clusters it starts, but a driver given an address sends the
+    token only with RAY_AUTH_MODE=token, and Ray fails to connect without saying why."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return ""
+    return "; if it uses token authentication (Ray's default for the clusters it starts), run with RAY_AUTH_MODE=token"
 
 
 DEFAULT_DASHBOARD_PORT = 8265

@@ -63,6 +63,12 @@ class Monitor:
             raise TuneforgeError(f"Prometheus refused {promql!r}: {answer.get('error')}")
         return list(answer["data"]["result"])
 
+    def join_command(self, command: str) -> str:
+        """A tuneforge command line that joins this cluster. Ray turns token authentication on for the clusters it
+        starts, and a driver given an address sends the token (saved in ~/.ray/auth_token) only in token mode."""
+        auth = "RAY_AUTH_MODE=token " if os.environ.get("RAY_AUTH_MODE") == "token" else ""
+        return f"{auth}tuneforge {command} --address {self.ray_address}"
+
     def refresh_targets(self) -> None:
         if self.writes_targets:
             write_targets(self.targets_file)

@@ -104,7 +104,7 @@ def show_monitor(monitor: Any) -> None:
     console.print(f"Grafana: {monitor.grafana_url} {where}", highlight=False)
     console.print(f"  {monitor.grafana_command}", highlight=False, soft_wrap=True)
     if monitor.options.address is None:
-        console.print(f"Train on this cluster: [bold]tuneforge train CONFIG --address {monitor.ray_address}[/bold]"
+        console.print(f"Train on this cluster: [bold]{monitor.join_command('train CONFIG')}[/bold]"
                       "  (Ctrl-C stops the monitor and its Ray)", highlight=False, soft_wrap=True)
     else:
         console.print("Ctrl-C stops the monitor (the cluster keeps running)")
