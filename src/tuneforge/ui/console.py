@@ -100,8 +100,8 @@ def show_monitor(monitor: Any) -> None:
                       "`ray get-auth-token`; its Metrics tab shows Ray's panels once Grafana runs)", highlight=False)
     from tuneforge.observe.monitor import grafana_installed
 
-    where = "after running" if grafana_installed() else "(not installed here; where it is) after running"
-    console.print(f"Grafana: {monitor.grafana_url} {where}", highlight=False)
+    absent = "" if grafana_installed() else " (not installed on this machine: run it where it is)"
+    console.print(f"Grafana{absent}: {monitor.grafana_url} once this runs:", highlight=False)
     console.print(f"  {monitor.grafana_command}", highlight=False, soft_wrap=True)
     if monitor.options.address is None:
         console.print(f"Train on this cluster: [bold]{monitor.join_command('train CONFIG')}[/bold]"
