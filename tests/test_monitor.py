@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tuneforge.errors import TuneforgeError
+from tuneforge.metrics import quality_metrics
 from tuneforge.observe import training as telemetry
 from tuneforge.observe.monitor import DASHBOARD_JSON, MonitorOptions, start_monitor, write_grafana_folder
 
@@ -130,7 +131,7 @@ def test_dashboard_is_a_well_formed_grafana_dashboard():
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         assert panel["targets"], f"panel {panel['title']!r} has no query"
         for target in panel["targets"]:
-            for name in re.findall(r"\$(\w+)", target["expr"]):
+            for name in re.findall(r"\$\{?(\w+)", target["expr"]):
                 assert name in variables | {"__range", "__interval", "__rate_interval"}, (panel["title"], name)
         grid = panel["gridPos"]
         assert grid["x"] + grid["w"] <= 24 and grid["h"] > 0
@@ -156,6 +157,31 @@ def test_training_metrics_follow_the_loop_events(fake_metrics):
     assert by_name["tuneforge_checkpoints"].values == [(1, tags)]
 
 
+def test_eval_metrics_leave_out_timings_and_missing_fields_never_raise(fake_metrics):
+    """Only quality metrics go to tuneforge_eval_metric (not generation seconds or perplexity, which would flatten
+    accuracy on a shared axis); an event without some field records the rest; every rank records its own."""
+    first, second = telemetry.TrainingMetrics("r", "", 0), telemetry.TrainingMetrics("r", "", 1)
+    event = {"type": "eval", "step": 4, "eval_perplexity": 3e21, "eval_generate_seconds": 12.5,
+             "eval_stop_rate": 1.0, "eval_json_exact": 0.5}
+    first.record(event)
+    second.record(event)
+    first.record({"type": "eval"})
+    first.record({"type": "step", "step": 5})
+    by_name = {}
+    for metric in fake_metrics:
+        by_name.setdefault(metric.name, []).extend(metric.values)
+    recorded = {(tags["metric"], tags["rank"]): value for value, tags in by_name["tuneforge_eval_metric"]}
+    assert recorded == {("stop_rate", "0"): 1.0, ("json_exact", "0"): 0.5, ("stop_rate", "1"): 1.0,
+                        ("json_exact", "1"): 0.5}
+    assert by_name["tuneforge_eval_loss"] == []
+    assert sorted((value, tags["rank"]) for value, tags in by_name["tuneforge_step"]) == [(4, "0"), (4, "1"), (5, "0")]
+
+
+def test_monitor_refuses_one_port_for_two_servers(tmp_path):
+    with pytest.raises(TuneforgeError, match="--prometheus-port and --dashboard-port are both 9999"):
+        start_monitor(MonitorOptions(directory=tmp_path, prometheus_port=9999, dashboard_port=9999))
+
+
 def test_run_tags_name_a_search_and_its_trial(tmp_path):
     assert telemetry.run_tags(tmp_path / "runs" / "demo") == ("demo", "")
     search = tmp_path / "search"
@@ -172,9 +198,12 @@ def test_grafana_folder_provisions_prometheus_and_both_dashboard_folders(tmp_pat
     folder = write_grafana_folder(tmp_path / "grafana", "http://127.0.0.1:9999", MonitorOptions(grafana_port=3123),
                                   session)
     datasources = yaml.safe_load((folder / "provisioning" / "datasources" / "prometheus.yml").read_text())
-    assert datasources["datasources"][0]["url"] == "http://127.0.0.1:9999"
+    [source] = datasources["datasources"]
+    assert source["url"] == "http://127.0.0.1:9999" and source["type"] == "prometheus" and source["isDefault"]
+    assert source["name"] == "Prometheus"  # the name Ray's generated dashboards look for
     providers = yaml.safe_load((folder / "provisioning" / "dashboards" / "dashboards.yml").read_text())["providers"]
     paths = {provider["folder"]: Path(provider["options"]["path"]) for provider in providers}
+    assert all(path.is_dir() for path in paths.values()) and {p["type"] for p in providers} == {"file"}
     assert (paths["Ray"] / "default_grafana_dashboard.json").is_file()
     assert json.loads((paths["tuneforge"] / "tuneforge_dashboard.json").read_text())["uid"] == "tuneforge"
     ini = (folder / "grafana.ini").read_text()
@@ -225,7 +254,7 @@ def test_prometheus_holds_the_last_training_values_of_metrics_jsonl(tmp_path, ti
             "valid_path": str(tiny_chat_data["valid"]), "train_batch_size_per_device": 4,
             "eval_batch_size_per_device": 4, "num_epochs": 2, "learning_rate": 1e-2, "num_warmup_steps": 0,
             "logging_steps": 1, "precision": "fp32", "output_dir": str(tmp_path / "runs"), "run_name": "watched",
-            "lora_config": {"r": 4, "lora_alpha": 8}}))
+            "lora_config": {"r": 4, "lora_alpha": 8}, "eval_generate": {"max_rows": 4, "max_new_tokens": 8}}))
         trained = subprocess.run([sys.executable, "-m", "tuneforge.cli", "train", str(config), "--address", address],
                                  check=False, capture_output=True, text=True, timeout=600,
                                  env={**cli_env(), **auth_mode})
@@ -238,13 +267,21 @@ def test_prometheus_holds_the_last_training_values_of_metrics_jsonl(tmp_path, ti
                     "ray_tuneforge_tokens_per_second": last_step["tokens_per_second"],
                     "ray_tuneforge_step": evals[-1]["step"], "ray_tuneforge_epoch": evals[-1]["epoch"],
                     "ray_tuneforge_eval_loss": evals[-1]["eval_loss"],
-                    "ray_tuneforge_checkpoints_total": len(evals), "ray_tuneforge_total_steps": evals[-1]["step"]}
+                    "ray_tuneforge_checkpoints_total": len(evals),
+                    "ray_tuneforge_total_steps": json.loads((tmp_path / "runs" / "watched" / "plan.json")
+                                                            .read_text())["total_steps"]}
         selector = '{run="watched", trial="", rank="0"}'
         found = {}
         for name in expected:
             found[name] = last_value(prometheus, f"last_over_time({name}{selector}[10m])")
         for name, value in expected.items():
             assert found[name] == pytest.approx(value, rel=1e-6), (name, found[name], value)
+        generated = quality_metrics(evals[-1])  # what answering the validation rows scored (stop rate, ...)
+        assert generated
+        for key, value in generated.items():
+            metric = key.removeprefix("eval_")
+            assert last_value(prometheus, f'last_over_time(ray_tuneforge_eval_metric{{run="watched", rank="0", '
+                                          f'metric="{metric}"}}[10m])') == pytest.approx(value, rel=1e-6), metric
         # Every training series the dashboard draws is one Prometheus really holds.
         names = {series["__name__"] for series in
                  query(prometheus, 'group by (__name__) (last_over_time({__name__=~"ray_tuneforge_.*"}[10m]))')}

@@ -508,11 +508,11 @@ def monitor(
     options = MonitorOptions(address=address, directory=directory, host=host, prometheus_port=prometheus_port,
                              grafana_port=grafana_port, dashboard_port=dashboard_port,
                              scrape_interval_s=scrape_interval)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop: the same clean stop
     with ui.busy("starting Prometheus" + ("" if address else " and Ray")):
         watching = start_monitor(options)
-    ui.show_monitor(watching)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        ui.show_monitor(watching)
         while watching.running():
             watching.refresh_targets()
             time.sleep(5)

@@ -79,7 +79,7 @@ def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bo
         try:
             context = ray.init(address=target, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = address or "a local Ray instance"
+            where = "a local Ray instance" if target == "local" else target
             hint = auth_hint() if target != "local" else ""
             raise TuneforgeError(f"cannot start or reach {where}: {str(exc).splitlines()[0]}{hint}") from None
         _started_locally = target == "local"

@@ -8,17 +8,16 @@ unless told otherwise; usage statistics stay off."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
 import socket
 import subprocess
 import time
-import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from tuneforge.atomic import write_text
 from tuneforge.errors import TuneforgeError
@@ -54,18 +53,10 @@ class Monitor:
     process: subprocess.Popen[bytes] | None = None
     notes: list[str] = field(default_factory=list)
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """Prometheus's instant query API: [{"metric": {labels}, "value": [time, "value"]}, ...]."""
-        url = f"{self.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        with urllib.request.urlopen(url, timeout=10) as response:
-            answer = json.load(response)
-        if answer.get("status") != "success":
-            raise TuneforgeError(f"Prometheus refused {promql!r}: {answer.get('error')}")
-        return list(answer["data"]["result"])
-
     def join_command(self, command: str) -> str:
         """A tuneforge command line that joins this cluster. Ray turns token authentication on for the clusters it
-        starts, and a driver given an address sends the token (saved in ~/.ray/auth_token) only in token mode."""
+        starts (its ray.init sets RAY_AUTH_MODE=token in this process), and a driver given an address sends the
+        token (saved in ~/.ray/auth_token) only in token mode."""
         auth = "RAY_AUTH_MODE=token " if os.environ.get("RAY_AUTH_MODE") == "token" else ""
         return f"{auth}tuneforge {command} --address {self.ray_address}"
 
@@ -92,6 +83,9 @@ def start_monitor(options: MonitorOptions) -> Monitor:
     ports = {"--prometheus-port": options.prometheus_port}
     if options.address is None:
         ports["--dashboard-port"] = options.dashboard_port
+    if len(set(ports.values())) < len(ports):
+        raise TuneforgeError(f"--prometheus-port and --dashboard-port are both {options.prometheus_port}: "
+                             "give them different ports")
     for flag, port in ports.items():
         require_free_port(options.host, port, flag)
     binary = shutil.which("prometheus")
@@ -139,7 +133,7 @@ def connect_ray(options: MonitorOptions, prometheus_url: str, grafana_url: str) 
     if options.address is None:
         os.environ["RAY_PROMETHEUS_HOST"] = prometheus_url
         os.environ["RAY_GRAFANA_HOST"] = grafana_url
-        ensure_ray(None, dashboard=True, dashboard_host=options.host, dashboard_port=options.dashboard_port,
+        ensure_ray("local", dashboard=True, dashboard_host=options.host, dashboard_port=options.dashboard_port,
                    system_config={"metrics_report_interval_ms": REPORT_INTERVAL_MS})
     else:
         ensure_ray(options.address)
@@ -179,18 +173,26 @@ def start_prometheus(binary: str, config_file: Path, directory: Path, options: M
             [binary, f"--config.file={config_file}", f"--storage.tsdb.path={directory / 'data'}",
              f"--web.listen-address={options.host}:{options.prometheus_port}", "--log.level=warn"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until_ready(process, f"http://{options.host}:{options.prometheus_port}/-/ready", log_path)
+    except BaseException:  # a Ctrl-C while waiting too: its own session never gets the terminal's signal
+        process.kill()
+        process.wait()
+        raise
+    return process
+
+
+def wait_until_ready(process: subprocess.Popen[bytes], ready: str, log_path: Path) -> None:
     deadline = time.monotonic() + 30
-    ready = f"http://{options.host}:{options.prometheus_port}/-/ready"
     while time.monotonic() < deadline:
         if process.poll() is not None:
             lines = log_path.read_text(errors="replace").strip().splitlines()
             raise TuneforgeError(f"prometheus exited at start: {lines[-1] if lines else 'no output'} ({log_path})")
         try:
             with urllib.request.urlopen(ready, timeout=2):
-                return process
-        except OSError:
+                return
+        except (OSError, http.client.HTTPException):
             time.sleep(0.3)
-    process.kill()
     raise TuneforgeError(f"prometheus did not answer on {ready} within 30 s ({log_path})")
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tuneforge.metrics import quality_metrics
+
 TAG_KEYS = ("run", "trial", "rank")
 
 # name -> (kind, description). Ray adds the "ray_" prefix; counters get "_total" in Prometheus.
@@ -16,7 +18,8 @@ TRAINING_METRICS: dict[str, tuple[str, str]] = {
     "tuneforge_train_loss": ("gauge", "mean train loss per target token over the last logging window"),
     "tuneforge_learning_rate": ("gauge", "learning rate at the last logged step"),
     "tuneforge_grad_norm": ("gauge", "gradient norm before clipping at the last logged step"),
-    "tuneforge_tokens_per_second": ("gauge", "real (non-padding) tokens trained per second over the last window"),
+    "tuneforge_tokens_per_second": ("gauge", ("the run's real (non-padding) tokens trained per second, all workers "
+                                              "together, over the last window")),
     "tuneforge_step": ("gauge", "optimizer steps done"),
     "tuneforge_total_steps": ("gauge", "optimizer steps the run plans"),
     "tuneforge_epoch": ("gauge", "epochs done (fractional)"),
@@ -27,7 +30,6 @@ TRAINING_METRICS: dict[str, tuple[str, str]] = {
 STEP_FIELDS = {"loss": "tuneforge_train_loss", "lr": "tuneforge_learning_rate", "grad_norm": "tuneforge_grad_norm",
                "tokens_per_second": "tuneforge_tokens_per_second", "step": "tuneforge_step",
                "epoch": "tuneforge_epoch"}
-NOT_EVAL_METRICS = {"eval_loss", "eval_seconds"}
 
 
 class TrainingMetrics:
@@ -53,14 +55,12 @@ class TrainingMetrics:
                     self.set(name, event[field])
         elif kind == "eval":
             self.metrics["tuneforge_checkpoints"].inc(1, tags=self.tags)
-            self.set("tuneforge_step", event["step"])
-            self.set("tuneforge_epoch", event["epoch"])
-            if isinstance(event.get("eval_loss"), (int, float)):
-                self.set("tuneforge_eval_loss", event["eval_loss"])
-            for key, value in event.items():
-                if key.startswith("eval_") and key not in NOT_EVAL_METRICS and isinstance(value, (int, float)):
-                    self.metrics["tuneforge_eval_metric"].set(float(value), tags={**self.tags,
-                                                                                  "metric": key.removeprefix("eval_")})
+            for field, name in (("step", "tuneforge_step"), ("epoch", "tuneforge_epoch"),
+                                ("eval_loss", "tuneforge_eval_loss")):
+                if isinstance(event.get(field), (int, float)):
+                    self.set(name, event[field])
+            for key, value in quality_metrics(event).items():  # accuracy, F1, stop rate...: not timings, perplexity
+                self.metrics["tuneforge_eval_metric"].set(value, tags={**self.tags, "metric": key.removeprefix("eval_")})
 
     def set(self, name: str, value: float) -> None:
         self.metrics[name].set(float(value), tags=self.tags)
