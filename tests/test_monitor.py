@@ -273,7 +273,7 @@ def test_prometheus_holds_the_last_training_values_of_metrics_jsonl(tmp_path, ti
         selector = '{run="watched", trial="", rank="0"}'
         found = {}
         for name in expected:
-            found[name] = last_value(prometheus, f"last_over_time({name}{selector}[10m])")
+            found[name] = last_value(prometheus, f"last_over_time({name}{selector}[10m])", expected[name])
         for name, value in expected.items():
             assert found[name] == pytest.approx(value, rel=1e-6), (name, found[name], value)
         generated = quality_metrics(evals[-1])  # what answering the validation rows scored (stop rate, ...)
@@ -281,7 +281,7 @@ def test_prometheus_holds_the_last_training_values_of_metrics_jsonl(tmp_path, ti
         for key, value in generated.items():
             metric = key.removeprefix("eval_")
             assert last_value(prometheus, f'last_over_time(ray_tuneforge_eval_metric{{run="watched", rank="0", '
-                                          f'metric="{metric}"}}[10m])') == pytest.approx(value, rel=1e-6), metric
+                                          f'metric="{metric}"}}[10m])', value) == pytest.approx(value, rel=1e-6), metric
         # Every training series the dashboard draws is one Prometheus really holds.
         names = {series["__name__"] for series in
                  query(prometheus, 'group by (__name__) (last_over_time({__name__=~"ray_tuneforge_.*"}[10m]))')}
@@ -322,14 +322,16 @@ def read_train_address(monitor: subprocess.Popen) -> tuple[str, dict[str, str]]:
     raise AssertionError("monitor ended before printing its address:\n" + "".join(seen))
 
 
-def last_value(prometheus: str, promql: str, wait_s: float = 30.0) -> float | None:
-    """The one series' value, waiting for the last scrape to land."""
+def last_value(prometheus: str, promql: str, expected: float, wait_s: float = 30.0) -> float | None:
+    """The one series' value once it is `expected`, or as it stands after `wait_s`: a run's final values reach
+    Prometheus up to one Ray export and one scrape (about 4 s here) after the run's last step."""
     deadline = time.monotonic() + wait_s
     while True:
         result = query(prometheus, promql, raw=True)
-        if result or time.monotonic() > deadline:
-            assert len(result) <= 1, result
-            return float(result[0]["value"][1]) if result else None
+        assert len(result) <= 1, result
+        value = float(result[0]["value"][1]) if result else None
+        if value == pytest.approx(expected, rel=1e-6) or time.monotonic() > deadline:
+            return value
         time.sleep(1)
 
 

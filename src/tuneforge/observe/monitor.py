@@ -47,6 +47,7 @@ class Monitor:
     prometheus_url: str
     grafana_url: str
     grafana_command: str
+    grafana_installed: bool  # on this machine; the folder serves a Grafana elsewhere too
     dashboard_url: str | None
     targets_file: Path
     writes_targets: bool  # no Ray file here to follow (a remote head): refresh_targets() keeps ours current
@@ -97,7 +98,8 @@ def start_monitor(options: MonitorOptions) -> Monitor:
     grafana_url = f"http://{options.host}:{options.grafana_port}"
     ray_address, dashboard_url, session_dir = connect_ray(options, prometheus_url, grafana_url)
     targets_file, writes_targets = session_dir / SERVICE_DISCOVERY_FILE, False
-    if not wait_for_file(targets_file, seconds=15):
+    # A head on another machine has no session folder here: nothing to wait for.
+    if not (session_dir.is_dir() and wait_for_file(targets_file, seconds=15)):
         targets_file, writes_targets = directory / "targets.json", True
         write_targets(targets_file)
     config_file = directory / "prometheus.yml"
@@ -105,6 +107,7 @@ def start_monitor(options: MonitorOptions) -> Monitor:
     grafana_dir = write_grafana_folder(directory / "grafana", prometheus_url, options, session_dir)
     monitor = Monitor(options=options, ray_address=ray_address, prometheus_url=prometheus_url,
                       grafana_url=grafana_url, grafana_command=grafana_command(grafana_dir),
+                      grafana_installed=grafana_binary() is not None,
                       dashboard_url=dashboard_url, targets_file=targets_file, writes_targets=writes_targets)
     if options.address is not None:
         monitor.notes.append("Ray's dashboard shows its metrics panels when the head was started with "
@@ -233,14 +236,14 @@ def grafana_ini(folder: Path, options: MonitorOptions) -> str:
             "[security]\nallow_embedding = true\n\n[auth.anonymous]\nenabled = true\norg_role = Viewer\n")
 
 
+def grafana_binary() -> str | None:
+    return shutil.which("grafana-server") or shutil.which("grafana")
+
+
 def grafana_command(folder: Path) -> str:
     """The line that runs Grafana on the folder: Grafana's packages install to /usr/share/grafana."""
-    binary = shutil.which("grafana-server") or shutil.which("grafana")
+    binary = grafana_binary()
     program = "grafana server" if binary and Path(binary).name == "grafana" else "grafana-server"
     home = next((str(path) for path in (Path("/usr/share/grafana"), Path("/opt/grafana")) if path.is_dir()),
                 "/usr/share/grafana")
     return f"{program} --homepath {home} --config {folder / 'grafana.ini'}"
-
-
-def grafana_installed() -> bool:
-    return bool(shutil.which("grafana-server") or shutil.which("grafana"))

@@ -12,6 +12,7 @@ from typing import Any
 from tuneforge.metrics import quality_metrics
 
 TAG_KEYS = ("run", "trial", "rank")
+EXTRA_TAG_KEYS = {"tuneforge_eval_metric": ("metric",)}
 
 # name -> (kind, description). Ray adds the "ray_" prefix; counters get "_total" in Prometheus.
 TRAINING_METRICS: dict[str, tuple[str, str]] = {
@@ -40,7 +41,7 @@ class TrainingMetrics:
 
         kinds = {"gauge": metrics.Gauge, "counter": metrics.Counter}
         self.tags = {"run": run, "trial": trial, "rank": str(rank)}
-        self.metrics = {name: kinds[kind](name, description, tag_keys=TAG_KEYS + (("metric",) if name.endswith("eval_metric") else ()))
+        self.metrics = {name: kinds[kind](name, description, tag_keys=TAG_KEYS + EXTRA_TAG_KEYS.get(name, ()))
                         for name, (kind, description) in TRAINING_METRICS.items()}
 
     def start(self, total_steps: int, step: int) -> None:

@@ -98,9 +98,7 @@ def show_monitor(monitor: Any) -> None:
     if monitor.dashboard_url:
         console.print(f"Ray dashboard: [bold]{monitor.dashboard_url}[/bold]  (it asks for the cluster's token: "
                       "`ray get-auth-token`; its Metrics tab shows Ray's panels once Grafana runs)", highlight=False)
-    from tuneforge.observe.monitor import grafana_installed
-
-    absent = "" if grafana_installed() else " (not installed on this machine: run it where it is)"
+    absent = "" if monitor.grafana_installed else " (not installed on this machine: run it where it is)"
     console.print(f"Grafana{absent}: {monitor.grafana_url} once this runs:", highlight=False)
     console.print(f"  {monitor.grafana_command}", highlight=False, soft_wrap=True)
     if monitor.options.address is None:
