@@ -73,6 +73,9 @@ app = typer.Typer(
 )
 
 SetOption = typer.Option(None, "--set", "-s", help="override a config key: --set learning_rate=3e-4 (repeatable)")
+ConstrainOption = typer.Option(None, "--constrain", metavar="json|schema",
+                               help="constrain answers: json (any JSON value, as --json) or schema (the run's answer "
+                                    "schema, inferred from its training targets)")
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,7 @@ def generate(
     compare_base: bool = typer.Option(False, "--compare-base", help="also answer with the base model (adapter off)"),
     any_json: bool = typer.Option(False, "--json", help="constrain every answer to one JSON value"),
     json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="constrain answers to this JSON Schema"),
+    constrain: Optional[str] = ConstrainOption,
 ) -> None:
     """Complete prompts with a fine-tuned model (base + adapter, unmerged; stops at the trained end-of-turn)."""
     from tuneforge.constrain import constraint_for, gguf_grammar
@@ -208,6 +212,8 @@ def generate(
         (gguf and run, f"give RUN or --gguf FILE, not both; drop {run} or --gguf"),
         (gguf and compare_base, "--compare-base switches a run's LoRA adapter off; it does not apply to --gguf"),
         (prompt and input_file, "give --prompt or --input, not both: with --input the prompts come from its rows"),
+        (gguf and constrain == "schema", "--constrain schema reads a run's answer schema; with --gguf give "
+                                         "--json-schema FILE"),
     ])
     settings = GenerationSettings(max_new_tokens, temperature, top_p, batch_size)
     if gguf:
@@ -216,7 +222,9 @@ def generate(
         return
     if run is None:
         raise TuneforgeError("give a RUN (or checkpoint) directory, or --gguf FILE")
-    constraint = constraint_for(any_json=any_json, schema_path=json_schema)
+    any_json, run_schema = constrain_choice(constrain, any_json)
+    constraint = constraint_for(any_json=any_json, schema_path=json_schema, run_schema=run_schema,
+                                answer_schema=answer_schema_of(run) if run_schema else None, source=str(run))
     with ui.busy(f"loading {run}"):  # on stderr and transient: stdout may be the JSONL of completions
         generator = Generator.from_path(run)
     if input_file:
@@ -227,6 +235,19 @@ def generate(
             generate_rows(generator, [(text, {"prompt": text})], settings, system, None, compare_base, constraint)
         else:
             ui.show_stream(text, generator.stream(text, settings, system=system, constraint=constraint))
+
+
+def constrain_choice(constrain: str | None, any_json: bool) -> tuple[bool, bool]:
+    """(any JSON, the run's answer schema) from --constrain and --json."""
+    if constrain not in (None, "json", "schema"):
+        raise TuneforgeError(f"--constrain {constrain}: use json (any JSON value) or schema (the run's answer schema)")
+    return any_json or constrain == "json", constrain == "schema"
+
+
+def answer_schema_of(run: Path) -> dict[str, Any] | None:
+    from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
+
+    return CheckpointMeta.read(resolve_checkpoint(run)).answer_schema
 
 
 def generate_gguf(model: Path, lora: Path | None, prompts: list[str], input_file: Path | None, system: str | None,
@@ -283,12 +304,14 @@ def eval_(
     target_format: str = typer.Option("auto", "--target-format", help="causal: auto, json or text scoring"),
     any_json: bool = typer.Option(False, "--json", help="causal: constrain answers to one JSON value"),
     json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="causal: constrain answers to a schema"),
+    constrain: Optional[str] = ConstrainOption,
     metric: Optional[list[str]] = typer.Option(None, "--metric", metavar="MODULE:FUNCTION",
                                                help="causal: also score with your function(predictions, references) "
                                                     "(repeatable)"),
 ) -> None:
     """Score a run on a data file: classification P/R/F1 + confusion matrix, or causal loss, stop rate, exact match
     and JSON field scores with the first mistakes."""
+    from tuneforge.constrain import constraint_for
     from tuneforge.evaluate import refuse_unseen_labels
     from tuneforge.rundir import CheckpointMeta, RunDir, resolve_checkpoint
     from tuneforge.tasks import get_task
@@ -298,17 +321,20 @@ def eval_(
         raise TuneforgeError(f"--allow-unseen-labels applies to classification runs; {run} is a {meta.task} run")
     task = get_task(meta.task)
     generation = {"compare_base": compare_base, "max_generate": max_generate, "max_new_tokens": max_new_tokens,
-                  "target_format": target_format, "any_json": any_json, "json_schema": json_schema,
-                  "user_metrics": tuple(metric or ())}
+                  "target_format": target_format, "user_metrics": tuple(metric or ())}
     if not task.generates:
-        refuse_ignored([(compare_base or any_json or json_schema or metric or target_format != "auto",
-                         f"--compare-base, --json, --json-schema, --metric and --target-format score generated text; "
+        refuse_ignored([(compare_base or any_json or json_schema or constrain or metric or target_format != "auto",
+                         f"--compare-base, --json, --json-schema, --constrain, --metric and --target-format score "
+                         f"generated text; "
                          f"{run} is a {meta.task} run")])
         generation = {}
     elif target_format not in ("auto", "json", "text"):
         raise TuneforgeError(f"--target-format {target_format}: use auto, json or text")
     else:
         check_user_metrics(metric or ())
+        any_json, run_schema = constrain_choice(constrain, any_json)
+        generation["constraint"] = constraint_for(any_json=any_json, schema_path=json_schema, run_schema=run_schema,
+                                                  answer_schema=meta.answer_schema, source=str(run))
     report = task.evaluate(run, data, name=name, output_dir=output, batch_size=batch_size, **generation)
     ui.show_eval_report(task.name, report)
     if output is None and RunDir(run).is_run():  # the run's page now shows this evaluation too
@@ -401,15 +427,24 @@ def tune(
     set_: Optional[list[str]] = SetOption,
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue an interrupted search (its directory)"),
     address: Optional[str] = typer.Option(None, "--address", help="join a Ray cluster"),
+    auto: bool = typer.Option(False, "--auto", help="build the search from the task, model, data and machine, "
+                              "judged by what the model generates (completes your search_space; --set keys stay fixed)"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="with --auto: wall-clock time for the whole "
+                                         "search, e.g. 30m, 1h30m, 900 (seconds); default 30m"),
 ) -> None:
     """Search hyperparameters with Ray Tune; every trial is a full tuneforge run."""
     from tuneforge.config import TuneSettings, load_config
     from tuneforge.tune import load_experiment_config, objective_direction, search
+    from tuneforge.tune.auto import parse_duration
 
     refuse_ignored([
         (resume and config, f"give CONFIG or --resume EXPERIMENT, not both: a search keeps its config; drop {config}"),
         (resume and set_, "--set cannot change a resumed search (its trials keep their config); drop --set"),
+        (resume and auto, "--auto builds a new search, and a resumed search keeps the space it started with; drop "
+                          "--auto to continue it"),
+        (budget and not auto, "--budget is the time of an --auto search; add --auto (or set tune.time_budget_s)"),
     ])
+    budget_s = parse_duration(budget) if budget else None
     if resume:
         loaded = load_experiment_config(resume)
     elif config is None:
@@ -419,7 +454,8 @@ def tune(
     ui.show_notes(loaded.notes)
     metric, _ = objective_direction(loaded, loaded.tune or TuneSettings())
     with ui.SearchDisplay(metric) as display:
-        result = search(loaded, address=address, resume_dir=resume, display=display, debug=debugging(ctx))
+        result = search(loaded, address=address, resume_dir=resume, display=display, debug=debugging(ctx), auto=auto,
+                        budget_s=budget_s)
     ui.show_search_result(result)
     from tuneforge.report import write_report
 

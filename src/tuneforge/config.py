@@ -66,6 +66,11 @@ class TuneSettings(BaseModel):
     mode: Literal["min", "max"] | None = None
     time_budget_s: float | None = Field(None, gt=0)
     experiment_name: str | None = None
+    lora_alpha_ratio: float | None = Field(
+        None, gt=0, description="set every trial's lora_config.lora_alpha to this times its lora_config.r (tune --auto: "
+        "2, so the update scale stays fixed while the rank is searched)")
+    startup_trials: int | None = Field(None, ge=1, description="optuna: random trials before TPE models the results "
+                                       "(default: Optuna's 10)")
     max_failures: int | None = Field(
         None, ge=-1, description="times a failed trial is started again, continuing its run from its last "
         "checkpoint (-1: no limit); default 0 on the Ray tuneforge starts, 3 on a cluster (--address)")
@@ -82,6 +87,9 @@ class EvalGenerate(BaseModel):
     batch_size: int = Field(32, ge=1)
     any_json: bool = Field(False, description="constrain answers to one JSON value (any JSON)")
     json_schema: str | None = Field(None, description="constrain answers to this JSON Schema file")
+    constrain: Literal["schema"] | None = Field(
+        None, description="schema: constrain answers to the run's answer schema, inferred from the training targets "
+        "when every one is a JSON object")
 
 
 class TrainConfig(BaseModel):

@@ -131,10 +131,20 @@ def apply_bitmask(scores: Any, bitmask: Any, forbidden: list[int]) -> Any:
     return scores.masked_fill(~allowed.to(scores.device), float("-inf"))
 
 
-def constraint_for(*, any_json: bool = False, schema_path: str | Path | None = None) -> JsonConstraint | None:
-    """The constraint `--json` / `--json-schema FILE` (or eval_generate's any_json / json_schema) ask for."""
-    if any_json and schema_path:
-        raise TuneforgeError("give --json (any JSON value) or --json-schema FILE, not both")
+def constraint_for(*, any_json: bool = False, schema_path: str | Path | None = None, run_schema: bool = False,
+                   answer_schema: dict[str, Any] | None = None, source: str = "this run") -> JsonConstraint | None:
+    """The constraint `--json`, `--json-schema FILE` or `--constrain schema` (eval_generate's any_json, json_schema,
+    constrain) ask for. `run_schema` uses `answer_schema`, the one inferred from `source`'s training targets."""
+    asked = [name for name, on in (("--json", any_json), ("--json-schema", schema_path), ("--constrain schema", run_schema))
+             if on]
+    if len(asked) > 1:
+        raise TuneforgeError(f"give one of --json (any JSON value), --json-schema FILE or --constrain schema (the "
+                             f"run's answer schema), not {' and '.join(asked)}")
+    if run_schema:
+        if not answer_schema:
+            raise TuneforgeError(f"{source} has no answer schema: one is inferred only when every training target is "
+                                 "a JSON object; use --json (any JSON value) or --json-schema FILE")
+        return JsonConstraint(answer_schema, "the run's answer schema (inferred from its training targets)")
     if schema_path:
         return JsonConstraint(read_schema(schema_path), f"JSON Schema {schema_path}")
     if any_json:

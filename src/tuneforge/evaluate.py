@@ -167,14 +167,12 @@ def plot_confusion(confusion: dict[str, Any], path: Path) -> None:
 
 def evaluate_causal(run: str | Path, data_path: str | Path, *, name: str | None = None,
                     output_dir: str | Path | None = None, batch_size: int = 8, max_generate: int = 64,
-                    max_new_tokens: int = 128, target_format: str = "auto", json_options: dict[str, Any] | None = None,
+                    max_new_tokens: int = 128, target_format: str = "auto", constraint: Any = None,
                     compare_base: bool = False, user_metrics: tuple[str, ...] = ()) -> EvalReport:
     """Loss and perplexity on every row (same masks as training), then greedy generation on up to `max_generate`
     rows with a reference answer, scored as validation scores it (tuneforge.scoring): stop rate, exact match, and
     for JSON answers validity, parsed equality, field precision/recall/F1 and run-on text. `compare_base` scores the
-    base model's answers too (LoRA runs). `json_options` (constrain.constraint_for's any_json / schema_path)
-    constrain the answers. Every answer goes to samples.jsonl beside results.json."""
-    from tuneforge.constrain import constraint_for
+    base model's answers too (LoRA runs). `constraint` (constrain.constraint_for) restricts the answers. Every answer goes to samples.jsonl beside results.json."""
     from tuneforge.data import causal
     from tuneforge.data.records import read_records
     from tuneforge.generate import GenerationSettings, Generator, read_prompt_rows
@@ -183,7 +181,6 @@ def evaluate_causal(run: str | Path, data_path: str | Path, *, name: str | None 
     records = read_records(data_path, "eval data")
     shape = causal.detect_shape(records, data_path)
     causal.validate_rows(records, data_path, shape)
-    constraint = constraint_for(**(json_options or {}))  # a bad schema is refused before the model loads
     generator = Generator.from_path(run)
     loss = causal_loss(generator, records, data_path, shape, batch_size)
     pairs = [(prompt, row["reference"]) for prompt, row in read_prompt_rows(data_path) if "reference" in row]

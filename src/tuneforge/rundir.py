@@ -57,6 +57,7 @@ class CheckpointMeta(BaseModel):
     # causal LM
     stop_token_ids: list[int] | None = None
     system_prompt: str | None = None  # the system message every training row shared, if one
+    answer_schema: dict[str, Any] | None = None  # the JSON Schema every training target satisfies (data.schema)
     # classification
     text_fields: list[str] | None = None
     label_field: str | None = None

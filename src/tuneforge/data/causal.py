@@ -263,6 +263,16 @@ def make_example(ids: list[int], offsets: list[tuple[int, int]], spans: list[tup
     return Example(np.asarray(ids, dtype=np.int32), mask, source)
 
 
+def answer_target(row: dict[str, Any]) -> str | None:
+    """The answer a row teaches: a chat row's closing assistant message, a completion; None for plain text."""
+    messages = row.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        last = messages[-1]
+        return last.get("content") if last.get("role") == "assistant" else None
+    completion = row.get("completion")
+    return completion if isinstance(completion, str) else None
+
+
 def shared_system_prompt(rows: list[dict[str, Any]]) -> str | None:
     """The system message every chat row uses, if they all use the same one (export's Modelfile sets it)."""
     systems = {next((m.get("content") for m in row.get("messages") or [] if m.get("role") == "system"), None)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from tuneforge.data import causal
+from tuneforge.data.schema import infer_answer_schema
 from tuneforge.data.records import Record, read_dataset
 from tuneforge.errors import DataError
 
@@ -60,6 +61,7 @@ class PreparedData:
     notes: list[str] = field(default_factory=list)
     valid_rows: list[dict[str, Any]] = field(default_factory=list)  # raw rows, a few, kept in the run for later stages
     system_prompt: str | None = None  # causal chat: the system message every training row shared, if one
+    answer_schema: dict[str, Any] | None = None  # causal: the JSON Schema every training target satisfies, if one
     long_rows: str = "truncated by context_length"  # what happens to a row longer than the context (plan wording)
     stream: Any = None  # data.streaming.StreamedTrain: training rows the workers stream (then `train` is empty)
 
@@ -116,9 +118,12 @@ def prepare_causal(config: TrainConfig, tokenizer: Any, model_max_length: int | 
         raise DataError(f"{config.train_path}: no row has target tokens within context_length {context_length}")
     train_rows = [record.data for _, records in train_parts for record in records]
     valid_rows = [record.data for _, records in (valid_parts or train_parts) for record in records]
-    return PreparedData(shape, kept["train"], kept["valid"], context_length, stats, notes=notes,
+    inferred = infer_answer_schema([causal.answer_target(row) for row in train_rows]) if shape != "text" else None
+    return PreparedData(shape, kept["train"], kept["valid"], context_length, stats,
+                        notes=notes + (inferred.notes if inferred else []),
                         valid_rows=valid_rows[:rows_kept(config)],
-                        system_prompt=causal.shared_system_prompt(train_rows))
+                        system_prompt=causal.shared_system_prompt(train_rows),
+                        answer_schema=inferred.schema if inferred else None)
 
 
 def validate_parts(parts: Parts, shape: causal.Shape) -> list[str]:

@@ -43,7 +43,8 @@ class CausalLM(Task):
     def run_facts(self, config: Any, tokenizer: Any, data: Any) -> dict[str, Any]:
         from tuneforge.data.causal import end_of_turn_token_ids
 
-        return {"stop_token_ids": end_of_turn_token_ids(tokenizer), "system_prompt": data.system_prompt}
+        return {"stop_token_ids": end_of_turn_token_ids(tokenizer), "system_prompt": data.system_prompt,
+                "answer_schema": data.answer_schema}
 
     def collate(self, examples: list[Any], pad_id: int, *, padding: str, context_length: int,
                 multiple_of: int | None) -> dict[str, Any]:
@@ -75,13 +76,11 @@ class CausalLM(Task):
 
         return Generator.from_path(path)
 
-    def evaluate(self, run: str | Path, data_path: str | Path, *, any_json: bool = False,
-                 json_schema: str | Path | None = None, **options: Any) -> Any:
+    def evaluate(self, run: str | Path, data_path: str | Path, **options: Any) -> Any:
         from tuneforge.evaluate import evaluate_causal
 
         options["batch_size"] = min(options.get("batch_size", 8), 8)  # generation batches: memory grows with length
-        return evaluate_causal(run, data_path, json_options={"any_json": any_json, "schema_path": json_schema},
-                               **options)
+        return evaluate_causal(run, data_path, **options)
 
     def fidelity_check(self, loaded: Any, samples: list[dict[str, Any]], *, prompts: int, max_new_tokens: int) -> Any:
         from tuneforge.export.fidelity import generation_check

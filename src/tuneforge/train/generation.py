@@ -45,7 +45,8 @@ class ValidationGeneration:
         self.tokenizer = copy.deepcopy(tokenizer)  # the Generator pads on the left; training's tokenizer stays as is
         self.meta = meta
         self.settings = GenerationSettings(max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
-        self.constraint = constraint_for(any_json=settings.any_json, schema_path=settings.json_schema)
+        self.constraint = constraint_for(any_json=settings.any_json, schema_path=settings.json_schema,
+                                         run_schema=settings.constrain == "schema", answer_schema=meta.answer_schema)
         self.target_format = config.target_format
         self.user_metrics = tuple(config.eval_metrics or ())
 
@@ -79,7 +80,7 @@ def check_generation_setup(config: TrainConfig, data: Any) -> None:
     """Before training: eval_generate has answered validation rows to score, its schema compiles, the user's
     metrics import, and a JSON metric chosen as best_metric has JSON answers to measure."""
     from tuneforge.constrain import constraint_for
-    from tuneforge.errors import ConfigError, DataError
+    from tuneforge.errors import ConfigError, DataError, TuneforgeError
     from tuneforge.scoring import JSON_METRICS, detect_json, load_user_metric
 
     settings = config.eval_generate
@@ -91,7 +92,11 @@ def check_generation_setup(config: TrainConfig, data: Any) -> None:
     if not pairs:
         raise DataError(f"{source}: eval_generate needs validation rows with an answer to compare with (chat rows that "
                         f"end with the assistant's message, or prompt/completion rows); these rows are {data.shape} rows")
-    constraint_for(any_json=settings.any_json, schema_path=settings.json_schema)
+    try:
+        constraint_for(any_json=settings.any_json, schema_path=settings.json_schema,
+                       run_schema=settings.constrain == "schema", answer_schema=data.answer_schema, source=source)
+    except TuneforgeError as exc:
+        raise ConfigError(f"{config.source_of('eval_generate')}: eval_generate: {exc}") from None
     for spec in config.eval_metrics or ():
         try:
             load_user_metric(spec)

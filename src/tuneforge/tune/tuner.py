@@ -21,6 +21,7 @@ from tuneforge.tune.space import (
     SpaceSpec,
     check_space_key,
     expected_trials,
+    flatten_space,
     mutation_domain,
     to_domain,
     validate_search,
@@ -31,15 +32,30 @@ PBT_MIN_KEEP = 3
 
 
 def search(config: TrainConfig, *, address: str | None = None, resume_dir: Path | None = None,
-           display: Any = None, debug: bool = False) -> SearchResult:
+           display: Any = None, debug: bool = False, auto: bool = False,
+           budget_s: float | None = None) -> SearchResult:
     """Run (or resume) a search and write trials.csv, best_run.json and objective_by_trial.png. `display`
     (optional) gets note(message) for what the search changed in the config, then trial_result(trial_id, result)
-    and trial_done(trial_id, status) calls as trials progress."""
+    and trial_done(trial_id, status) calls as trials progress. `auto` builds the search itself (tune.auto) and
+    keeps it within `budget_s` seconds of wall-clock time (default 30 minutes); `display.auto_plan(plan)` is shown
+    what it built before Ray starts."""
     from tuneforge.cluster import ensure_ray
     from tuneforge.train import prepare_run
     from tuneforge.train.driver import start_ray_for_data
     from tuneforge.train.preflight import SilentReporter, check_fits, check_writable, worker_resources
 
+    started = time.monotonic()
+    deadline = None
+    auto_plan = None
+    if auto:
+        budget_s = budget_s or DEFAULT_BUDGET_S
+        auto_plan = plan_auto(config, budget_s, resume_dir)
+        config = auto_plan.config
+        deadline = time.time() + budget_s - (time.monotonic() - started)  # the probe counts against the budget
+        if display:
+            display.auto_plan(auto_plan)
+    elif budget_s:
+        raise ConfigError("--budget sets the time of an --auto search; add --auto, or set tune.time_budget_s")
     settings = config.tune or TuneSettings()
     space = validate_search(config)
     # Data, model id and LoRA targets fail here, before any trial starts; streamed data is tokenized here once, while
@@ -62,22 +78,68 @@ def search(config: TrainConfig, *, address: str | None = None, resume_dir: Path 
     check_fits(config, worker_resources(config, cluster, plan.cpus_per_worker)[0], cluster)  # before any trial
     experiment_dir = locate(resume_dir) if resume_dir else choose_experiment_dir(config, settings)
     if display:
-        display.expect(expected_trials(space, settings))
+        display.expect(auto_plan.trials_fit if auto_plan else expected_trials(space, settings))
     trainable = trial_trainable(config, experiment_dir, plan, settings.scheduler)
     started = time.monotonic()
     with progress_shown_by(display):
         if resume_dir:
             tuner = restored_tuner(experiment_dir, trainable)
         else:
-            start_experiment(experiment_dir, config, {"metric": metric, "mode": mode, "concurrency": plan.concurrency,
-                                                      "cpus_per_worker": plan.cpus_per_worker, "notes": notes})
+            info = {"metric": metric, "mode": mode, "concurrency": plan.concurrency,
+                    "cpus_per_worker": plan.cpus_per_worker, "notes": notes}
+            if auto_plan:
+                info["auto"] = {"budget_s": auto_plan.budget_s, "trials_fit": auto_plan.trials_fit,
+                                "plan": [list(row) for row in auto_plan.rows()], "notes": auto_plan.notes}
+            start_experiment(experiment_dir, config, info)
             tuner = new_tuner(experiment_dir, trainable, config, settings, space, metric, mode, plan, display,
-                              local=cluster.local)
+                              local=cluster.local,
+                              deadline=(deadline, auto_plan.speed.first_event_seconds()) if auto_plan else None)
         grid = tuner.fit()
     # Tune stops every trial when the time budget runs out, as it does when the search is interrupted; only the
     # clock tells the two apart (trial_status).
-    budget_spent = settings.time_budget_s is not None and time.monotonic() - started >= settings.time_budget_s
-    return summarize(experiment_dir, grid, metric, mode, budget_spent=budget_spent)
+    budget = budget_s if auto else settings.time_budget_s
+    budget_spent = budget is not None and time.monotonic() - started >= budget
+    result = summarize(experiment_dir, grid, metric, mode, budget_spent=budget_spent)
+    complete_best_run(result)
+    return result
+
+
+DEFAULT_BUDGET_S = 30 * 60
+
+
+def plan_auto(config: TrainConfig, budget_s: float, resume_dir: Path | None) -> Any:
+    """The search --auto builds: refused at once for what it cannot do, then planned on a probe of this machine."""
+    from tuneforge.train import prepare_run
+    from tuneforge.tune.auto import plan_auto_search
+
+    if resume_dir:
+        raise ConfigError("--auto builds a new search, and a resumed search keeps the space it started with; drop "
+                          "--auto to continue it")
+    if config.tune and config.tune.search_alg == "basic" and config.search_space and any(
+            "grid" in spec for spec in flatten_space(config.search_space).values()):
+        raise ConfigError(f"{config.source_of('search_space')}: --auto samples with Optuna TPE; write your grid "
+                          "values as choice: [...]")
+    prepared = prepare_run(config)
+    if prepared.data.stream:
+        raise ConfigError(f"{config.source_of('train_path')}: --auto measures this machine's speed on in-memory "
+                          "data, and these files stream (streaming); tune with your own search_space")
+    return plan_auto_search(config, budget_s, prepared)
+
+
+def complete_best_run(result: SearchResult) -> None:
+    """The best trial as a normal run: a trial the scheduler or the deadline stopped never wrote best/, so the
+    checkpoint the search chose is copied there (export, serve and generate read best/)."""
+    from tuneforge.rundir import RunDir
+
+    checkpoint = result.best.get("checkpoint")
+    run = RunDir(Path(result.experiment_dir) / result.best["run_id"])
+    if checkpoint and not run.best_dir.is_dir() and Path(checkpoint).is_dir():
+        import shutil
+
+        from tuneforge.atomic import atomic_dir
+
+        with atomic_dir(run.best_dir) as staged:
+            shutil.copytree(checkpoint, staged, dirs_exist_ok=True)
 
 
 def objective_direction(config: TrainConfig, settings: TuneSettings) -> tuple[str, str]:
@@ -129,24 +191,30 @@ def trial_trainable(config: TrainConfig, experiment_dir: Path, plan: ResourcePla
     base = config.model_dump(mode="json", exclude={"search_space", "tune"})
     return tune.with_resources(
         functools.partial(train_trial, base=base, experiment_dir=str(experiment_dir.resolve()), plan=plan,
-                          scheduler=scheduler),
+                          scheduler=scheduler, lora_alpha_ratio=(config.tune or TuneSettings()).lora_alpha_ratio),
         {"cpu": TRIAL_CPU},  # the trial's own bundle; Ray Train puts the workers in a placement group of their own
     )
 
 
 def new_tuner(experiment_dir: Path, trainable: Any, config: TrainConfig, settings: TuneSettings,
               space: dict[str, SpaceSpec], metric: str, mode: str, plan: ResourcePlan, display: Any,
-              *, local: bool) -> Any:
+              *, local: bool, deadline: tuple[float, float] | None = None) -> Any:
+    """`deadline`: (time.time() of the deadline, seconds a trial needs to its first validation event), for --auto."""
     from ray import tune
 
     from tuneforge.train.driver import failures_allowed
+    from tuneforge.tune.auto import deadline_searcher, deadline_stopper
 
+    search_config = tune_config(config, settings, metric, mode, plan.concurrency)
+    if deadline:
+        search_config.search_alg = deadline_searcher(search_config.search_alg, *deadline)
     return tune.Tuner(
         trainable,
         param_space={key: to_domain(spec) for key, spec in space.items()},  # dotted keys; the trial nests them
-        tune_config=tune_config(config, settings, metric, mode, plan.concurrency),
+        tune_config=search_config,
         run_config=tune.RunConfig(
             name=experiment_dir.name, storage_path=str(experiment_dir.parent.resolve()), verbose=0,
+            stop=deadline_stopper(deadline[0]) if deadline else None,
             callbacks=[progress_callback(display)] if display else [],
             # PBT restores a trial from another's Tune checkpoint some time after choosing it (once resources free
             # up); pruning could delete it first (seen: FileNotFoundError in the exploiting trial), so PBT keeps all.
@@ -172,7 +240,7 @@ def tune_config(config: TrainConfig, settings: TuneSettings, metric: str, mode: 
 
     return tune.TuneConfig(
         metric=metric, mode=mode, num_samples=settings.num_samples, time_budget_s=settings.time_budget_s,
-        search_alg=search_algorithm(settings, metric, mode, concurrency),
+        search_alg=search_algorithm(settings, metric, mode, concurrency, config.seed),
         scheduler=scheduler_for(config, settings, metric, mode),
         trial_dirname_creator=trial_name,
         trial_name_creator=trial_name,
@@ -182,7 +250,7 @@ def tune_config(config: TrainConfig, settings: TuneSettings, metric: str, mode: 
     )
 
 
-def search_algorithm(settings: TuneSettings, metric: str, mode: str, concurrency: int) -> Any:
+def search_algorithm(settings: TuneSettings, metric: str, mode: str, concurrency: int, seed: int | None = None) -> Any:
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     points = settings.points_to_evaluate
@@ -192,7 +260,12 @@ def search_algorithm(settings: TuneSettings, metric: str, mode: str, concurrency
     if settings.search_alg == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        algorithm = OptunaSearch(metric=metric, mode=mode, points_to_evaluate=points)
+        sampler = None
+        if settings.startup_trials:
+            from optuna.samplers import TPESampler
+
+            sampler = TPESampler(n_startup_trials=settings.startup_trials, seed=seed)
+        algorithm = OptunaSearch(metric=metric, mode=mode, points_to_evaluate=points, sampler=sampler)
     else:
         from ray.tune.search.hyperopt import HyperOptSearch
 

@@ -135,6 +135,20 @@ class SearchDisplay:
     def expect(self, trials: int) -> None:
         self.progress.update(self.task_id, total=trials)
 
+    def auto_plan(self, plan: Any) -> None:
+        """What `tune --auto` built, and why, before any trial starts."""
+        from rich.table import Table
+
+        self.metric = plan.metric
+        table = Table(title="tune --auto: the search", title_justify="left", show_lines=False)
+        for column in ("", "value", "why"):
+            table.add_column(column, overflow="fold")
+        for what, value, why in plan.rows():
+            table.add_row(what, value, why)
+        console.print(table)
+        for note in plan.notes:
+            show_note(note)
+
     def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         value = result.get(self.metric)
         shown = f"{self.metric} {value:.4f}" if isinstance(value, (int, float)) else ""

@@ -1,0 +1,457 @@
+"""`tuneforge tune --auto`: a search built from the config's task, the model, the data and the machine, judged by
+what the model generates, within a wall-clock budget.
+
+    plan_auto_search   the metric, the ranges, the sampler and scheduler, and how many trials fit: a config with a
+                       search_space and tune block that the ordinary search then runs (and tune_config.yaml keeps)
+    measure_speed      the probe: a few real optimizer steps and one batch of validation generation, in this
+                       process, before Ray starts, so that a budget too small is refused at once
+    DeadlineSearcher   no trial starts that cannot reach its first validation event before the deadline
+    DeadlineStopper    a trial running at the deadline stops at its next validation event (its checkpoint is kept)
+
+Why each range is what it is is written next to it (RANGES) and printed in the plan table.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneforge.config import EvalGenerate, TrainConfig, TuneSettings
+from tuneforge.errors import ConfigError
+
+# Learning rates, log-uniform. LoRA's B matrix starts at zero and the adapter is small, so it wants rates about ten
+# times full fine-tuning's; on small models and small data the best LoRA rates measured here were near 1e-3
+# (ENVIRONMENT.md's quality table: 2e-4 gave 0.46 exact match, 1e-3 gave 0.82).
+LORA_LR = (1.0e-4, 3.0e-3)
+FULL_LR = (5.0e-6, 2.0e-4)
+RANKS = [8, 16, 32]  # with lora_alpha = 2r, so the update's scale alpha/r stays 2 and rank and rate do not trade off
+FIRST_GUESS = {"lora": {"learning_rate": 1.0e-3, "lora_config.r": 16}, "full": {"learning_rate": 5.0e-5}}
+MIN_STEPS, MAX_STEPS = 100, 600  # optimizer steps a small-data fine-tune needs, at least and at most
+MIN_TRIALS = 3  # the longest trial may take a third of the budget: TPE needs a few results to model
+TRIAL_STARTUP_S = 20.0  # per trial: Ray Train's worker group, model load, data payload (bench/startup.py: ~17 s)
+PROBE_STEPS = 3  # timed optimizer steps after one warm-up step
+STARTUP_TRIALS = 2  # random trials before TPE models the results (Optuna's default of 10 never ends on a CPU budget)
+MAX_GENERATE_ROWS = 64
+
+
+@dataclass
+class Speed:
+    """What the probe measured on this machine, and what a trial therefore costs."""
+
+    seconds_per_step: float
+    event_seconds: float  # one validation event: loss over the validation rows and answering the generation rows
+    steps_per_epoch: int
+    device: str
+    threads: int
+
+    def trial_seconds(self, steps: int, events: int) -> float:
+        return TRIAL_STARTUP_S + steps * self.seconds_per_step + events * self.event_seconds
+
+    def first_event_seconds(self) -> float:
+        return self.trial_seconds(self.steps_per_epoch, 1)
+
+
+@dataclass
+class AutoParameter:
+    key: str
+    shown: str
+    reason: str
+
+
+@dataclass
+class AutoPlan:
+    config: TrainConfig  # with the search_space and tune block the search runs
+    metric: str
+    metric_reason: str
+    parameters: list[AutoParameter]
+    speed: Speed
+    budget_s: float
+    trials_fit: int
+    sampler: str
+    scheduler: str
+    notes: list[str] = field(default_factory=list)
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(what, value, why) rows for the plan table."""
+        speed = self.speed
+        rows = [("metric", self.metric, self.metric_reason)]
+        rows += [(p.key, p.shown, p.reason) for p in self.parameters]
+        rows += [
+            ("sampler", self.sampler, "models which settings score well from the trials so far"),
+            ("scheduler", self.scheduler, "stops a trial scoring in the bottom half at the same validation event"),
+            ("probe", f"{speed.seconds_per_step:.2f} s/step, {speed.event_seconds:.1f} s/validation",
+             f"{PROBE_STEPS} optimizer steps and one generation batch measured here ({speed.device}, "
+             f"{speed.threads} threads)"),
+            ("budget", f"{format_duration(self.budget_s)}, ~{self.trials_fit} full trials",
+             "no trial starts that cannot reach its first validation before the deadline; one running then stops "
+             "at its next validation"),
+        ]
+        return rows
+
+
+def parse_duration(text: str) -> float:
+    """'30m', '1h30m', '90s', '45' (seconds) -> seconds."""
+    cleaned = text.strip().lower().replace(" ", "")
+    if re.fullmatch(r"\d+(\.\d+)?", cleaned):
+        return float(cleaned)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", cleaned)
+    if not parts or "".join(number + unit for number, unit in parts) != cleaned:
+        raise ConfigError(f"--budget {text}: expected a duration such as 30m, 1h30m, 90s or 600 (seconds)")
+    return sum(float(number) * {"h": 3600, "m": 60, "s": 1}[unit] for number, unit in parts)
+
+
+def format_duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The plan
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def plan_auto_search(config: TrainConfig, budget_s: float, prepared: Any, speed: Speed | None = None,
+                     concurrency: int = 1) -> AutoPlan:
+    """The search `--auto` runs for `config` within `budget_s`: `prepared` is the run prepared as a trial would
+    be (tuneforge.train.prepare_run); `speed` is measured by the probe unless given."""
+    metric, metric_reason = choose_metric(config, prepared)
+    config = configure_validation(config, prepared, metric)
+    fixed = fixed_keys(config)
+    user_space = dict(config.search_space or {})
+    speed = speed or measure_speed(config, prepared)
+    first_event = speed.first_event_seconds()
+    if budget_s < first_event:
+        raise ConfigError(f"--budget {format_duration(budget_s)} is too small: one trial needs ~{first_event:.0f} s "
+                          f"to reach its first validation event on this machine ({speed.steps_per_epoch} steps at "
+                          f"{speed.seconds_per_step:.2f} s, validation {speed.event_seconds:.0f} s, start "
+                          f"{TRIAL_STARTUP_S:.0f} s); give --budget {math.ceil(first_event * MIN_TRIALS / 60)}m or more")
+    parameters, space, notes = [], {}, []
+    for key, spec, shown, reason in auto_dimensions(config, speed, budget_s / (MIN_TRIALS * concurrency) * concurrency):
+        if key in fixed:
+            notes.append(f"{key} fixed at {fixed[key]} (--set)")
+        elif key in user_space or (key.startswith("lora_config.") and "lora_config" in user_space):
+            notes.append(f"{key}: your search_space range kept")
+        else:
+            space[key] = spec
+            parameters.append(AutoParameter(key, shown, reason))
+    if config.uses_lora and "lora_config.r" in space and "lora_config.lora_alpha" not in {**user_space, **fixed}:
+        parameters.append(AutoParameter("lora_config.lora_alpha", "2 × r", "the update scale alpha/r stays 2 "
+                                        "whatever the rank, so the learning rate means the same for every rank"))
+    parameters += [AutoParameter(key, describe_spec(spec), "your search_space") for key, spec in user_space.items()]
+    longest = speed.trial_seconds(*trial_shape(config, space, speed, longest=True))
+    trials_fit = max(1, int(budget_s * concurrency // longest))
+    epochs_spec = space.get("num_epochs") or user_space.get("num_epochs")
+    settings = TuneSettings(
+        search_alg="optuna", scheduler="asha", grace_period=1, reduction_factor=2,
+        max_t=max_events(config, epochs_spec), num_samples=1000,  # the deadline ends the search, not the count
+        metric=metric, mode="max", max_concurrent_trials=concurrency,
+        points_to_evaluate=[first_guess(config, space)] if first_guess(config, space) else None,
+        # Tune's own budget is the backstop only: a trial at the deadline may still reach its next validation.
+        time_budget_s=budget_s + longest_event_gap(config, speed, epochs_spec) + 60,
+        lora_alpha_ratio=2.0 if "lora_config.r" in space else None,
+        startup_trials=STARTUP_TRIALS, experiment_name=(config.tune.experiment_name if config.tune else None),
+        max_failures=config.tune.max_failures if config.tune else None,
+    )
+    searched = config.model_copy(update={"search_space": {**user_space, **space}, "tune": settings})
+    notes.append("LoRA vs full fine-tuning is not searched: the method stays the config's "
+                 f"({'LoRA' if config.uses_lora else 'full fine-tuning'})")
+    return AutoPlan(searched, metric, metric_reason, parameters, speed, budget_s, trials_fit,
+                    sampler=f"Optuna TPE ({STARTUP_TRIALS} random trials first, then model-based; a first guess "
+                    "from the ranges' sweet spot)",
+                    scheduler=f"ASHA on {metric}, grace 1 validation event, halving", notes=notes)
+
+
+def choose_metric(config: TrainConfig, prepared: Any) -> tuple[str, str]:
+    """The task's quality metric: what the trials are judged by (never the loss while a quality metric exists)."""
+    from tuneforge.scoring import detect_json
+    from tuneforge.tasks import get_task
+    from tuneforge.train.generation import generation_pairs
+
+    task = get_task(config.task)
+    if config.tune and config.tune.metric:
+        return config.tune.metric, "your tune.metric"
+    if task.generates:
+        pairs = generation_pairs(prepared.data.valid_rows, MAX_GENERATE_ROWS)
+        if not pairs:
+            raise ConfigError(f"{config.source_of('train_path')}: --auto judges trials by the answers the model "
+                              f"generates, and these {prepared.data.shape} rows have no answers to compare with; "
+                              "use chat or prompt/completion rows, or tune with your own search_space and "
+                              "tune.metric: eval_loss")
+        if prepared.data.answer_schema is not None or detect_json([reference for _, reference in pairs]):
+            return "eval_json_exact", "the targets are JSON: share of generated answers equal to the reference"
+        return "eval_exact_match", "share of generated answers equal to the reference"
+    if "eval_f1" in task.metrics:
+        kind = "weighted over classes" if task.classifies_texts else "over entities"
+        return "eval_f1", f"F1 {kind} on the validation rows"
+    raise ConfigError(f"{config.source_of('task')}: --auto needs a quality metric and a {config.task} run reports "
+                      f"none ({', '.join(task.metrics)}); tune with your own search_space and tune.metric")
+
+
+def configure_validation(config: TrainConfig, prepared: Any, metric: str) -> TrainConfig:
+    """A validation event every epoch, generation switched on where answers are scored, the best checkpoint by the
+    search's metric, one kept per trial."""
+    updates: dict[str, Any] = {"best_metric": metric, "best_metric_mode": "max", "num_checkpoints_to_keep": 1}
+    if not config.max_steps:
+        updates["checkpoint_every_n_epochs"] = 1
+    if metric.removeprefix("eval_") in ("json_exact", "exact_match") and not config.eval_generate:
+        updates["eval_generate"] = EvalGenerate(max_rows=MAX_GENERATE_ROWS,
+                                                max_new_tokens=answer_token_budget(prepared),
+                                                batch_size=min(32, MAX_GENERATE_ROWS))
+    return config.model_copy(update=updates)
+
+
+def answer_token_budget(prepared: Any) -> int:
+    """New tokens validation may generate: the longest reference answer and a margin, so a run-on shows."""
+    from tuneforge.train.generation import generation_pairs
+
+    pairs = generation_pairs(prepared.data.valid_rows, MAX_GENERATE_ROWS)
+    longest = max((len(prepared.tokenizer(reference)["input_ids"]) for _, reference in pairs), default=64)
+    return min(512, int(longest * 1.25) + 16)
+
+
+def fixed_keys(config: TrainConfig) -> dict[str, Any]:
+    """Keys the user fixed with --set: not searched."""
+    fixed = {}
+    for key, source in config._sources.items():
+        if key and source.startswith("--set"):
+            dotted = ".".join(key)
+            value: Any = config.model_dump(mode="json")
+            for part in key:
+                value = value.get(part) if isinstance(value, dict) else None
+            fixed[dotted] = value
+            if key == ("lora_config",):
+                fixed.update({f"lora_config.{k}": v for k, v in (value or {}).items()})
+    return fixed
+
+
+def auto_dimensions(config: TrainConfig, speed: Speed, trial_budget: float) -> list[tuple[str, dict[str, Any], str, str]]:
+    """(key, search_space spec, shown, why) for every dimension --auto searches on this config."""
+    lora = config.uses_lora
+    low, high = LORA_LR if lora else FULL_LR
+    dims = [("learning_rate", {"loguniform": [low, high]}, f"{low:g} – {high:g}, log-uniform",
+             ("LoRA adapters start at zero and want ~10× full fine-tuning's rates; small models and data sit high "
+              "in this range" if lora else "full fine-tuning moves every weight: rates ten times below LoRA's"))]
+    if lora:
+        dims.append(("lora_config.r", {"choice": RANKS}, ", ".join(map(str, RANKS)),
+                     "capacity of the adapter: 8 is the usual start, 32 where the task needs more"))
+    epochs = epoch_range(speed, trial_budget, config)
+    if epochs:
+        dims.append(("num_epochs", {"randint": [epochs[0], epochs[1] + 1]}, f"{epochs[0]} – {epochs[1]}",
+                     f"{speed.steps_per_epoch} steps per epoch: {MIN_STEPS}+ optimizer steps, and the longest trial "
+                     f"fits a third of the budget"))
+    else:
+        steps = step_range(speed, trial_budget)
+        dims.append(("max_steps", {"randint": [steps[0], steps[1] + 1]}, f"{steps[0]} – {steps[1]}",
+                     "an epoch takes longer than a third of the budget: trials train for a number of steps instead"))
+    return dims
+
+
+def epoch_range(speed: Speed, trial_budget: float, config: TrainConfig) -> tuple[int, int] | None:
+    """Epochs from enough optimizer steps to the most a third of the budget holds; None when one epoch does not fit."""
+    if config.max_steps:
+        return None
+    per_epoch = speed.trial_seconds(speed.steps_per_epoch, 1) - TRIAL_STARTUP_S
+    fits = int((trial_budget - TRIAL_STARTUP_S) // per_epoch)
+    if fits < 1:
+        return None
+    low = max(1, math.ceil(MIN_STEPS / speed.steps_per_epoch))
+    high = max(1, min(fits, math.ceil(MAX_STEPS / speed.steps_per_epoch), 10))
+    low = min(low, high)
+    if high - low < 2:  # a range worth searching: widen downwards
+        low = max(1, high - 2)
+    return low, high
+
+
+def step_range(speed: Speed, trial_budget: float) -> tuple[int, int]:
+    per_step = speed.seconds_per_step + speed.event_seconds / 50  # events spread over the steps
+    high = max(4, int((trial_budget - TRIAL_STARTUP_S - speed.event_seconds) // per_step))
+    return max(2, high // 3), high
+
+
+def trial_shape(config: TrainConfig, space: dict[str, Any], speed: Speed, *, longest: bool) -> tuple[int, int]:
+    """(steps, validation events) of the longest (or shortest) trial the space allows."""
+    pick = max if longest else min
+    if "num_epochs" in space:
+        low, high = space["num_epochs"]["randint"]
+        epochs = pick(low, high - 1)
+        return epochs * speed.steps_per_epoch, epochs
+    if "max_steps" in space:
+        low, high = space["max_steps"]["randint"]
+        return pick(low, high - 1), config.max_num_checkpoints
+    epochs = config.num_epochs or math.ceil(config.min_update_steps / speed.steps_per_epoch)
+    return (config.max_steps or epochs * speed.steps_per_epoch), (epochs if not config.max_steps else config.max_num_checkpoints)
+
+
+def max_events(config: TrainConfig, epochs_spec: dict[str, Any] | None) -> int:
+    """ASHA's max_t: the most validation events a trial reports."""
+    if epochs_spec and "randint" in epochs_spec:
+        return max(1, epochs_spec["randint"][1] - 1)
+    if epochs_spec:
+        return max(int(v) for v in next(iter(epochs_spec.values())))
+    if config.max_steps or not config.num_epochs:
+        return config.max_num_checkpoints
+    return config.num_epochs
+
+
+def longest_event_gap(config: TrainConfig, speed: Speed, epochs_spec: dict[str, Any] | None) -> float:
+    """Seconds between two validation events at most: how far past the deadline a running trial may go."""
+    return speed.steps_per_epoch * speed.seconds_per_step + speed.event_seconds
+
+
+def first_guess(config: TrainConfig, space: dict[str, Any]) -> dict[str, Any] | None:
+    """The first trial: the middle of the ranges' sweet spot (what an expert would try first); TPE goes on from it."""
+    guess = {key: value for key, value in FIRST_GUESS["lora" if config.uses_lora else "full"].items() if key in space}
+    for key in ("num_epochs", "max_steps"):
+        if key in space:
+            low, high = space[key]["randint"]
+            guess[key] = (low + high - 1 + 1) // 2
+    return guess or None
+
+
+def describe_spec(spec: Any) -> str:
+    if isinstance(spec, dict) and len(spec) == 1:
+        kind, values = next(iter(spec.items()))
+        return f"{kind} {values}"
+    return str(spec)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The probe
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def measure_speed(config: TrainConfig, prepared: Any, threads: int | None = None) -> Speed:
+    """Seconds per optimizer step and per validation event, measured with the run's own model, data, precision
+    and objective in this process (before Ray starts): one warm-up step, then PROBE_STEPS timed ones; then one batch
+    of validation generation, scaled to the event's rows."""
+    import os
+
+    import torch
+
+    from tuneforge.models.sources import quiet_progress_bars
+    from tuneforge.models.training import load_model_for_training
+    from tuneforge.tasks import get_task
+    from tuneforge.train.hardware import autocast_context, best_device, resolve_precision
+    from tuneforge.train.loop import build_optimizer
+
+    threads = threads or max(1, os.cpu_count() or 1)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    task = get_task(config.task)
+    device = best_device()
+    precision = resolve_precision(config.precision, device)
+    data, plan = prepared.data, prepared.plan
+    try:
+        with quiet_progress_bars():
+            model = load_model_for_training(config, prepared.model_source, prepared.tokenizer, labels=data.labels,
+                                            device=device, precision=precision)
+        objective = task.objective(model, prepared.meta).to(device)
+        optimizer = build_optimizer(model, config)
+        batch_rows = config.train_batch_size_per_device
+        examples = list(data.train)
+        times = []
+        for step in range(PROBE_STEPS + 1):
+            batch = [examples[(step * batch_rows + i) % len(examples)] for i in range(batch_rows)]
+            started = time.perf_counter()
+            collated = task.collate(batch, prepared.tokenizer.pad_token_id or 0, padding="longest",
+                                    context_length=data.context_length, multiple_of=None)
+            with autocast_context(precision, device):
+                loss_sum, count = objective(**{k: v.to(device) for k, v in collated.items() if hasattr(v, "to")})
+            (loss_sum / max(1, int(count))).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - started)
+        seconds_per_step = sum(times[1:]) / PROBE_STEPS * config.gradient_accumulation_steps
+        event = validation_seconds(config, prepared, model, seconds_per_step, precision, device)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return Speed(seconds_per_step=seconds_per_step, event_seconds=event, steps_per_epoch=plan.steps_per_epoch,
+                 device=str(device), threads=threads)
+
+
+def validation_seconds(config: TrainConfig, prepared: Any, model: Any, seconds_per_step: float, precision: str,
+                       device: Any) -> float:
+    """A validation event: the loss over every validation row (a forward pass, ~1/3 of a step per batch), and
+    generation at validation, timed on one batch here (an untrained model may run to max_new_tokens: an upper
+    bound)."""
+    import torch
+
+    from tuneforge.generate import GenerationSettings, Generator
+    from tuneforge.train.generation import generation_pairs
+    from tuneforge.train.hardware import autocast_context
+
+    batches = math.ceil(len(prepared.data.valid) / config.eval_batch_size_per_device)
+    seconds = batches * seconds_per_step / 3 * config.eval_batch_size_per_device / config.train_batch_size_per_device
+    settings = config.eval_generate
+    if not settings:
+        return seconds
+    import copy
+
+    pairs = generation_pairs(prepared.data.valid_rows, settings.max_rows)
+    batch = [prompt for prompt, _ in pairs[: settings.batch_size]]
+    if not batch:
+        return seconds
+    tokenizer = copy.deepcopy(prepared.tokenizer)
+    generator = Generator(model, tokenizer, prepared.meta)
+    model.eval()
+    started = time.perf_counter()
+    with torch.no_grad(), autocast_context(precision, device):
+        generator.complete(batch, GenerationSettings(max_new_tokens=settings.max_new_tokens,
+                                                     batch_size=settings.batch_size))
+    generation = time.perf_counter() - started
+    return seconds + generation * math.ceil(len(pairs) / len(batch))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The deadline
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def deadline_searcher(inner: Any, deadline: float, first_event_s: float) -> Any:
+    """`inner` (a Ray Tune searcher) that starts no trial which cannot reach its first validation event before
+    `deadline` (time.time() seconds): the search then ends once the running trials do."""
+    from ray.tune.search import Searcher
+
+    class DeadlineSearcher(Searcher):
+        def __init__(self) -> None:
+            super().__init__(metric=inner.metric, mode=inner.mode)
+            self.inner, self.deadline, self.first_event_s = inner, deadline, first_event_s
+
+        def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
+            return self.inner.set_search_properties(metric, mode, config, **spec)
+
+        def suggest(self, trial_id: str) -> Any:
+            if time.time() + self.first_event_s > self.deadline:
+                return Searcher.FINISHED
+            return self.inner.suggest(trial_id)
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            self.inner.on_trial_result(trial_id, result)
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            self.inner.on_trial_complete(trial_id, result=result, error=error)
+
+        def save(self, checkpoint_path: str) -> None:
+            self.inner.save(checkpoint_path)
+
+        def restore(self, checkpoint_path: str) -> None:
+            self.inner.restore(checkpoint_path)
+
+    return DeadlineSearcher()
+
+
+def deadline_stopper(deadline: float) -> Any:
+    """Stops each trial at its first validation event past `deadline` (the event's checkpoint is on disk)."""
+    from ray import tune
+
+    class DeadlineStopper(tune.Stopper):
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return time.time() >= deadline
+
+        def stop_all(self) -> bool:
+            return False
+
+    return DeadlineStopper()
