@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,7 @@ def test_json_targets_are_searched_on_json_exact_with_generation_on(tmp_path, ti
     assert searched.tune.search_alg == "optuna" and searched.tune.scheduler == "asha"
     assert searched.tune.grace_period >= 1 and searched.tune.lora_alpha_ratio == 2.0
     assert searched.tune.points_to_evaluate == [{"learning_rate": 1.0e-3, "lora_config.r": 16,
-                                                 "num_epochs": (low + high) // 2}]
+                                                 "num_epochs": high - 1}]
     shown = {row[0]: row for row in plan.rows()}
     assert "log-uniform" in shown["learning_rate"][1] and shown["learning_rate"][2]  # every range says why
     assert "s/step" in shown["probe"][1] and "full trials" in shown["budget"][1]
@@ -98,6 +99,17 @@ def test_classification_is_searched_on_weighted_f1_and_full_fine_tuning_on_its_r
     assert plan.metric == "eval_f1" and "weighted" in plan.metric_reason
     assert plan.config.eval_generate is None
     assert plan.config.search_space["learning_rate"] == {"loguniform": [5.0e-6, 2.0e-4]}
+
+
+def test_tagging_is_searched_on_entity_f1(tmp_path):
+    from tests.test_token_task import SENTENCE, config_for
+
+    train = write_jsonl(tmp_path / "t.jsonl", [SENTENCE] * 16)
+    valid = write_jsonl(tmp_path / "v.jsonl", [SENTENCE] * 2)
+    config = config_for(train, valid, lora_config={"r": 8, "lora_alpha": 16})
+    plan = plan_auto_search(config, 1800, prepared_for(config), speed=FAST)
+    assert plan.metric == "eval_f1" and "entities" in plan.metric_reason
+    assert plan.config.search_space["learning_rate"] == {"loguniform": [1.0e-4, 3.0e-3]}
 
 
 def test_user_space_is_kept_and_set_keys_stay_fixed(tmp_path, tiny_llama_dir):
@@ -196,9 +208,16 @@ def test_a_tiny_auto_search_keeps_its_budget(tmp_path, tiny_llama_dir, ray_sessi
     assert best.best_dir.is_dir(), "the best trial is a run with best/"
     generator = Generator.from_path(best.path)
     assert generator.meta.answer_schema["required"] == ["city", "people"]
-    for trial in result.trials:  # every trial ran with lora_alpha = 2r
-        saved = load_config(Path(trial["run_dir"]) / "config.yaml")
-        assert saved.lora_config["lora_alpha"] == 2 * saved.lora_config["r"]
+    deadline = started + budget
+    for trial in result.trials:
+        run = RunDir(trial["run_dir"])
+        saved = load_config(run.config_file)
+        assert saved.lora_config["lora_alpha"] == 2 * saved.lora_config["r"]  # lora_alpha = 2r in every trial
+        assert datetime.fromisoformat(run.state().created).timestamp() < deadline, f"{run.name} started late"
+    from tuneforge.report import write_report
+
+    page = write_report([result.experiment_dir]).read_text(encoding="utf-8")
+    assert "The search --auto built" in page and "log-uniform" in page
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -255,6 +274,13 @@ def test_constrain_schema_needs_a_schema():
         constraint_for(any_json=True, run_schema=True, answer_schema={"type": "object"})
 
 
+def test_validation_constrained_to_a_schema_the_targets_do_not_give_is_refused(tmp_path, tiny_llama_dir):
+    rows = [chat_row(f"Say {w}.", w) for w in ["red", "green", "blue", "cyan"]] * 4
+    path = auto_config(tmp_path, tiny_llama_dir, "eval_generate: {max_rows: 4, constrain: schema}\n", rows=rows)
+    with pytest.raises(ConfigError, match=r"auto\.yaml:\d+: eval_generate: .* has no answer schema"):
+        prepared_for(load_config(path))
+
+
 def test_generation_constrained_to_the_inferred_schema_validates(tmp_path, tiny_llama_dir, ray_session):
     """A barely trained tiny model, constrained to the schema its targets gave: every answer validates."""
     jsonschema = pytest.importorskip("jsonschema")
@@ -276,3 +302,15 @@ def test_generation_constrained_to_the_inferred_schema_validates(tmp_path, tiny_
     for completion in completions:
         assert completion.finish_reason == "stop", completion.text
         jsonschema.validate(json.loads(completion.text), schema)
+
+    # The same schema by name through the OpenAI API, as the official client sends it.
+    openai = pytest.importorskip("openai")
+    from tests.helpers import LoopbackServer
+    from tuneforge.serve import Limits, build_app, load_engines
+
+    with LoopbackServer(build_app(load_engines([result.run_dir]), limits=Limits(max_tokens=64))) as running:
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(
+            model=result.run_dir.name, messages=prompts[0], max_tokens=48,
+            response_format={"type": "json_schema", "json_schema": {"name": "answer_schema"}})
+    jsonschema.validate(json.loads(reply.choices[0].message.content), schema)

@@ -139,6 +139,8 @@ def test_a_stop_string_ends_the_answer_before_it(client, server):
     ({"n": 3}, "BadRequestError", "one choice per request"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}}},
      "BadRequestError", "not a valid JSON Schema"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "answer_schema"}}},
+     "BadRequestError", "has no answer schema"),  # its targets are words, not JSON objects
 ])
 def test_bad_requests_get_openai_errors(client, server, request_body, error, fragment):
     body = {"model": server.lora_id, "messages": say("apple"), "max_tokens": 4, **request_body}

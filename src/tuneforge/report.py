@@ -103,6 +103,11 @@ def render_search(directory: Path) -> str:
     body = [f"<h1>tuneforge search report: {escape(directory.name)}</h1>",
             table([["search", str(directory)], ["metric", f"{metric} ({search.get('mode', '?')})"],
                    ["trials", str(len(trials))]])]
+    auto = search.get("auto")
+    if auto:  # what tune --auto built, and why
+        body += ["<h2>The search --auto built</h2>", table([list(row) for row in auto.get("plan", [])],
+                                                         ["", "value", "why"])]
+        body += [f"<p>{escape(note)}</p>" for note in auto.get("notes", [])]
     body += ["<h2>Best run</h2>", best_section(best)]
     body += ["<h2>Trials</h2>", trials_table(trials) if trials else missing(
         "no trials.csv: the search is running or was interrupted before its summary; the trials' runs follow")]

@@ -278,7 +278,7 @@ async def respond(engines: Engines, served: CausalModel, body: GenerationRequest
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     settings = GenerationSettings(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                                   batch_size=1, stop_strings=stops)
-    constraint = response_constraint(body.response_format)
+    constraint = response_constraint(body.response_format, served)
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     if body.stream:
         outcome: list[Any] = []
@@ -304,7 +304,10 @@ async def respond(engines: Engines, served: CausalModel, body: GenerationRequest
             "model": served.model_id, "choices": [choice], "usage": usage}
 
 
-def response_constraint(response_format: ResponseFormat | None) -> Any:
+ANSWER_SCHEMA_NAME = "answer_schema"  # json_schema with this name and no schema: the run's inferred answer schema
+
+
+def response_constraint(response_format: ResponseFormat | None, served: CausalModel) -> Any:
     from tuneforge.constrain import ANY_JSON, JsonConstraint, check_schema
     from tuneforge.errors import TuneforgeError
 
@@ -314,8 +317,14 @@ def response_constraint(response_format: ResponseFormat | None) -> Any:
         return JsonConstraint(ANY_JSON, "a JSON value")
     spec = response_format.json_schema or {}
     schema = spec.get("schema") if isinstance(spec.get("schema"), dict) else None
+    if schema is None and spec.get("name") == ANSWER_SCHEMA_NAME:
+        if not served.answer_schema:
+            raise ApiError(400, f"model {served.model_id!r} has no answer schema (one is inferred only when every "
+                                "training target is a JSON object); send a schema", param="response_format")
+        return JsonConstraint(served.answer_schema, "the run's answer schema")
     if schema is None:
-        raise ApiError(400, "response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}",
+        raise ApiError(400, "response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}, or "
+                            f"{{'json_schema': {{'name': '{ANSWER_SCHEMA_NAME}'}}}} for the run's inferred answer schema",
                        param="response_format")
     try:
         check_schema(schema, "response_format")

@@ -30,6 +30,11 @@ class CausalModel:
     def system_prompt(self) -> str | None:
         return None
 
+    @property
+    def answer_schema(self) -> dict[str, Any] | None:
+        """The JSON Schema inferred from the run's training targets (response_format name `answer_schema`)."""
+        return None
+
     def prompt_tokens(self, prompt: Any) -> int:
         raise NotImplementedError
 
@@ -56,6 +61,10 @@ class TorchModel(CausalModel):
     @property
     def system_prompt(self) -> str | None:
         return self.generator.meta.system_prompt
+
+    @property
+    def answer_schema(self) -> dict[str, Any] | None:
+        return None if self.use_base else self.generator.meta.answer_schema
 
     def prompt_tokens(self, prompt: Any) -> int:
         generator = self.generator

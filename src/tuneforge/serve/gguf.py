@@ -35,15 +35,16 @@ def gguf_model_id(model: str | Path, lora: str | Path | None = None) -> str:
     return path.stem
 
 
-def export_system_prompt(model: str | Path, lora: str | Path | None) -> str | None:
-    """The system prompt the run trained with, for a GGUF exported from a run (its Modelfile sets the same)."""
+def export_meta(model: str | Path, lora: str | Path | None) -> Any:
+    """The checkpoint metadata of the run a GGUF was exported from (its system prompt, which its Modelfile sets
+    too, and its answer schema), or None for a GGUF from elsewhere."""
     from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
 
     run = Path(lora or model).resolve().parent.parent
     if not (run / "run.json").is_file():
         return None
     try:
-        return CheckpointMeta.read(resolve_checkpoint(run)).system_prompt
+        return CheckpointMeta.read(resolve_checkpoint(run))
     except TuneforgeError:
         return None  # the run's checkpoints were removed; the GGUF still serves
 
@@ -56,6 +57,7 @@ class GgufModel(CausalModel):
     threads: int
     context_length: int = 0
     system: str | None = None
+    schema: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.chat: gguf_chat.GgufChat | None = None
@@ -71,6 +73,10 @@ class GgufModel(CausalModel):
     @property
     def system_prompt(self) -> str | None:
         return self.system
+
+    @property
+    def answer_schema(self) -> dict[str, Any] | None:
+        return self.schema
 
     def prompt_tokens(self, prompt: Any) -> int:
         return self.call(gguf_chat.prompt_tokens, prompt, None, self.raw)
@@ -129,5 +135,6 @@ class GgufModel(CausalModel):
 
 
 def load_gguf(model: str | Path, lora: str | Path | None, threads: int) -> GgufModel:
+    meta = export_meta(model, lora)
     return GgufModel(gguf_model_id(model, lora), Path(model), Path(lora) if lora else None, threads,
-                     system=export_system_prompt(model, lora))
+                     system=meta.system_prompt if meta else None, schema=meta.answer_schema if meta else None)

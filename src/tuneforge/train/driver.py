@@ -219,7 +219,7 @@ def write_run_files(run: RunDir, prepared: PreparedRun) -> None:
 def data_summary(data: Any) -> dict[str, Any]:
     stats = {name: vars(value) for name, value in data.stats.items()}
     return {"shape": data.shape, "context_length": data.context_length, "stats": stats, "labels": data.labels,
-            "notes": data.notes}
+            "notes": data.notes, "answer_schema": getattr(data, "answer_schema", None)}
 
 
 def execute(

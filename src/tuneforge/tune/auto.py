@@ -257,12 +257,11 @@ def epoch_range(speed: Speed, trial_budget: float, config: TrainConfig) -> tuple
     fits = int((trial_budget - TRIAL_STARTUP_S) // per_epoch)
     if fits < 1:
         return None
-    low = max(1, math.ceil(MIN_STEPS / speed.steps_per_epoch))
+    enough = math.ceil(MIN_STEPS / speed.steps_per_epoch)
     high = max(1, min(fits, math.ceil(MAX_STEPS / speed.steps_per_epoch), 10))
-    low = min(low, high)
-    if high - low < 2:  # a range worth searching: widen downwards
-        low = max(1, high - 2)
-    return low, high
+    # A range worth searching: widened downwards where the budget is tight, to no fewer than half the steps needed.
+    floor = max(1, math.ceil(MIN_STEPS / 2 / speed.steps_per_epoch))
+    return max(min(floor, high), min(enough, high - 2)), high
 
 
 def step_range(speed: Speed, trial_budget: float) -> tuple[int, int]:
@@ -302,12 +301,13 @@ def longest_event_gap(config: TrainConfig, speed: Speed, epochs_spec: dict[str, 
 
 
 def first_guess(config: TrainConfig, space: dict[str, Any]) -> dict[str, Any] | None:
-    """The first trial: the middle of the ranges' sweet spot (what an expert would try first); TPE goes on from it."""
+    """The first trial: the rates' sweet spot (what an expert would try first), and the longest training the range
+    holds: the checkpoint kept is the best validation event's, so a long trial also holds the shorter ones' best.
+    TPE goes on from it."""
     guess = {key: value for key, value in FIRST_GUESS["lora" if config.uses_lora else "full"].items() if key in space}
     for key in ("num_epochs", "max_steps"):
         if key in space:
-            low, high = space[key]["randint"]
-            guess[key] = (low + high - 1 + 1) // 2
+            guess[key] = space[key]["randint"][1] - 1
     return guess or None
 
 
@@ -356,8 +356,9 @@ def measure_speed(config: TrainConfig, prepared: Any, threads: int | None = None
         for step in range(PROBE_STEPS + 1):
             batch = [examples[(step * batch_rows + i) % len(examples)] for i in range(batch_rows)]
             started = time.perf_counter()
-            collated = task.collate(batch, prepared.tokenizer.pad_token_id or 0, padding="longest",
-                                    context_length=data.context_length, multiple_of=None)
+            collated = task.collate(batch, prepared.tokenizer.pad_token_id or 0,
+                                    padding="free" if prepared.config.padding_free else config.padding,
+                                    context_length=data.context_length, multiple_of=config.pad_to_multiple_of)
             with autocast_context(precision, device):
                 loss_sum, count = objective(**{k: v.to(device) for k, v in collated.items() if hasattr(v, "to")})
             (loss_sum / max(1, int(count))).backward()

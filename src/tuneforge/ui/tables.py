@@ -56,7 +56,26 @@ def data_rows(prepared: Any) -> list[tuple[str, Any]]:
         rows.append((f"{name} {data.long_rows}", stats.truncated))
     if data.labels:
         rows.append(("labels", data.labels))
+    schema = getattr(data, "answer_schema", None)
+    if schema:
+        rows.append(("answer schema (inferred)", describe_schema(schema)))
     return rows
+
+
+def describe_schema(schema: dict[str, Any]) -> str:
+    """{"meetings": [{"person", "day", "attendees"}]}-style summary of an inferred answer schema."""
+    schema = schema.get("anyOf", [schema])[0]
+    if schema.get("type") == "object":
+        required = set(schema.get("required", []))
+        keys = [f"{key}{'' if key in required else '?'}: {describe_schema(sub)}"
+                for key, sub in schema.get("properties", {}).items()]
+        return "{" + ", ".join(keys) + "}"
+    if schema.get("type") == "array":
+        return f"[{describe_schema(schema.get('items') or {})}]"
+    if "enum" in schema:
+        return " | ".join(map(repr, schema["enum"]))
+    kind = schema.get("type", "any")
+    return "/".join(kind) if isinstance(kind, list) else kind
 
 
 def batch_layout(config: Any) -> str:
