@@ -31,9 +31,11 @@ ORDINAL_UNITS = ["", "first", "second", "third", "fourth", "fifth", "sixth", "se
                  "eighteenth", "nineteenth", "twentieth"]
 UNSEEN_SHARE = 0.4
 EMPTY_SHARE = 0.15
-TWO_MEETINGS_SHARE = 0.3
+MEETING_COUNTS = {1: 0.55, 2: 0.35, 3: 0.10}
+MAX_ATTENDEES, MAX_DAY = 40, 31
 
-# A meeting clause: {person}, {day} (an ordinal: "the 14th" / "the fourteenth"), {n} (attendees).
+# A meeting clause: {person}, {day} (an ordinal: "the 14th" / "the fourteenth"), {n} (attendees: digits, words or
+# Roman numerals, up to 40). One to three clauses a message, joined with "Also,".
 TRAIN_CLAUSES = [
     "{person} wants to meet on {day} with {n} people",
     "please book {day} for {person}, {n} attendees",
@@ -41,18 +43,24 @@ TRAIN_CLAUSES = [
     "{n} of us will join {person} on {day}",
     "set up a meeting with {person} on {day} for a group of {n}",
     "{person} needs a room on {day} for {n}",
+    "{person} is gathering {n} colleagues on {day}",
+    "hold {day} for {person} and a team of {n}",
 ]
 UNSEEN_CLAUSES = [
     "on {day}, {person} is hosting and {n} guests are coming",
     "a party of {n} under {person}'s name for {day}",
     "{person} asked whether {day} works; headcount {n}",
     "reserve {day}: {person} presenting to {n}",
+    "{n} seats, {day}, organiser {person}",
+    "could {person} get a space for {n} on {day}?",
 ]
 EMPTY_MESSAGES = [
     "No meetings this week, {person} is out for {n} days.",
     "{person} cancelled everything on {day}; the {n} invites are void.",
     "Just a note: {person} moved to floor {n}, nothing to book.",
     "{person} says the printer on floor {n} is broken again.",
+    "Thanks {person}, the {n} chairs from {day} were returned.",
+    "{person} will be travelling from {day} for {n} nights.",
 ]
 DISTRACTORS = ["It starts at {h} pm.", "Room {room} if it is free.", "Call extension {ext} with questions.",
                "The last one was {w} weeks ago.", "Floor {f}, by the lifts.", ""]
@@ -61,7 +69,7 @@ DISTRACTORS = ["It starts at {h} pm.", "Room {room} if it is free.", "Call exten
 def words(n: int) -> str:
     if n <= 20:
         return UNITS[n]
-    tens = {2: "twenty", 3: "thirty"}[n // 10]
+    tens = {2: "twenty", 3: "thirty", 4: "forty"}[n // 10]
     return tens if n % 10 == 0 else f"{tens}-{UNITS[n % 10]}"
 
 
@@ -79,7 +87,7 @@ def ordinal_digits(n: int) -> str:
 
 def roman(n: int) -> str:
     out = ""
-    for value, letters in ((10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I")):
+    for value, letters in ((40, "XL"), (10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I")):
         while n >= value:
             out, n = out + letters, n - value
     return out
@@ -94,28 +102,31 @@ def written_day(rng: random.Random, day: int) -> str:
 
 
 def distractor(rng: random.Random) -> str:
-    text = rng.choice(DISTRACTORS)
+    """Zero to two sentences with numbers that are not answers."""
+    texts = rng.sample(DISTRACTORS, rng.choice([1, 1, 2]))
     number = rng.randint(2, 30)
-    return text.format(h=rng.randint(1, 11), room=rng.randint(100, 420), ext=rng.randint(2000, 7999),
-                       w=rng.choice([str(number), words(min(number, 20))]), f=rng.randint(2, 12))
+    return " ".join(text.format(h=rng.randint(1, 11), room=rng.randint(100, 420), ext=rng.randint(2000, 7999),
+                                w=rng.choice([str(number), words(number)]), f=rng.randint(2, 12))
+                    for text in texts).strip()
 
 
 def meeting_message(rng: random.Random, clauses: list[str]) -> tuple[str, dict]:
-    count = 2 if rng.random() < TWO_MEETINGS_SHARE else 1
+    count = rng.choices(list(MEETING_COUNTS), weights=list(MEETING_COUNTS.values()))[0]
     people = rng.sample(PEOPLE, count)
     meetings, parts = [], []
     for person in people:
-        day, n = rng.randint(1, 28), rng.randint(2, 20)
+        day, n = rng.randint(1, MAX_DAY), rng.randint(2, MAX_ATTENDEES)
         meetings.append({"person": person, "day": day, "attendees": n})
         parts.append(rng.choice(clauses).format(person=person, day=written_day(rng, day), n=written_count(rng, n)))
     body = ". Also, ".join(parts)
-    text = " ".join(filter(None, [body[0].upper() + body[1:] + ".", distractor(rng)]))
+    body = body[0].upper() + body[1:] + ("" if body.endswith("?") else ".")
+    text = " ".join(filter(None, [body, distractor(rng)]))
     return text, {"meetings": meetings}
 
 
 def empty_message(rng: random.Random) -> tuple[str, dict]:
-    text = rng.choice(EMPTY_MESSAGES).format(person=rng.choice(PEOPLE), day=written_day(rng, rng.randint(1, 28)),
-                                             n=written_count(rng, rng.randint(2, 12)))
+    text = rng.choice(EMPTY_MESSAGES).format(person=rng.choice(PEOPLE), day=written_day(rng, rng.randint(1, MAX_DAY)),
+                                             n=written_count(rng, rng.randint(2, MAX_ATTENDEES)))
     return " ".join(filter(None, [text, distractor(rng)])), {"meetings": []}
 
 
