@@ -38,7 +38,8 @@ def auto_config(tmp_path: Path, model_dir: Path, extra: str = "", *, rows: list[
     return write_config(tmp_path / "auto.yaml", text)
 
 
-FAST = Speed(seconds_per_step=0.5, event_seconds=5.0, steps_per_epoch=50, device="cpu", threads=2)
+FAST = Speed(seconds_per_step=0.5, event_seconds=5.0, steps_per_epoch=50, device="cpu", threads=2,
+             model_parameters=135_000_000, memory_bytes=24 * 2**30)
 
 
 def prepared_for(config):
@@ -75,6 +76,29 @@ def test_json_targets_are_searched_on_json_exact_with_generation_on(tmp_path, ti
     assert "s/step" in shown["probe"][1] and "full trials" in shown["budget"][1]
 
 
+def test_lora_against_full_fine_tuning_is_searched_where_the_budget_and_memory_allow(tmp_path, tiny_llama_dir):
+    from tuneforge.tune.space import trial_params
+
+    config = load_config(auto_config(tmp_path, tiny_llama_dir))
+    prepared = prepared_for(config)
+    small = plan_auto_search(config, 1800, prepared, speed=FAST)
+    assert "fine_tuning" not in small.config.search_space
+    assert any("not searched, the budget holds" in note for note in small.notes)
+    large = plan_auto_search(config, 6 * 3600, prepared, speed=FAST)
+    assert large.config.search_space["fine_tuning"] == {"choice": ["lora", "full"]}
+    assert large.config.tune.full_learning_rate_ratio == 0.1
+    assert large.config.tune.points_to_evaluate[0]["fine_tuning"] == "lora"
+    tight = Speed(**{**vars(FAST), "memory_bytes": 2 * 2**30})
+    assert any("needs ~4.0 GiB and the device has 2.0" in note
+               for note in plan_auto_search(config, 6 * 3600, prepared, speed=tight).notes)
+    # What a trial's config becomes: full drops the adapter and takes a tenth of the rate; LoRA ties alpha to r.
+    rules = {"lora_alpha_ratio": 2.0, "full_learning_rate_ratio": 0.1}
+    assert trial_params({"fine_tuning": "full", "learning_rate": 1e-3, "lora_config.r": 16}, **rules) == {
+        "learning_rate": 1e-4, "lora_config": None}
+    assert trial_params({"fine_tuning": "lora", "learning_rate": 1e-3, "lora_config.r": 16}, **rules) == {
+        "learning_rate": 1e-3, "lora_config.r": 16, "lora_config.lora_alpha": 32}
+
+
 def test_full_fine_tuning_gets_its_own_learning_rates(tmp_path, tiny_llama_dir):
     path = auto_config(tmp_path, tiny_llama_dir)
     config = load_config(path, ["lora_config=null"])
@@ -106,10 +130,11 @@ def test_tagging_is_searched_on_entity_f1(tmp_path):
 
     train = write_jsonl(tmp_path / "t.jsonl", [SENTENCE] * 16)
     valid = write_jsonl(tmp_path / "v.jsonl", [SENTENCE] * 2)
-    config = config_for(train, valid, lora_config={"r": 8, "lora_alpha": 16})
+    config = config_for(train, valid)  # full fine-tuning, as configs/entities.yaml
     plan = plan_auto_search(config, 1800, prepared_for(config), speed=FAST)
     assert plan.metric == "eval_f1" and "entities" in plan.metric_reason
-    assert plan.config.search_space["learning_rate"] == {"loguniform": [1.0e-4, 3.0e-3]}
+    assert plan.config.search_space["learning_rate"] == {"loguniform": [5.0e-6, 2.0e-4]}
+    assert any("the config fine-tunes fully" in note for note in plan.notes)
 
 
 def test_user_space_is_kept_and_set_keys_stay_fixed(tmp_path, tiny_llama_dir):

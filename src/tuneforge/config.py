@@ -69,6 +69,9 @@ class TuneSettings(BaseModel):
     lora_alpha_ratio: float | None = Field(
         None, gt=0, description="set every trial's lora_config.lora_alpha to this times its lora_config.r (tune --auto: "
         "2, so the update scale stays fixed while the rank is searched)")
+    full_learning_rate_ratio: float | None = Field(
+        None, gt=0, description="trials with fine_tuning: full use this times the sampled learning_rate (tune --auto: "
+        "0.1: full fine-tuning wants about a tenth of LoRA's rates)")
     startup_trials: int | None = Field(None, ge=1, description="optuna: random trials before TPE models the results "
                                        "(default: Optuna's 10)")
     max_failures: int | None = Field(

@@ -21,6 +21,7 @@ from typing import Any
 
 from tuneforge.config import EvalGenerate, TrainConfig, TuneSettings
 from tuneforge.errors import ConfigError
+from tuneforge.tune.space import FINE_TUNING
 
 # Learning rates, log-uniform. LoRA's B matrix starts at zero and the adapter is small, so it wants rates about ten
 # times full fine-tuning's; on small models and small data the best LoRA rates measured here were near 1e-3
@@ -28,12 +29,19 @@ from tuneforge.errors import ConfigError
 LORA_LR = (1.0e-4, 3.0e-3)
 FULL_LR = (5.0e-6, 2.0e-4)
 RANKS = [8, 16, 32]  # with lora_alpha = 2r, so the update's scale alpha/r stays 2 and rank and rate do not trade off
-FIRST_GUESS = {"lora": {"learning_rate": 1.0e-3, "lora_config.r": 16}, "full": {"learning_rate": 5.0e-5}}
+FIRST_GUESS = {"lora": {"learning_rate": 1.0e-3, "lora_config.r": 16, "fine_tuning": "lora"},
+               "full": {"learning_rate": 5.0e-5}}
 MIN_STEPS, MAX_STEPS = 100, 600  # optimizer steps a small-data fine-tune needs, at least and at most
 MIN_TRIALS = 3  # the longest trial may take a third of the budget: TPE needs a few results to model
 TRIAL_STARTUP_S = 20.0  # per trial: Ray Train's worker group, model load, data payload (bench/startup.py: ~17 s)
 PROBE_STEPS = 3  # timed optimizer steps after one warm-up step
 STARTUP_TRIALS = 2  # random trials before TPE models the results (Optuna's default of 10 never ends on a CPU budget)
+# LoRA against full fine-tuning is searched only where the budget holds this many trials: one more dimension needs
+# results on both sides, and a full fine-tune costs more per step (ENVIRONMENT.md: 1.2-1.4x LoRA's on CPU).
+FULL_FT_MIN_TRIALS = 8
+FULL_FT_STEP_COST = 1.5
+FULL_FT_BYTES_PER_PARAMETER = 32  # fp32 weights, gradients and two Adam moments (16 B), doubled for activations
+FULL_LR_RATIO = 0.1  # full fine-tuning wants about a tenth of LoRA's learning rate (LORA_LR vs FULL_LR)
 MAX_GENERATE_ROWS = 64
 
 
@@ -46,6 +54,8 @@ class Speed:
     steps_per_epoch: int
     device: str
     threads: int
+    model_parameters: int = 0
+    memory_bytes: int = 0  # of the device trials run on: RAM, or the GPU's memory
 
     def trial_seconds(self, steps: int, events: int) -> float:
         return TRIAL_STARTUP_S + steps * self.seconds_per_step + events * self.event_seconds
@@ -143,6 +153,13 @@ def plan_auto_search(config: TrainConfig, budget_s: float, prepared: Any, speed:
     parameters += [AutoParameter(key, describe_spec(spec), "your search_space") for key, spec in user_space.items()]
     longest = speed.trial_seconds(*trial_shape(config, space, speed, longest=True))
     trials_fit = max(1, int(budget_s * concurrency // longest))
+    method, reason = fine_tuning_choice(config, speed, trials_fit, fixed, user_space)
+    if method:
+        space[FINE_TUNING] = method
+        parameters.append(AutoParameter(FINE_TUNING, "lora, full", reason))
+        trials_fit = max(1, int(budget_s * concurrency // (longest * (1 + FULL_FT_STEP_COST) / 2)))
+    else:
+        notes.append(reason)
     epochs_spec = space.get("num_epochs") or user_space.get("num_epochs")
     settings = TuneSettings(
         search_alg="optuna", scheduler="asha", grace_period=1, reduction_factor=2,
@@ -152,16 +169,34 @@ def plan_auto_search(config: TrainConfig, budget_s: float, prepared: Any, speed:
         # Tune's own budget is the backstop only: a trial at the deadline may still reach its next validation.
         time_budget_s=budget_s + longest_event_gap(config, speed, epochs_spec) + 60,
         lora_alpha_ratio=2.0 if "lora_config.r" in space else None,
+        full_learning_rate_ratio=FULL_LR_RATIO if FINE_TUNING in space else None,
         startup_trials=STARTUP_TRIALS, experiment_name=(config.tune.experiment_name if config.tune else None),
         max_failures=config.tune.max_failures if config.tune else None,
     )
     searched = config.model_copy(update={"search_space": {**user_space, **space}, "tune": settings})
-    notes.append("LoRA vs full fine-tuning is not searched: the method stays the config's "
-                 f"({'LoRA' if config.uses_lora else 'full fine-tuning'})")
     return AutoPlan(searched, metric, metric_reason, parameters, speed, budget_s, trials_fit,
                     sampler=f"Optuna TPE ({STARTUP_TRIALS} random trials first, then model-based; a first guess "
                     "from the ranges' sweet spot)",
                     scheduler=f"ASHA on {metric}, grace 1 validation event, halving", notes=notes)
+
+
+def fine_tuning_choice(config: TrainConfig, speed: Speed, trials_fit: int, fixed: dict[str, Any],
+                       user_space: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """(the fine_tuning spec, why) where LoRA against full fine-tuning is worth a dimension, else (None, why not)."""
+    if FINE_TUNING in user_space or "lora_config" in fixed:
+        return None, "LoRA vs full fine-tuning: as you set it"
+    if not config.uses_lora:
+        return None, "LoRA vs full fine-tuning: not searched, the config fine-tunes fully (add a lora_config to compare)"
+    needed = speed.model_parameters * FULL_FT_BYTES_PER_PARAMETER
+    if not speed.memory_bytes or needed > speed.memory_bytes:
+        return None, (f"LoRA vs full fine-tuning: not searched, a full fine-tune of {speed.model_parameters / 1e6:.0f} M "
+                      f"parameters needs ~{needed / 2**30:.1f} GiB and the device has {speed.memory_bytes / 2**30:.1f}")
+    if trials_fit < FULL_FT_MIN_TRIALS:
+        return None, (f"LoRA vs full fine-tuning: not searched, the budget holds ~{trials_fit} trials and comparing "
+                      f"the two needs {FULL_FT_MIN_TRIALS}+ (give a larger --budget)")
+    return ({"choice": ["lora", "full"]},
+            f"the model fits a full fine-tune (~{needed / 2**30:.1f} GiB of {speed.memory_bytes / 2**30:.0f}); full "
+            f"trials use {FULL_LR_RATIO:g} x the sampled learning rate")
 
 
 def choose_metric(config: TrainConfig, prepared: Any) -> tuple[str, str]:
@@ -370,7 +405,18 @@ def measure_speed(config: TrainConfig, prepared: Any, threads: int | None = None
     finally:
         torch.set_num_threads(previous_threads)
     return Speed(seconds_per_step=seconds_per_step, event_seconds=event, steps_per_epoch=plan.steps_per_epoch,
-                 device=str(device), threads=threads)
+                 device=str(device), threads=threads, model_parameters=sum(p.numel() for p in model.parameters()),
+                 memory_bytes=device_memory(device))
+
+
+def device_memory(device: Any) -> int:
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    import psutil
+
+    return int(psutil.virtual_memory().total)
 
 
 def validation_seconds(config: TrainConfig, prepared: Any, model: Any, seconds_per_step: float, precision: str,

@@ -27,6 +27,9 @@ RANGE_SHAPES = {"uniform": "[low, high]", "loguniform": "[low, high]", "randint"
                 "quniform": "[low, high, step]"}
 UNSEARCHABLE = ("search_space", "tune", "model_id", "task", "train_path", "valid_path", "output_dir", "run_name")
 PLANNED = ("num_devices", "worker_resources")  # resources are planned for the whole search before it starts
+# Search keys that are not config keys: what a trial's config follows from (trial_params).
+FINE_TUNING = "fine_tuning"  # lora | full: full drops the config's lora_config
+FINE_TUNING_METHODS = ("lora", "full")
 
 
 class SpaceSpec(BaseModel):
@@ -131,6 +134,23 @@ def dotted(nested: dict[str, Any] | None, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def trial_params(params: dict[str, Any], *, lora_alpha_ratio: float | None = None,
+                 full_learning_rate_ratio: float | None = None) -> dict[str, Any]:
+    """A trial's dotted params as config keys: `fine_tuning: full` becomes lora_config null (its LoRA keys dropped,
+    its learning rate times `full_learning_rate_ratio`), and a searched LoRA rank sets lora_alpha to
+    `lora_alpha_ratio` times it (tune.lora_alpha_ratio)."""
+    params = dict(params)
+    if params.pop(FINE_TUNING, "lora") == "full":
+        params = {key: value for key, value in params.items() if not key.startswith("lora_config.")}
+        params["lora_config"] = None
+        if full_learning_rate_ratio and "learning_rate" in params:
+            params["learning_rate"] = params["learning_rate"] * full_learning_rate_ratio
+    elif lora_alpha_ratio and "lora_config.r" in params and "lora_config.lora_alpha" not in params:
+        alpha = lora_alpha_ratio * params["lora_config.r"]
+        params["lora_config.lora_alpha"] = int(alpha) if float(alpha).is_integer() else alpha
+    return params
+
+
 def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """A copy of a config dict with dotted `params` set: `lora_config.r` changes r and keeps the other LoRA keys."""
     result = copy.deepcopy(base)
@@ -181,15 +201,20 @@ def checked_spec(config: TrainConfig, base: dict[str, Any], key: str, raw: Any) 
         spec = parse_spec(raw)
     except ValueError as exc:
         raise ConfigError(f"{where}: search_space.{key}: {exc}") from None
+    if key == FINE_TUNING and (spec.kind not in ("grid", "choice") or set(spec.values) - set(FINE_TUNING_METHODS)):
+        raise ConfigError(f"{where}: search_space.{key} takes choice or grid of {', '.join(FINE_TUNING_METHODS)}")
     for sample in spec.samples():
-        problem = invalid_params(base, {key: sample})
+        problem = invalid_params(base, trial_params({key: sample}))
         if problem:
             raise ConfigError(f"{where}: search_space.{key} value {sample!r} is invalid: {problem}")
     return spec
 
 
 def check_space_key(key: str, uses_lora: bool = True) -> str | None:
-    """None when `key` names a config key a trial may set, else the problem."""
+    """None when `key` names a config key a trial may set (or fine_tuning), else the problem."""
+    if key == FINE_TUNING:
+        return None if uses_lora else (f"'{FINE_TUNING}' chooses between the config's lora_config and full "
+                                       "fine-tuning; add a lora_config")
     head, _, rest = key.partition(".")
     if head in UNSEARCHABLE:
         return f"'{head}' cannot be searched over"
@@ -233,7 +258,7 @@ def check_points(config: TrainConfig, settings: TuneSettings, space: dict[str, S
             if key not in space:
                 close = suggest(key, space, list_when_none_close=False)
                 raise ConfigError(f"{where}: point {number}: '{key}' is not a search_space key{close}")
-        problem = invalid_params(base, point)
+        problem = invalid_params(base, trial_params(point))
         if problem:
             raise ConfigError(f"{where}: point {number} is invalid: {problem}")
 

@@ -10,7 +10,7 @@ from tuneforge.config import TrainConfig
 from tuneforge.metrics import default_objective
 from tuneforge.rundir import RunDir
 from tuneforge.tune.resources import ResourcePlan
-from tuneforge.tune.space import with_params
+from tuneforge.tune.space import trial_params, with_params
 
 
 class TuneReporter:
@@ -55,14 +55,14 @@ class TuneReporter:
 
 
 def train_trial(params: dict[str, Any], *, base: dict[str, Any], experiment_dir: str, plan: ResourcePlan,
-                scheduler: str, lora_alpha_ratio: float | None = None) -> None:
+                scheduler: str, derived: dict[str, float | None] | None = None) -> None:
     """One trial: a full tuneforge run in experiment_dir/trial_<id> with the trial's (dotted) params set."""
     from ray import tune
 
     from tuneforge.train import resume, train
 
     trial_dir = Path(experiment_dir) / trial_dirname(tune.get_context().get_trial_id())
-    config = TrainConfig.model_validate(with_params(base, with_derived(params, lora_alpha_ratio)))
+    config = TrainConfig.model_validate(with_params(base, trial_params(params, **(derived or {}))))
     reporter = TuneReporter(with_checkpoints=scheduler == "pbt")
     donor = tune.get_checkpoint()
     if donor is not None:  # PBT: continue from another trial's checkpoint with this trial's (mutated) params
@@ -79,14 +79,6 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], experiment_dir:
     else:
         train(config, run_dir=trial_dir, reporter=reporter, cpus_per_worker=plan.cpus_per_worker)
     reporter.flush()
-
-
-def with_derived(params: dict[str, Any], lora_alpha_ratio: float | None) -> dict[str, Any]:
-    """The trial's params plus what follows from them: lora_alpha = ratio x r (tune.lora_alpha_ratio)."""
-    if lora_alpha_ratio and "lora_config.r" in params and "lora_config.lora_alpha" not in params:
-        alpha = lora_alpha_ratio * params["lora_config.r"]
-        return {**params, "lora_config.lora_alpha": int(alpha) if float(alpha).is_integer() else alpha}
-    return params
 
 
 def trial_dirname(trial_id: str) -> str:

@@ -191,9 +191,14 @@ def trial_trainable(config: TrainConfig, experiment_dir: Path, plan: ResourcePla
     base = config.model_dump(mode="json", exclude={"search_space", "tune"})
     return tune.with_resources(
         functools.partial(train_trial, base=base, experiment_dir=str(experiment_dir.resolve()), plan=plan,
-                          scheduler=scheduler, lora_alpha_ratio=(config.tune or TuneSettings()).lora_alpha_ratio),
+                          scheduler=scheduler, derived=derived_rules(config.tune or TuneSettings())),
         {"cpu": TRIAL_CPU},  # the trial's own bundle; Ray Train puts the workers in a placement group of their own
     )
+
+
+def derived_rules(settings: TuneSettings) -> dict[str, float | None]:
+    """What each trial derives from its params (space.trial_params)."""
+    return {"lora_alpha_ratio": settings.lora_alpha_ratio, "full_learning_rate_ratio": settings.full_learning_rate_ratio}
 
 
 def new_tuner(experiment_dir: Path, trainable: Any, config: TrainConfig, settings: TuneSettings,
