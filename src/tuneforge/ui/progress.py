@@ -154,8 +154,12 @@ class SearchDisplay:
         shown = f"{self.metric} {value:.4f}" if isinstance(value, (int, float)) else ""
         loss = result.get("eval_loss")
         extra = f" · eval_loss {loss:.4f}" if isinstance(loss, (int, float)) and self.metric != "eval_loss" else ""
+        params = result.get("config") or {}
+        tried = (" · " + ", ".join(f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}"
+                                   for key, value in params.items())
+                 if params and result.get("training_iteration") == 1 else "")
         console.print(f"[cyan]trial_{trial_id}[/cyan] eval {result.get('training_iteration')} "
-                      f"(step {result.get('step')}) {shown}{extra}", highlight=False)
+                      f"(step {result.get('step')}) {shown}{extra}{tried}", highlight=False)
 
     def trial_done(self, trial_id: str, status: str) -> None:
         self.finished += 1
