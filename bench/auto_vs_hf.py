@@ -33,8 +33,8 @@ import yaml
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-import hard_extraction  # noqa: E402
-import quality_vs_hf  # noqa: E402
+import hard_extraction
+import quality_vs_hf
 
 NOTES_SETTINGS = {"epochs": 3, "lr": 2e-4, "warmup": 10, "tuneforge_set": []}
 GEN_BATCH, MAX_NEW_TOKENS = 8, 128

@@ -114,7 +114,7 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
@@ -139,7 +139,7 @@ def plan_auto_search(config: TrainConfig, budget_s: float, prepared: Any, speed:
                           f"{speed.seconds_per_step:.2f} s, validation {speed.event_seconds:.0f} s, start "
                           f"{TRIAL_STARTUP_S:.0f} s); give --budget {math.ceil(first_event * MIN_TRIALS / 60)}m or more")
     parameters, space, notes = [], {}, []
-    for key, spec, shown, reason in auto_dimensions(config, speed, budget_s / (MIN_TRIALS * concurrency) * concurrency):
+    for key, spec, shown, reason in auto_dimensions(config, speed, budget_s / MIN_TRIALS):
         if key in fixed:
             notes.append(f"{key} fixed at {fixed[key]} (--set)")
         elif key in user_space or (key.startswith("lora_config.") and "lora_config" in user_space):
@@ -151,7 +151,7 @@ def plan_auto_search(config: TrainConfig, budget_s: float, prepared: Any, speed:
         parameters.append(AutoParameter("lora_config.lora_alpha", "2 × r", "the update scale alpha/r stays 2 "
                                         "whatever the rank, so the learning rate means the same for every rank"))
     parameters += [AutoParameter(key, describe_spec(spec), "your search_space") for key, spec in user_space.items()]
-    longest = speed.trial_seconds(*trial_shape(config, space, speed, longest=True))
+    longest = speed.trial_seconds(*longest_trial(config, space, speed))
     trials_fit = max(1, int(budget_s * concurrency // longest))
     method, reason = fine_tuning_choice(config, speed, trials_fit, fixed, user_space)
     if method:
@@ -167,7 +167,7 @@ def plan_auto_search(config: TrainConfig, budget_s: float, prepared: Any, speed:
         metric=metric, mode="max", max_concurrent_trials=concurrency,
         points_to_evaluate=[first_guess(config, space)] if first_guess(config, space) else None,
         # Tune's own budget is the backstop only: a trial at the deadline may still reach its next validation.
-        time_budget_s=budget_s + longest_event_gap(config, speed, epochs_spec) + 60,
+        time_budget_s=budget_s + longest_event_gap(speed) + 60,
         lora_alpha_ratio=2.0 if "lora_config.r" in space else None,
         full_learning_rate_ratio=FULL_LR_RATIO if FINE_TUNING in space else None,
         startup_trials=STARTUP_TRIALS, experiment_name=(config.tune.experiment_name if config.tune else None),
@@ -305,16 +305,13 @@ def step_range(speed: Speed, trial_budget: float) -> tuple[int, int]:
     return max(2, high // 3), high
 
 
-def trial_shape(config: TrainConfig, space: dict[str, Any], speed: Speed, *, longest: bool) -> tuple[int, int]:
-    """(steps, validation events) of the longest (or shortest) trial the space allows."""
-    pick = max if longest else min
+def longest_trial(config: TrainConfig, space: dict[str, Any], speed: Speed) -> tuple[int, int]:
+    """(steps, validation events) of the longest trial the space allows."""
     if "num_epochs" in space:
-        low, high = space["num_epochs"]["randint"]
-        epochs = pick(low, high - 1)
+        epochs = space["num_epochs"]["randint"][1] - 1
         return epochs * speed.steps_per_epoch, epochs
     if "max_steps" in space:
-        low, high = space["max_steps"]["randint"]
-        return pick(low, high - 1), config.max_num_checkpoints
+        return space["max_steps"]["randint"][1] - 1, config.max_num_checkpoints
     epochs = config.num_epochs or math.ceil(config.min_update_steps / speed.steps_per_epoch)
     return (config.max_steps or epochs * speed.steps_per_epoch), (epochs if not config.max_steps else config.max_num_checkpoints)
 
@@ -330,7 +327,7 @@ def max_events(config: TrainConfig, epochs_spec: dict[str, Any] | None) -> int:
     return config.num_epochs
 
 
-def longest_event_gap(config: TrainConfig, speed: Speed, epochs_spec: dict[str, Any] | None) -> float:
+def longest_event_gap(speed: Speed) -> float:
     """Seconds between two validation events at most: how far past the deadline a running trial may go."""
     return speed.steps_per_epoch * speed.seconds_per_step + speed.event_seconds
 
