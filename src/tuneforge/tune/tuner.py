@@ -115,8 +115,7 @@ def plan_auto(config: TrainConfig, budget_s: float, resume_dir: Path | None) -> 
     if resume_dir:
         raise ConfigError("--auto builds a new search, and a resumed search keeps the space it started with; drop "
                           "--auto to continue it")
-    if config.tune and config.tune.search_alg == "basic" and config.search_space and any(
-            "grid" in spec for spec in flatten_space(config.search_space).values()):
+    if config.search_space and any("grid" in spec for spec in flatten_space(config.search_space).values()):
         raise ConfigError(f"{config.source_of('search_space')}: --auto samples with Optuna TPE; write your grid "
                           "values as choice: [...]")
     prepared = prepare_run(config)
