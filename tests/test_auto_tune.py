@@ -295,7 +295,7 @@ def test_constrain_schema_needs_a_schema():
 
     with pytest.raises(TuneforgeError, match="runs/x has no answer schema"):
         constraint_for(run_schema=True, answer_schema=None, source="runs/x")
-    with pytest.raises(TuneforgeError, match="not --json and --constrain schema"):
+    with pytest.raises(TuneforgeError, match="not both --json and --constrain schema"):
         constraint_for(any_json=True, run_schema=True, answer_schema={"type": "object"})
 
 

@@ -139,7 +139,7 @@ def constraint_for(*, any_json: bool = False, schema_path: str | Path | None = N
              if on]
     if len(asked) > 1:
         raise TuneforgeError(f"give one of --json (any JSON value), --json-schema FILE or --constrain schema (the "
-                             f"run's answer schema), not {' and '.join(asked)}")
+                             f"run's answer schema), not both {' and '.join(asked)}")
     if run_schema:
         if not answer_schema:
             raise TuneforgeError(f"{source} has no answer schema: one is inferred only when every training target is "
