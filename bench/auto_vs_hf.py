@@ -123,15 +123,8 @@ def child(args: argparse.Namespace) -> None:
 
 
 def launch(work: Path, name: str, *extra: str) -> tuple[dict, float]:
-    result, log = work / f"{name}.json", work / f"{name}.log"
-    started = time.perf_counter()
-    with log.open("w") as handle:
-        code = subprocess.call([sys.executable, __file__, "--workdir", str(work), "--result", str(result), *extra],
-                               stdout=handle, stderr=subprocess.STDOUT)
-    if code:
-        sys.stdout.write(log.read_text(errors="replace")[-6000:])
-        raise SystemExit(f"{name} failed (exit code {code}); its log is above")
-    return json.loads(result.read_text(encoding="utf-8")), time.perf_counter() - started
+    """A child process of this script (quality_vs_hf's launcher): its result dict and wall seconds."""
+    return quality_vs_hf.launch(work, name, *extra, script=__file__)
 
 
 def auto_search(work: Path, seed: int, budget: str) -> tuple[dict, float, list[dict]]:

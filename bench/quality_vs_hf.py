@@ -212,14 +212,14 @@ def child(args: argparse.Namespace) -> None:
     args.result.write_text(json.dumps(result), encoding="utf-8")
 
 
-def launch(work: Path, name: str, *extra: str) -> tuple[dict, float]:
-    """Run one child process (its output goes to a log file); its result dict and wall seconds."""
+def launch(work: Path, name: str, *extra: str, script: str = __file__) -> tuple[dict, float]:
+    """Run one child process of `script` (its output goes to a log file); its result dict and wall seconds."""
     result, log = work / f"{name}.json", work / f"{name}.log"
     started = time.perf_counter()
     # Both sides get this environment as is: on a machine shared with busy processes, OMP_WAIT_POLICY=PASSIVE
     # keeps them from slowing several times over (wall time only, not the numbers); alone, leave it unset.
     with log.open("w") as handle:
-        code = subprocess.call([sys.executable, __file__, "--workdir", str(work), "--result", str(result), *extra],
+        code = subprocess.call([sys.executable, script, "--workdir", str(work), "--result", str(result), *extra],
                                stdout=handle, stderr=subprocess.STDOUT)
     if code:
         sys.stdout.write(log.read_text(errors="replace")[-6000:])
