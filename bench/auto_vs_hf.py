@@ -11,7 +11,7 @@ Each is scored on the same held-out rows the same way (base model + adapter in f
 exact match of the parsed JSON, valid JSON, run-on (text after the JSON value). (b) and (c) are also scored with
 answers constrained to the run's inferred answer schema (`--constrain schema`). Prints the table and (c)'s trials.
 
-    TUNEFORGE_HOME=$PWD/.cache/tuneforge .venv/bin/python bench/auto_vs_hf.py [--budget 30m] [--seed 42]
+    .venv/bin/python bench/auto_vs_hf.py [--budget 30m] [--seed 42]
     .venv/bin/python bench/auto_vs_hf.py --quick      # smoke run: 48/16 rows, 1 epoch, a 4-minute search
 
 Every training and scoring runs in a process of its own; results go to bench/results/auto_vs_hf[.quick].json.

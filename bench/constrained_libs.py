@@ -8,7 +8,6 @@ shared machine), mask_ms and mask% (time in the processor per step, alone and as
 shares of answers ending with the stop token, parsing as JSON, fitting the schema and equal to the reference, and b1
 (first rows answer alone as in the batch). Then versions and dependency weight; the last line names the pick.
 
-    export TUNEFORGE_HOME=/work/main/.cache/tuneforge
     .venv/bin/python bench/constrained_libs.py [--prompts 16] [--libs llguidance,xgrammar] [--models demo]
 
 Packages (keep pip away from torch): pip install llguidance lm-format-enforcer outlines outlines_core genson, and
@@ -210,7 +209,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch and grammar threads (the machine is shared)")
     args = parser.parse_args()
     os.chdir(ROOT)
-    os.environ.setdefault("TUNEFORGE_HOME", str(ROOT / ".cache" / "tuneforge"))
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

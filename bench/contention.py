@@ -89,7 +89,6 @@ def train_once(name: str, out: Path, steps: int) -> float:
 
 def main() -> None:
     args = parse_args()
-    os.environ.setdefault("TUNEFORGE_HOME", str(REPO / ".cache" / "tuneforge"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.worker_niceness is not None:
         os.environ["RAY_worker_niceness"] = str(args.worker_niceness)

@@ -5,8 +5,12 @@
 2. Constrained decoding against free decoding, in this process on the same rows and model: milliseconds per
    generated token with no constraint, with `--json` (any JSON value) and with a JSON Schema of the demo's answers.
    Target: at most 30 % more per token. Also the held-out exact match (parsed JSON) with and without the constraint.
+3. Generation speed in torch, before and after the adapter is folded into an inference copy of the weights
+   (tuneforge.models.inference): tokens/s answering held-out rows one request at a time and in batches, through
+   PEFT's unmerged layers and through the folded copy, on the same loaded model, and whether the answers are the
+   same. Target: at least 2x.
 
-    TUNEFORGE_HOME=.cache/tuneforge .venv/bin/python bench/genmetrics.py [--run runs/demo] [--rows 60]
+    .venv/bin/python bench/genmetrics.py [--run runs/demo] [--rows 60]
 
 The run defaults to runs/demo (`make demo` trains it with eval_generate on); the rows are the demo's held-out file.
 """
@@ -67,6 +71,31 @@ def decode_costs(run: Path, rows: int, batch_size: int) -> dict:
     return results
 
 
+def fold_speed(run: Path, rows: int, batch_size: int) -> dict:
+    from tuneforge.generate import GenerationSettings, Generator, read_prompt_rows
+
+    folded = Generator.from_path(run)
+    if not folded.has_adapter:
+        raise SystemExit(f"{run}: not a LoRA run; the fold applies to LoRA runs only")
+    unmerged = Generator(folded.model, folded.tokenizer, folded.meta, fold_adapter=False)
+    prompts = [prompt for prompt, _ in read_prompt_rows(HELD_OUT)][:rows]
+    results: dict = {}
+    for mode, size, count in (("per request", 1, max(4, rows // 6)), ("batched", batch_size, rows)):
+        settings = GenerationSettings(max_new_tokens=64, batch_size=size)
+        for name, generator in (("unmerged", unmerged), ("folded", folded)):
+            generator.complete(prompts[:size], GenerationSettings(max_new_tokens=8, batch_size=size))  # warm-up
+            started = time.perf_counter()
+            answers = generator.complete(prompts[:count], settings)
+            seconds = time.perf_counter() - started
+            tokens = sum(answer.new_tokens for answer in answers)
+            results[f"{mode}/{name}"] = {"tokens_per_second": tokens / seconds, "rows": count,
+                                         "answers": [answer.text for answer in answers]}
+        same = results[f"{mode}/folded"]["answers"] == results[f"{mode}/unmerged"]["answers"]
+        results[f"{mode}/speedup"] = {"ratio": results[f"{mode}/folded"]["tokens_per_second"]
+                                      / results[f"{mode}/unmerged"]["tokens_per_second"], "same_answers": same}
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=REPO / "runs" / "demo")
@@ -74,6 +103,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
     share = validation_share(args.run)
+    speed = fold_speed(args.run, args.rows, args.batch_size)
     costs = decode_costs(args.run, args.rows, args.batch_size)
     print(f"\n{args.run}: {share['events']} validation events")
     print(f"  training steps {share['train_seconds']:.1f} s, generation at validation {share['generate_seconds']:.1f} s, "
@@ -86,10 +116,17 @@ def main() -> None:
         overhead = 100 * (row["ms_per_token"] / free - 1)
         print(f"{name:12}{row['ms_per_token']:>10.1f}{overhead:>9.1f}%{row['json_exact']:>12.3f}"
               f"{row['json_valid']:>12.3f}{row['stop_rate']:>11.3f}")
+    print("\ntorch generation, greedy, max 64 new tokens: PEFT unmerged (before) vs adapter folded (after)")
+    for mode in ("per request", "batched"):
+        before, after = speed[f"{mode}/unmerged"], speed[f"{mode}/folded"]
+        ratio = speed[f"{mode}/speedup"]
+        print(f"  {mode:12} ({after['rows']} rows): {before['tokens_per_second']:6.1f} -> {after['tokens_per_second']:6.1f} "
+              f"tokens/s = {ratio['ratio']:.2f}x (target 2x: {'met' if ratio['ratio'] >= 2 else 'NOT met'}), "
+              f"same answers: {'yes' if ratio['same_answers'] else 'NO'}")
     worst = max(100 * (row["ms_per_token"] / free - 1) for row in costs.values())
     saved = REPO / "bench" / "results" / "genmetrics.json"
     saved.parent.mkdir(exist_ok=True)
-    saved.write_text(json.dumps({"validation": share, "decoding": costs}, indent=2), encoding="utf-8")
+    saved.write_text(json.dumps({"validation": share, "decoding": costs, "fold": speed}, indent=2), encoding="utf-8")
     print(f"\nvalidation generation {100 * share['share']:.1f}% of training (<= 25%: "
           f"{'met' if share['share'] <= 0.25 else 'NOT met'}); constrained decoding +{worst:.1f}% per token "
           f"(<= 30%: {'met' if worst <= 30 else 'NOT met'})")

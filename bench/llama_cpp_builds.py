@@ -58,7 +58,6 @@ def parse_args() -> argparse.Namespace:
 
 
 def smoke_model() -> Path:
-    os.environ.setdefault("TUNEFORGE_HOME", str(REPO / ".cache" / "tuneforge"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tuneforge.doctor import smoke_model as doctor_model
 

@@ -6,7 +6,7 @@ projections), lr schedule (cosine, warm-up), batch 8, epochs and seed, on the sa
 as one JSON object. Each side is then scored the same way on held-out rows, 40% of them in phrasings never seen in
 training: greedy generation, exact match of the parsed JSON and the valid-JSON rate.
 
-    TUNEFORGE_HOME=.cache/tuneforge .venv/bin/python bench/quality_vs_hf.py [--seeds 3] [--epochs 3]
+    .venv/bin/python bench/quality_vs_hf.py [--seeds 3] [--epochs 3]
         [--train-rows 400] [--test-rows 120] [--lr 2e-4] [--tuneforge-set group_by_length=false ...]
     .venv/bin/python bench/quality_vs_hf.py --quick     # smoke run: 32 train rows, 16 test rows, 1 epoch, 1 seed
 

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("TUNEFORGE_HOME", str(REPO / ".cache" / "tuneforge"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

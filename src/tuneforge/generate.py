@@ -1,6 +1,7 @@
-"""Text generation from a run or checkpoint: base + adapter unmerged, greedy by default, stopping at the
-end-of-turn token the model was trained to emit. Batches are padded on the left so every row continues from its
-own last token."""
+"""Text generation from a run or checkpoint: greedy by default, stopping at the end-of-turn token the model was
+trained to emit. Batches are padded on the left so every row continues from its own last token. A LoRA model
+generates through a copy with its adapter folded into the weights (tuneforge.models.inference), built on first use
+and kept; the unmerged model stays for the base (adapters off) and for other adapters."""
 
 from __future__ import annotations
 
@@ -42,11 +43,13 @@ class GenerationSettings:
 class Generator:
     """A loaded model ready to complete prompts the way its run was trained (chat template or plain text)."""
 
-    def __init__(self, model: Any, tokenizer: Any, meta: CheckpointMeta):
+    def __init__(self, model: Any, tokenizer: Any, meta: CheckpointMeta, *, fold_adapter: bool = True):
         self.model, self.tokenizer, self.meta = model, tokenizer, meta
+        self.fold_adapter = fold_adapter  # False: generate through PEFT's unmerged layers (benchmarks compare)
         self.tokenizer.padding_side = "left"
         self.stop_ids = list(meta.stop_token_ids or [tokenizer.eos_token_id])
         self.chat = meta.shape == "chat"
+        self._folded: dict[tuple[str, ...], Any] = {}  # active adapters -> folded copy (None: not foldable)
 
     @classmethod
     def from_path(cls, path: str | Path) -> Generator:
@@ -94,7 +97,8 @@ class Generator:
             texts = [self.render(p, system) for p in prompts[start : start + settings.batch_size]]
             batch = self.encode(texts).to(self.device)
             with self.base_only(use_base):
-                output = self.model.generate(**batch, **self.generate_kwargs(settings, constraint, len(texts)))
+                kwargs = self.generate_kwargs(settings, constraint, len(texts))
+                output = self.runner(use_base).generate(**batch, **kwargs)
             results.extend(self.decode(output[:, batch["input_ids"].shape[1] :]))
         return results
 
@@ -113,13 +117,14 @@ class Generator:
                                   device=input_ids.device)
 
         batch = self.encode([self.render(prompt, system)])
+        runner = self.runner(use_base)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         failure: list[BaseException] = []
 
         def work() -> None:
             try:
                 with torch.no_grad(), self.base_only(use_base):
-                    output = self.model.generate(**batch, **self.generate_kwargs(settings, constraint, 1),
+                    output = runner.generate(**batch, **self.generate_kwargs(settings, constraint, 1),
                                                  streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]))
                 if outcome is not None:
                     outcome.extend(self.decode(output[:, batch["input_ids"].shape[1] :]))
@@ -148,6 +153,17 @@ class Generator:
 
             kwargs["logits_processor"] = LogitsProcessorList([constraint.processor(self.tokenizer, rows, self.stop_ids)])
         return kwargs
+
+    def runner(self, use_base: bool) -> Any:
+        """The model that generates: the folded copy for the active adapter where one can be made."""
+        if use_base or not self.has_adapter or not self.fold_adapter:
+            return self.model
+        from tuneforge.models.inference import folded_copy
+
+        adapters = tuple(self.model.active_adapters)
+        if adapters not in self._folded:
+            self._folded[adapters] = folded_copy(self.model)
+        return self._folded[adapters] or self.model
 
     def base_only(self, use_base: bool) -> Any:
         import contextlib

@@ -1,5 +1,5 @@
 """Models: where they come from (`sources`), their tokenizers (`tokenizers`), the model to train (`training`) and a
-trained checkpoint for inference (`loading`)."""
+trained checkpoint for inference (`loading`) and a LoRA model folded for generation (`inference`)."""
 
 from tuneforge.models.sources import (
     BUNDLED,

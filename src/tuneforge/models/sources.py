@@ -43,8 +43,10 @@ BUNDLED = {
 
 
 def tuneforge_home() -> Path:
-    """Where converted bundled models are cached (TUNEFORGE_HOME, default ~/.cache/tuneforge)."""
-    return Path(os.environ.get("TUNEFORGE_HOME") or Path.home() / ".cache" / "tuneforge")
+    """Where converted bundled models are cached (TUNEFORGE_HOME, default ~/.cache/tuneforge): one cache for every
+    way tuneforge is started (make, the CLI, the library, tests). Absolute, because Ray workers resolve paths in
+    their own working directory."""
+    return Path(os.environ.get("TUNEFORGE_HOME") or Path.home() / ".cache" / "tuneforge").expanduser().resolve()
 
 
 def resolve_model(model_id: str) -> str:

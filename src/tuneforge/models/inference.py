@@ -1,0 +1,74 @@
+"""A LoRA model folded for inference: a copy of the base in which each adapted layer's weight is replaced by
+`W + scaling * B @ A`, every other tensor shared with the original rather than copied.
+
+Generating one token at a time, PEFT's unmerged forward pays for each adapted layer a wrapper, a dropout module
+and two rank-r matmuls: ~200 small calls per token on a 30-block model, which on CPU cost more than the big
+matmuls do at batch size 1 (bench/genmetrics.py). PEFT's own `merge_adapter()` folds the adapter *in place* and
+`unmerge_adapter()` subtracts it again, which leaves the base weights a rounding step off after every switch and
+cannot run while training continues; this copy leaves the model it came from untouched, so the base (adapters off)
+and other adapters keep serving from it.
+
+The fold is exact only where the weights are stored in the adapter's dtype: a bf16 base (QLoRA, bf16 storage of
+frozen layers during training) would round the adapter's small updates away, so such models are not folded.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def foldable_adapter(model: nn.Module) -> str | None:
+    """The active adapter of a PEFT LoRA model when it can be folded exactly, else None."""
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    if not hasattr(model, "get_base_model") or getattr(model, "active_adapters", None) is None:
+        return None
+    adapters = list(model.active_adapters)
+    if len(adapters) != 1:
+        return None
+    adapter = adapters[0]
+    layers = [module for module in model.modules() if isinstance(module, LoraLayer)]
+    for layer in layers:
+        if type(layer) is not LoraLinear or layer.disable_adapters or layer.merged:
+            return None
+        if adapter not in layer.lora_A or adapter in getattr(layer, "lora_variant", {}) or layer.lora_bias.get(adapter):
+            return None
+        if type(layer.base_layer) is not nn.Linear or layer.base_layer.weight.dtype != layer.lora_A[adapter].weight.dtype:
+            return None
+    return adapter if layers else None
+
+
+@torch.no_grad()
+def folded_copy(model: nn.Module) -> nn.Module | None:
+    """The base model with the active adapter folded into copies of the adapted weights, or None where that would
+    not be exact (see foldable_adapter). The result is in eval mode and shares every unadapted tensor."""
+    from peft.tuners.lora import LoraLayer
+
+    adapter = foldable_adapter(model)
+    if adapter is None:
+        return None
+    base = model.get_base_model()
+    shared = {id(tensor): tensor for tensor in [*base.parameters(), *base.buffers()]}
+    folded = copy.deepcopy(base, memo=shared)  # new modules around the same tensors
+    for name, layer in list(folded.named_modules()):
+        if not isinstance(layer, LoraLayer):
+            continue
+        inner = layer.base_layer
+        linear = nn.Linear(inner.in_features, inner.out_features, bias=inner.bias is not None,
+                           device=inner.weight.device, dtype=inner.weight.dtype)
+        linear.weight = nn.Parameter(inner.weight + layer.get_delta_weight(adapter), requires_grad=False)
+        if inner.bias is not None:
+            linear.bias = inner.bias
+        parent, _, child = name.rpartition(".")
+        setattr(folded.get_submodule(parent) if parent else folded, child, linear)
+    return folded.eval()
+
+
+def inference_model(model: nn.Module) -> Any:
+    """What to generate with: the folded copy where one can be made, else the model itself."""
+    return folded_copy(model) or model

@@ -1,0 +1,64 @@
+"""The folded inference copy of a LoRA model: PEFT's answers, the original untouched, only the adapted weights new."""
+
+from __future__ import annotations
+
+import torch
+
+from tuneforge.models.inference import folded_copy
+
+
+def lora_model(tiny_llama_dir, targets="all-linear"):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)).eval()
+
+
+def test_the_folded_copy_gives_the_adapters_logits_and_leaves_the_model_as_it_was(tiny_llama_dir):
+    model = lora_model(tiny_llama_dir)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    input_ids = torch.randint(0, 1000, (2, 13))
+    with torch.no_grad():
+        expected = model(input_ids=input_ids).logits
+        folded = folded_copy(model)
+        torch.testing.assert_close(folded(input_ids=input_ids).logits, expected, rtol=1e-4, atol=1e-4)
+        with model.disable_adapter():  # the base is still there, unchanged, for `--compare-base` and `base`
+            base_logits = model(input_ids=input_ids).logits
+    assert not torch.allclose(base_logits, expected, atol=1e-3)
+    assert all(torch.equal(tensor, before[name]) for name, tensor in model.state_dict().items())
+    assert not any("lora" in name for name, _ in folded.named_parameters())
+
+
+def test_only_the_adapted_weights_are_copied(tiny_llama_dir):
+    model = lora_model(tiny_llama_dir, targets=["q_proj", "v_proj"])
+    folded = folded_copy(model)
+    original = dict(model.get_base_model().named_parameters())
+    for name, parameter in folded.named_parameters():
+        adapted = name.endswith(("q_proj.weight", "v_proj.weight"))
+        source = original[name.replace(".weight", ".base_layer.weight")] if adapted else original[name]
+        assert (parameter.data_ptr() == source.data_ptr()) != adapted, name
+
+
+def test_a_base_stored_in_bf16_is_not_folded(tiny_llama_dir):
+    # W + BA rounded to bf16 would lose the adapter's small updates: generate unmerged instead
+    model = lora_model(tiny_llama_dir)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad:
+            module.to(torch.bfloat16)
+    assert folded_copy(model) is None
+
+
+def test_generate_answers_through_the_folded_copy_as_it_did_unmerged(tiny_lora_run):
+    from tuneforge.generate import GenerationSettings, Generator
+
+    generator = Generator.from_path(tiny_lora_run)
+    prompts = ["Meet Ana in Porto on 3 May about the budget.", "Lunch with Bo, Oslo, 9 June, hiring."]
+    settings = GenerationSettings(max_new_tokens=12)
+    folded = generator.complete(prompts, settings)
+    assert generator.runner(use_base=False) is not generator.model  # the folded copy answered
+    unmerged = Generator(generator.model, generator.tokenizer, generator.meta, fold_adapter=False)
+    assert [c.text for c in unmerged.complete(prompts, settings)] == [c.text for c in folded]
+    base = generator.complete(prompts, settings, use_base=True)
+    assert [c.text for c in base] != [c.text for c in folded]
