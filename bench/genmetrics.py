@@ -72,27 +72,33 @@ def decode_costs(run: Path, rows: int, batch_size: int) -> dict:
 
 
 def fold_speed(run: Path, rows: int, batch_size: int) -> dict:
+    """Tokens/s through PEFT's unmerged layers and through the folded copy of the same loaded model, batch by batch
+    in turn (drift on a shared machine hits both alike), and whether they answer the same."""
     from tuneforge.generate import GenerationSettings, Generator, read_prompt_rows
 
     folded = Generator.from_path(run)
     if not folded.has_adapter:
         raise SystemExit(f"{run}: not a LoRA run; the fold applies to LoRA runs only")
-    unmerged = Generator(folded.model, folded.tokenizer, folded.meta, fold_adapter=False)
+    sides = {"unmerged": Generator(folded.model, folded.tokenizer, folded.meta, fold_adapter=False), "folded": folded}
     prompts = [prompt for prompt, _ in read_prompt_rows(HELD_OUT)][:rows]
     results: dict = {}
     for mode, size, count in (("per request", 1, max(4, rows // 6)), ("batched", batch_size, rows)):
         settings = GenerationSettings(max_new_tokens=64, batch_size=size)
-        for name, generator in (("unmerged", unmerged), ("folded", folded)):
+        seconds, answers = dict.fromkeys(sides, 0.0), {name: [] for name in sides}
+        for generator in sides.values():
             generator.complete(prompts[:size], GenerationSettings(max_new_tokens=8, batch_size=size))  # warm-up
-            started = time.perf_counter()
-            answers = generator.complete(prompts[:count], settings)
-            seconds = time.perf_counter() - started
-            tokens = sum(answer.new_tokens for answer in answers)
-            results[f"{mode}/{name}"] = {"tokens_per_second": tokens / seconds, "rows": count,
-                                         "answers": [answer.text for answer in answers]}
-        same = results[f"{mode}/folded"]["answers"] == results[f"{mode}/unmerged"]["answers"]
-        results[f"{mode}/speedup"] = {"ratio": results[f"{mode}/folded"]["tokens_per_second"]
-                                      / results[f"{mode}/unmerged"]["tokens_per_second"], "same_answers": same}
+        for start in range(0, count, size):
+            for name, generator in sides.items():
+                started = time.perf_counter()
+                answers[name] += generator.complete(prompts[start:min(start + size, count)], settings)
+                seconds[name] += time.perf_counter() - started
+        for name in sides:
+            tokens = sum(answer.new_tokens for answer in answers[name])
+            results[f"{mode}/{name}"] = {"tokens_per_second": tokens / seconds[name], "rows": count,
+                                         "answers": [answer.text for answer in answers[name]]}
+        results[f"{mode}/speedup"] = {
+            "ratio": results[f"{mode}/folded"]["tokens_per_second"] / results[f"{mode}/unmerged"]["tokens_per_second"],
+            "same_answers": results[f"{mode}/folded"]["answers"] == results[f"{mode}/unmerged"]["answers"]}
     return results
 
 

@@ -6,6 +6,9 @@ batches, the model's own loss over the whole vocabulary, bf16 autocast where the
 (target-only frozen-head loss, shared dropout, padding-free batches, fused LoRA with fp32 sums, frozen weights in
 bf16):
 
+Three steps: `plain`, `tf-before` (tuneforge before this round: the fused layers' adapter sum in bf16) and
+`tuneforge` (now: the sum in fp32, see bench/bf16_accuracy.py).
+
 - the machine's measured matmul peaks: bf16 (AMX / avx512_bf16 through oneDNN) and fp32, 2 threads, on the
   step's own matmul shapes;
 - FLOP per real token of each step, counted by torch.utils.flop_counter (forward and backward, every matmul and
@@ -95,20 +98,26 @@ def build_steps(prepared, lora: dict, bf16: bool, count: int) -> dict[str, Step]
     plain = lora_model()
     padded = [collate_causal(g, prepared.tokenizer.pad_token_id, context_length=prepared.data.context_length)
               for g in groups]
-    ours = lora_model()
-    share_lora_dropout(ours)
-    fuse_lora(ours)
-    if bf16:
-        freeze_linears_in_bf16(ours)
-    objective = CausalLMObjective(ours)
     packed = [collate_causal_padding_free(g) for g in groups]
 
-    def objective_loss(batch):
-        loss_sum, count = objective(**batch)
-        return loss_sum / count
+    def tuneforge_step(sum_in_fp32: bool) -> Step:
+        model = lora_model()
+        share_lora_dropout(model)
+        fuse_lora(model)
+        for module in model.modules():
+            module._sum_in_fp32 = sum_in_fp32
+        if bf16:
+            freeze_linears_in_bf16(model)
+        objective = CausalLMObjective(model)
+
+        def objective_loss(batch):
+            loss_sum, count = objective(**batch)
+            return loss_sum / count
+
+        return Step(model, packed, objective_loss, bf16)
 
     return {"plain": Step(plain, padded, lambda batch: plain(**batch).loss, bf16),
-            "tuneforge": Step(ours, packed, objective_loss, bf16)}
+            "tf-before": tuneforge_step(sum_in_fp32=False), "tuneforge": tuneforge_step(sum_in_fp32=True)}
 
 
 def main() -> None:
@@ -152,26 +161,30 @@ def main() -> None:
         total = sum(self_time.values())
         matmul = sum(t for op, t in self_time.items() if op in MATMUL_OPS)
         attention = sum(t for op, t in self_time.items() if op in ATTENTION_OPS)
-        seconds, real = [], 0
-        for round_ in range(args.rounds):
-            index = 1 + round_ % (BATCHES - 1)
-            seconds.append(step.run(index))
-            real += step.real_tokens(index)
         top = sorted(self_time.items(), key=lambda item: -item[1])[:args.top]
-        results[name] = {"top_ops": [(op, t / total) for op, t in top],
-                         "tokens_per_second": real / sum(seconds), "median_step_s": statistics.median(seconds),
-                         "gflop_per_token": flop_per_token / 1e9, "matmul_share": matmul / total,
-                         "attention_share": attention / total, "outside_share": 1 - (matmul + attention) / total}
+        results[name] = {"top_ops": [(op, t / total) for op, t in top], "gflop_per_token": flop_per_token / 1e9,
+                         "matmul_share": matmul / total, "attention_share": attention / total,
+                         "outside_share": 1 - (matmul + attention) / total}
+    # Timed round-robin over the same batches, so drift on a shared machine hits both steps alike.
+    seconds, real = {name: [] for name in steps}, dict.fromkeys(steps, 0)
+    for round_ in range(args.rounds):
+        index = 1 + round_ % (BATCHES - 1)
+        for name, step in steps.items():
+            seconds[name].append(step.run(index))
+            real[name] += step.real_tokens(index)
+    for name in steps:
+        results[name].update(tokens_per_second=real[name] / sum(seconds[name]),
+                             median_step_s=statistics.median(seconds[name]))
     peak = peaks["bf16"] or peaks["fp32"]
     print(f"{args.shape} shape, {torch.get_num_threads()} threads, {'bf16 autocast' if bf16 else 'fp32'}")
     print(f"measured matmul peak: bf16 {peaks['bf16'] or 0:.0f} GFLOP/s (on the step's own [1024 x 576 x 1536] "
           f"shapes: {peaks['bf16_step_shapes'] or 0:.0f}), fp32 {peaks['fp32']:.0f} GFLOP/s")
-    print(f"{'step':10}{'tokens/s':>10}{'GFLOP/token':>13}{'GFLOP/s':>9}{'of peak':>9}{'matmul':>8}{'attn':>7}"
+    print(f"{'step':11}{'tokens/s':>10}{'GFLOP/token':>13}{'GFLOP/s':>9}{'of peak':>9}{'matmul':>8}{'attn':>7}"
           f"{'outside':>9}{'ceiling tok/s':>15}")
     for name, row in results.items():
         achieved = row["tokens_per_second"] * row["gflop_per_token"]
         row["ceiling_tokens_per_second"] = peak / row["gflop_per_token"]
-        print(f"{name:10}{row['tokens_per_second']:10.0f}{row['gflop_per_token']:13.3f}{achieved:9.0f}"
+        print(f"{name:11}{row['tokens_per_second']:10.0f}{row['gflop_per_token']:13.3f}{achieved:9.0f}"
               f"{achieved / peak:9.0%}{row['matmul_share']:8.0%}{row['attention_share']:7.0%}"
               f"{row['outside_share']:9.0%}{row['ceiling_tokens_per_second']:15.0f}")
     for name, row in results.items():
