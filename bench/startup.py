@@ -6,7 +6,7 @@ first step's start and to its end (the step row's time, less / including its ste
 before it went (the phases the run records in run.json: tuneforge.train.startup). Target: at most 10 s to the first
 step's end.
 
-    .venv/bin/python bench/startup.py [--config configs/demo.yaml] [--repeat 2] [--compare-warm]
+    .venv/bin/python bench/startup.py [--config configs/demo.yaml] [--repeat 2]
 
 The first repeat may pay for cold file caches; the best of the repeats is the figure quoted.
 """
@@ -40,14 +40,13 @@ def first_step(metrics: Path) -> dict | None:
     return None
 
 
-def measure(config: Path, output_dir: Path, warm: bool = True) -> dict:
+def measure(config: Path, output_dir: Path) -> dict:
     tuneforge = Path(sys.executable).parent / "tuneforge"
     command = [str(tuneforge), "train", str(config), "--name", "startup", "--overwrite",
                "--set", f"output_dir={output_dir}"]
     launched = time.time()
-    env = {**os.environ, "TUNEFORGE_WARM_WORKERS": "1" if warm else "0"}
     process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env=env)
+                               stderr=subprocess.PIPE, text=True)
     metrics = output_dir / "startup" / "metrics.jsonl"
     try:
         while (row := first_step(metrics)) is None:
@@ -68,32 +67,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "demo.yaml")
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--compare-warm", action="store_true",
-                        help="also run with TUNEFORGE_WARM_WORKERS=0 (Ray workers import torch & co. on demand)")
     args = parser.parse_args()
     from tuneforge.config import load_config
     from tuneforge.models import resolve_model
     from tuneforge.train.startup import startup_line
 
     resolve_model(load_config(args.config).model_id)  # "model cached": the one-time GGUF conversion is not timed
-    modes = [True, False] if args.compare_warm else [True]
-    runs: dict[bool, list[dict]] = {warm: [] for warm in modes}
+    runs = []
     for attempt in range(1, args.repeat + 1):
-        for warm in modes:  # alternated, so drift on a shared machine hits both alike
-            with tempfile.TemporaryDirectory(prefix="tuneforge-startup-") as tmp:
-                run = measure(args.config.resolve(), Path(tmp), warm)
-            runs[warm].append(run)
-            subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
-            label = "" if not args.compare_warm else (" (workers warmed)" if warm else " (workers import on demand)")
-            print(f"run {attempt}{label}: launch -> first optimizer step starts {run['to_step_start']:.1f} s, "
-                  f"ends {run['to_step_end']:.1f} s (the step itself {run['step_seconds']:.1f} s)", flush=True)
-            if run["phases"]:
-                print("  " + startup_line(run["phases"]), flush=True)
-    for warm in modes:
-        best = min(runs[warm], key=lambda run: run["to_step_end"])
-        label = "" if not args.compare_warm else (" with warmed workers" if warm else " with on-demand imports")
-        print(f"command to first optimizer step{label}: {best['to_step_end']:.1f} s (best of {len(runs[warm])}; "
-              f"target <= 10 s: {'met' if best['to_step_end'] <= 10 else 'NOT met'})")
+        with tempfile.TemporaryDirectory(prefix="tuneforge-startup-") as tmp:
+            runs.append(measure(args.config.resolve(), Path(tmp)))
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+        print(f"run {attempt}: launch -> first optimizer step starts {runs[-1]['to_step_start']:.1f} s, "
+              f"ends {runs[-1]['to_step_end']:.1f} s (the step itself {runs[-1]['step_seconds']:.1f} s)", flush=True)
+        if runs[-1]["phases"]:
+            print("  " + startup_line(runs[-1]["phases"]), flush=True)
+    best = min(runs, key=lambda run: run["to_step_end"])
+    print(f"command to first optimizer step: {best['to_step_end']:.1f} s (best of {len(runs)}; target <= 10 s: "
+          f"{'met' if best['to_step_end'] <= 10 else 'NOT met'})")
 
 
 if __name__ == "__main__":

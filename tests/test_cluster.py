@@ -214,43 +214,6 @@ def test_checkpoints_in_a_storage_uri_train_resume_and_land_in_best(ray_session,
     assert not run.checkpoints_dir.exists()
 
 
-WARM_PROBE = """
-import sys
-import ray
-from tuneforge.cluster import ensure_ray
-
-ensure_ray()
-
-@ray.remote(num_cpus=0)
-def loaded():
-    return sorted(name for name in ("torch", "transformers", "peft", "tuneforge.train.loop") if name in sys.modules)
-
-print(ray.get(loaded.remote()))
-ray.shutdown()
-"""
-
-
-def test_ray_workers_have_the_training_stack_imported_before_any_work_arrives(tmp_path):
-    # The probe task imports nothing itself: what it finds was imported by the worker's setup hook at start.
-    probe = subprocess.run([sys.executable, "-c", WARM_PROBE], capture_output=True, text=True, timeout=300,
-                           cwd=tmp_path)
-    assert probe.returncode == 0, probe.stderr[-2000:]
-    assert probe.stdout.strip().splitlines()[-1] == str(["peft", "torch", "transformers", "tuneforge.train.loop"])
-
-
-def test_warm_workers_can_be_turned_off(monkeypatch):
-    import ray
-
-    seen = {}
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs) or (_ for _ in ()).throw(RuntimeError("stop")))
-    for setting, hooked in (("1", True), ("0", False)):
-        monkeypatch.setenv("TUNEFORGE_WARM_WORKERS", setting)
-        with pytest.raises(Exception, match="stop"):
-            cluster.ensure_ray()
-        assert ("worker_process_setup_hook" in seen["runtime_env"]) == hooked
-
-
 def test_the_model_cache_is_one_absolute_folder_whatever_the_working_directory(tmp_path, monkeypatch):
     from tuneforge.models import tuneforge_home
 

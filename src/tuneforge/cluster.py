@@ -38,7 +38,6 @@ class ClusterInfo:
 
 
 _started_locally = False
-WARM_HOOK = "tuneforge.train.warm.import_training_stack"  # workers import torch & co. as they start
 _dashboard_url: str | None = None
 
 
@@ -69,8 +68,6 @@ def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bo
             "logging_level": logging.INFO if debug else logging.ERROR,
             "runtime_env": {"env_vars": env_vars},
         }
-        if os.environ.get("TUNEFORGE_WARM_WORKERS", "1") != "0":  # 0: workers import on demand (benchmarks)
-            options["runtime_env"]["worker_process_setup_hook"] = WARM_HOOK
         # Without --address (or RAY_ADDRESS), always a Ray of our own: ray.init() alone would join whatever
         # `ray start` cluster this machine runs, a surprise for a run that was meant to stay local.
         target = address or os.environ.get("RAY_ADDRESS") or "local"
