@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tuneforge.models.inference import folded_copy
@@ -62,3 +63,53 @@ def test_generate_answers_through_the_folded_copy_as_it_did_unmerged(tiny_lora_r
     assert [c.text for c in unmerged.complete(prompts, settings)] == [c.text for c in folded]
     base = generator.complete(prompts, settings, use_base=True)
     assert [c.text for c in base] != [c.text for c in folded]
+
+
+bf16_kernels = pytest.mark.skipif(not (torch.backends.mkldnn.is_available()
+                                       and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                                  reason="oneDNN has no bf16 kernels on this CPU")
+
+
+@bf16_kernels
+def test_a_packed_bf16_linear_computes_the_linear_in_bf16():
+    from tuneforge.models.inference import PackedBf16Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    x = torch.randn(2, 5, 64)
+    packed = PackedBf16Linear(linear)
+    out = packed(x)
+    expected = torch.nn.functional.linear(x.bfloat16(), linear.weight.bfloat16(), linear.bias.bfloat16())
+    assert out.dtype == torch.float32 and out.shape == (2, 5, 48)
+    torch.testing.assert_close(out, expected.float(), rtol=1e-2, atol=1e-2)
+
+
+@bf16_kernels
+def test_the_bf16_inference_copy_keeps_the_adapters_answers_and_the_model_untouched(tiny_llama_dir):
+    from tuneforge.models.inference import PackedBf16Linear, inference_copy
+
+    model = lora_model(tiny_llama_dir)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    input_ids = torch.randint(0, 1000, (2, 13))
+    with torch.no_grad():
+        expected = model(input_ids=input_ids).logits
+        copy = inference_copy(model, pack_bf16=True)
+        logits = copy(input_ids=input_ids).logits
+    assert not any(type(module) is torch.nn.Linear for module in copy.modules())
+    assert any(isinstance(module, PackedBf16Linear) for module in copy.modules())
+    assert logits.dtype == torch.float32
+    assert (logits - expected).norm() / expected.norm() < 0.02  # bf16 rounding, not a different model
+    assert (logits.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9
+    assert all(torch.equal(tensor, before[name]) for name, tensor in model.state_dict().items())
+
+
+def test_bf16_packing_is_chosen_only_for_fp32_models_on_cpus_with_native_bf16(tiny_llama_dir, monkeypatch):
+    from tuneforge.models import inference
+    from tuneforge.train import hardware
+
+    model = lora_model(tiny_llama_dir)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
+    assert not inference.bf16_packing_pays(model)
+    assert not any(isinstance(m, inference.PackedBf16Linear) for m in inference.inference_copy(model).modules())
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    assert not inference.bf16_packing_pays(model.to(torch.bfloat16))

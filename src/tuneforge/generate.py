@@ -43,9 +43,11 @@ class GenerationSettings:
 class Generator:
     """A loaded model ready to complete prompts the way its run was trained (chat template or plain text)."""
 
-    def __init__(self, model: Any, tokenizer: Any, meta: CheckpointMeta, *, fold_adapter: bool = True):
+    def __init__(self, model: Any, tokenizer: Any, meta: CheckpointMeta, *, fold_adapter: bool = True,
+                 pack_bf16: bool | None = None):
         self.model, self.tokenizer, self.meta = model, tokenizer, meta
         self.fold_adapter = fold_adapter  # False: generate through PEFT's unmerged layers (benchmarks compare)
+        self.pack_bf16 = pack_bf16  # None: bf16 inference weights where the CPU computes bf16 natively
         self.tokenizer.padding_side = "left"
         self.stop_ids = list(meta.stop_token_ids or [tokenizer.eos_token_id])
         self.chat = meta.shape == "chat"
@@ -158,11 +160,11 @@ class Generator:
         """The model that generates: the folded copy for the active adapter where one can be made."""
         if use_base or not self.has_adapter or not self.fold_adapter:
             return self.model
-        from tuneforge.models.inference import folded_copy
+        from tuneforge.models.inference import inference_copy
 
         adapters = tuple(self.model.active_adapters)
         if adapters not in self._folded:
-            self._folded[adapters] = folded_copy(self.model)
+            self._folded[adapters] = inference_copy(self.model, self.pack_bf16)
         return self._folded[adapters] or self.model
 
     def base_only(self, use_base: bool) -> Any:
