@@ -52,10 +52,10 @@ def main() -> None:
     seeds = [int(seed) for seed in args.seeds.split(",")]
 
     import torch
-
     import train_vs_hf as shapes
+
+    from tuneforge.hardware import cpu_has_bf16
     from tuneforge.train import prepare_run
-    from tuneforge.train.hardware import cpu_has_bf16
 
     if not cpu_has_bf16():
         raise SystemExit("this CPU has no bf16: every variant but fp32 would train in fp32; run it on a bf16 machine")
@@ -94,10 +94,10 @@ def train_variant(variant: str, prepared, config, lora: dict, seed: int) -> floa
     from tuneforge.data.collate import collate_causal, collate_causal_padding_free
     from tuneforge.models.fused_lora import fuse_lora
     from tuneforge.models.lora_dropout import share_lora_dropout
+    from tuneforge.models.objectives import CausalLMObjective
     from tuneforge.models.training import freeze_linears_in_bf16
     from tuneforge.plan import make_scheduler
     from tuneforge.train.loop import build_optimizer
-    from tuneforge.train.objectives import CausalLMObjective
 
     rank = VARIANTS.index(variant)
     model = AutoModelForCausalLM.from_pretrained(prepared.model_source, dtype=torch.float32)

@@ -42,8 +42,8 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
 
 def run(train_path: Path, precision: str, out: Path, name: str) -> dict:
     from tuneforge.config import load_config
-    from tuneforge.train import train
     from tuneforge.rundir import RunDir
+    from tuneforge.train import train
 
     config = load_config(ROOT / "configs" / "classify.yaml", [
         f"train_path={train_path}", f"precision={precision}", "num_epochs=3", "max_num_checkpoints=3",

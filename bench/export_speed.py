@@ -36,8 +36,8 @@ def short_run(out: Path) -> Path:
 
 
 def torch_child(run: str, queue: mp.Queue) -> None:
-    from tuneforge.export.fidelity import generation_check
     from tuneforge.export.parity import torch_speed
+    from tuneforge.fidelity import generation_check
     from tuneforge.generate import Generator
     from tuneforge.rundir import RunDir
 
@@ -57,7 +57,7 @@ def gguf_child(path: str, prompt_ids: list[list[int]], queue: mp.Queue) -> None:
 
 def prompt_token_ids(run: Path) -> list[list[int]]:
     """The validation prompts rendered and tokenized as the run does (chat template included)."""
-    from tuneforge.export.fidelity import generation_check
+    from tuneforge.fidelity import generation_check
     from tuneforge.generate import Generator
     from tuneforge.rundir import RunDir
 

@@ -76,7 +76,6 @@ def fold_speed(run: Path, rows: int, batch_size: int) -> dict:
     """Tokens/s through PEFT's unmerged layers and through the folded copy of the same loaded model, batch by batch
     in turn (drift on a shared machine hits both alike), and whether they answer the same."""
     from tuneforge.generate import GenerationSettings, Generator, read_prompt_rows
-
     from tuneforge.scoring import leading_json, same_json
 
     def json_exact(text: str, reference: str) -> bool:

@@ -116,8 +116,8 @@ def train_plain(work: Path, s: dict, seed: int, out: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
     from transformers.trainer_utils import set_seed
 
+    from tuneforge.hardware import cpu_has_bf16
     from tuneforge.models import resolve_model
-    from tuneforge.train.hardware import cpu_has_bf16
 
     path = str(resolve_model(MODEL))
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -85,8 +85,8 @@ def build_steps(prepared, lora: dict, bf16: bool, count: int) -> dict[str, Step]
     from tuneforge.data.collate import collate_causal, collate_causal_padding_free
     from tuneforge.models.fused_lora import fuse_lora
     from tuneforge.models.lora_dropout import share_lora_dropout
+    from tuneforge.models.objectives import CausalLMObjective
     from tuneforge.models.training import freeze_linears_in_bf16
-    from tuneforge.train.objectives import CausalLMObjective
 
     def lora_model():
         torch.manual_seed(0)
@@ -128,11 +128,11 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    import train_vs_hf as shapes
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
-    import train_vs_hf as shapes
-    from tuneforge.train.hardware import cpu_has_bf16
+    from tuneforge.hardware import cpu_has_bf16
 
     bf16 = cpu_has_bf16()
     with tempfile.TemporaryDirectory(prefix="tuneforge-roofline-") as tmp:

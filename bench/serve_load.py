@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import socket
 import os
+import socket
 import statistics
 import subprocess
 import sys

@@ -36,16 +36,16 @@ def main() -> None:
     variants = args.variants.split(",")
 
     import torch
+    import train_vs_hf as shapes
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForCausalLM
 
-    import train_vs_hf as shapes
     from tuneforge.data.collate import collate_causal, collate_causal_padding_free
     from tuneforge.models.fused_lora import fuse_lora
     from tuneforge.models.lora_dropout import share_lora_dropout
+    from tuneforge.models.objectives import CausalLMObjective
     from tuneforge.train import prepare_run
-    from tuneforge.train.objectives import CausalLMObjective
 
     with tempfile.TemporaryDirectory(prefix="tuneforge-step-ab-") as tmp:
         train, valid = shapes.write_data(Path(tmp), args.shape, BATCHES)

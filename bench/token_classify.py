@@ -54,8 +54,14 @@ def baseline_side(epochs: int, out: Path, threads: int | None) -> dict:
 
     if threads:
         torch.set_num_threads(threads)
-    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
-                              Trainer, TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from tuneforge.data.tokens import entity_scores, label_set, read_tagged
     from tuneforge.models.sources import resolve_model

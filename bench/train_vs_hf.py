@@ -131,8 +131,8 @@ def baseline(train: Path, valid: Path, shape: str, steps: int, out: Path) -> dic
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
+    from tuneforge.hardware import cpu_has_bf16
     from tuneforge.train import prepare_run
-    from tuneforge.train.hardware import cpu_has_bf16
 
     # Same tokenized rows and loss masks as tuneforge, so the comparison is about the training engine.
     prepared = prepare_run(tuneforge_config(train, valid, out, shape, steps))
@@ -209,8 +209,8 @@ def weighted_eval_loss(model, examples, pad_longest, rows, bf16: bool) -> float:
 
 
 def run_tuneforge(train: Path, valid: Path, shape: str, steps: int, out: Path, compiled: bool = False) -> dict:
-    from tuneforge.train import train as tuneforge_train
     from tuneforge.rundir import RunDir
+    from tuneforge.train import train as tuneforge_train
 
     result = tuneforge_train(tuneforge_config(train, valid, out, shape, steps, compiled))
     history = RunDir(result.run_dir).metrics()

@@ -1,5 +1,7 @@
-"""The architecture's rules, checked on the source: stages import each other in one direction only (lazy imports
-inside functions count too), and only the task registry compares task names."""
+"""The architecture's rules, checked on the source (ARCHITECTURE.md states them): stages import each other downwards
+only, in the order of LAYERS; the import graph has no cycle; only the task registry compares task names. Every
+import counts — inside functions, under `if TYPE_CHECKING:` — and importing `a.b.c` counts as importing the
+packages `a` and `a.b` too, since Python runs their `__init__` first."""
 
 from __future__ import annotations
 
@@ -8,6 +10,21 @@ from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tuneforge"
+
+# Bottom to top. A module may import its own layer and the layers below it, never one above.
+LAYERS: list[set[str]] = [
+    {"tuneforge", "errors", "atomic", "metrics", "native", "cluster", "scoring", "constrain", "hardware", "taskspec",
+     "rundir", "probes"},  # leaves
+    {"config"},
+    {"data", "plan", "report", "observe", "check"},
+    {"models"},
+    {"generate", "predict", "predict_tokens"},  # inference
+    {"evaluate", "fidelity", "eval_views"},
+    {"tasks"},  # the bindings of each task's stage code
+    {"train", "export"},
+    {"tune", "serve", "gguf_chat"},
+    {"doctor", "ui", "cli"},
+]
 
 
 def modules() -> dict[str, Path]:
@@ -18,17 +35,10 @@ def modules() -> dict[str, Path]:
     return found
 
 
-def runtime_imports(tree: ast.AST) -> list[ast.AST]:
-    """Import statements anywhere in the module (functions included), except under `if TYPE_CHECKING:`."""
-    typing_only = {id(node) for block in ast.walk(tree)
-                   if isinstance(block, ast.If) and getattr(block.test, "id", "") == "TYPE_CHECKING"
-                   for node in ast.walk(block)}
-    return [node for node in ast.walk(tree)
-            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in typing_only]
-
-
-def import_graph() -> dict[str, set[str]]:
-    names = modules()
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """module -> the tuneforge modules it imports, packages whose __init__ runs on the way included."""
+    names = {".".join(path.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__"): path
+             for path in package.rglob("*.py")}
 
     def owner(dotted: str) -> str | None:  # the module a dotted name lives in
         while dotted and dotted not in names:
@@ -37,13 +47,37 @@ def import_graph() -> dict[str, set[str]]:
 
     graph: dict[str, set[str]] = defaultdict(set)
     for name, path in names.items():
-        for node in runtime_imports(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom):
-                targets = [owner(f"{node.module}.{alias.name}") for alias in node.names] if node.module else []
-            else:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets = [owner(f"{node.module}.{alias.name}") for alias in node.names]
+            elif isinstance(node, ast.Import):
                 targets = [owner(alias.name) for alias in node.names]
-            graph[name].update(t for t in targets if t and t != name and t.startswith("tuneforge"))
+            else:
+                continue
+            for target in filter(None, targets):
+                parts = target.split(".")
+                for depth in range(1, len(parts) + 1):  # the packages on the way run their __init__ first
+                    step = ".".join(parts[:depth])
+                    if step in names and step != name and not name.startswith(step + "."):
+                        graph[name].add(step)
     return graph
+
+
+def stage(module: str) -> str:
+    """tuneforge.train.loop -> train; tuneforge -> tuneforge."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def layer_of(module: str) -> int:
+    found = [index for index, layer in enumerate(LAYERS) if stage(module) in layer]
+    assert found, f"{module}: its stage '{stage(module)}' is in no layer of LAYERS; place it there"
+    return found[0]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
+                  if layer_of(target) > layer_of(module))
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -78,10 +112,35 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_the_import_graph_has_no_cycle_even_through_lazy_imports():
+def test_the_import_graph_has_no_cycle_even_through_lazy_and_type_only_imports():
     graph = import_graph()
     assert graph["tuneforge.train.loop"] >= {"tuneforge.tasks", "tuneforge.rundir"}  # the graph sees real edges
     assert cycles(graph) == []
+
+
+def test_stages_import_downwards_only():
+    assert upward_imports(import_graph()) == []
+
+
+def test_every_module_has_a_layer():
+    for module in modules():
+        layer_of(module)
+
+
+def test_the_graph_sees_type_only_imports_and_package_inits(tmp_path):
+    package = tmp_path / "tuneforge"
+    (package / "low").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "low" / "__init__.py").write_text("from tuneforge.low.helper import x\n")
+    (package / "low" / "helper.py").write_text("x = 1\n")
+    (package / "low" / "spec.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                             "    from tuneforge.high import Thing\n")
+    (package / "high.py").write_text("def f():\n    from tuneforge.low.spec import y\n")
+    graph = import_graph(package)
+    assert "tuneforge.high" in graph["tuneforge.low.spec"]  # a type-only import is an edge
+    assert "tuneforge.low" in graph["tuneforge.high"]  # importing low.spec runs low/__init__ first
+    assert cycles(graph) == [["tuneforge.high", "tuneforge.low.spec"]]  # the type-only import closes a circle
+    assert upward_imports({"tuneforge.config": {"tuneforge.tasks"}}) == ["tuneforge.config -> tuneforge.tasks"]
 
 
 def test_the_cycle_finder_finds_a_cycle():

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from tuneforge.data.collate import collate_causal, collate_causal_padding_free
+from tuneforge.hardware import cpu_has_bf16
 from tuneforge.models.fused_lora import fuse_lora
 from tuneforge.models.lora_dropout import share_lora_dropout
+from tuneforge.models.objectives import CausalLMObjective
 from tuneforge.models.training import freeze_linears_in_bf16
-from tuneforge.train.hardware import cpu_has_bf16
-from tuneforge.train.objectives import CausalLMObjective
 
 from .test_padding_free import rows
 

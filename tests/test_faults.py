@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from tests.helpers import save_config, tuneforge_cli
 from tests.test_train import tiny_config
 from tuneforge.rundir import RunDir, read_snapshot
@@ -205,8 +206,8 @@ def test_a_checkpoint_copy_cut_short_is_not_a_checkpoint(tmp_path):
 
 def test_a_snapshot_cut_short_is_set_aside_and_the_latest_whole_checkpoint_continues(tmp_path):
     from tuneforge.rundir import CheckpointMeta
-    from tuneforge.train.preflight import SilentReporter
     from tuneforge.train.driver import set_aside_damaged_snapshot
+    from tuneforge.train.preflight import SilentReporter
 
     run = RunDir(tmp_path / "run")
     for step, files in ((12, {}), (24, {"model.safetensors": 10})):  # 24: its weights never arrived

@@ -104,8 +104,8 @@ def test_the_bf16_inference_copy_keeps_the_adapters_answers_and_the_model_untouc
 
 
 def test_bf16_packing_is_chosen_only_for_fp32_models_on_cpus_with_native_bf16(tiny_llama_dir, monkeypatch):
+    from tuneforge import hardware
     from tuneforge.models import inference
-    from tuneforge.train import hardware
 
     model = lora_model(tiny_llama_dir)
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)

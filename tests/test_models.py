@@ -12,7 +12,7 @@ from tuneforge.models import (
     match_vocab,
     resolve_model,
 )
-from tuneforge.train.objectives import CausalLMObjective
+from tuneforge.models.objectives import CausalLMObjective
 
 
 def test_fast_target_only_loss_equals_the_models_own_loss(tiny_llama_dir):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tuneforge.data.collate import IGNORE_INDEX, collate_causal, collate_causal_padding_free
-from tuneforge.train.objectives import CausalLMObjective
+from tuneforge.models.objectives import CausalLMObjective
 
 
 def lora_model(tiny_llama_dir, dropout: float = 0.0):

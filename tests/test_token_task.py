@@ -72,7 +72,7 @@ def test_refusing_long_sentences_and_unknown_validation_tags(tmp_path, minilm_to
 
 
 def test_the_objective_scores_entities_strictly_from_token_predictions():
-    from tuneforge.train.objectives import TokenClassificationObjective
+    from tuneforge.models.objectives import TokenClassificationObjective
 
     labels = ["O", "B-CITY", "B-PERSON", "I-CITY", "I-PERSON"]
     objective = TokenClassificationObjective(None, labels, "IOB2")

@@ -8,8 +8,8 @@ import pytest
 
 from tests.helpers import chat_row, write_jsonl
 from tuneforge.config import TrainConfig
-from tuneforge.train import resume, train
 from tuneforge.rundir import CheckpointMeta, RunDir
+from tuneforge.train import resume, train
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

@@ -17,8 +17,8 @@ from tuneforge.metrics import default_objective
 from tuneforge.tune import read_best_run, search, validate_search
 from tuneforge.tune.resources import plan_resources
 from tuneforge.tune.results import best_kept_checkpoint, summarize
-from tuneforge.tune.tuner import objective_direction, progress_callback, progress_shown_by
 from tuneforge.tune.space import SpaceSpec, dotted, parse_spec, with_params
+from tuneforge.tune.tuner import objective_direction, progress_callback, progress_shown_by
 
 FACTS = [("colour of the sky", "blue"), ("opposite of hot", "cold"), ("number after two", "three"),
          ("first letter", "A"), ("capital of France", "Paris"), ("a baby cat", "kitten")]

@@ -322,7 +322,7 @@ def eval_(
     task = get_task(meta.task)
     generation = {"compare_base": compare_base, "max_generate": max_generate, "max_new_tokens": max_new_tokens,
                   "target_format": target_format, "user_metrics": tuple(metric or ())}
-    if not task.generates:
+    if not task.spec.generates:
         refuse_ignored([(compare_base or any_json or json_schema or constrain or metric or target_format != "auto",
                          f"--compare-base, --json, --json-schema, --constrain, --metric and --target-format score "
                          f"generated text; "
@@ -336,7 +336,7 @@ def eval_(
         generation["constraint"] = constraint_for(any_json=any_json, schema_path=json_schema, run_schema=run_schema,
                                                   answer_schema=meta.answer_schema, source=str(run))
     report = task.evaluate(run, data, name=name, output_dir=output, batch_size=batch_size, **generation)
-    ui.show_eval_report(task.name, report)
+    ui.show_eval_view(task.eval_view(report))
     if output is None and RunDir(run).is_run():  # the run's page now shows this evaluation too
         from tuneforge.report import write_report
 
@@ -371,7 +371,6 @@ def predict(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
 ) -> None:
     """Label texts with a probability per class, or tag their entities (spans with offsets), as JSON lines."""
-    from tuneforge.predict import apply_threshold
     from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
     from tuneforge.tasks import get_task
 
@@ -380,25 +379,21 @@ def predict(
     if (threshold is None) != (fallback is None):
         raise TuneforgeError("--threshold and --fallback go together")
     task = get_task(CheckpointMeta.read(resolve_checkpoint(run)).task)
-    if not (task.classifies_texts or task.tags_words):
+    if not (task.spec.classifies_texts or task.spec.tags_words):
         raise TuneforgeError(f"{run} is a {task.name} run: predict labels or tags texts; use tuneforge generate")
-    refuse_ignored([(task.tags_words and threshold is not None, "--threshold/--fallback apply to classification "
-                     "runs; a tagger's entities carry their own score"),
-                    (not task.tags_words and aggregation != "first", "--aggregation applies to token classification "
-                     "runs")])
+    refuse_ignored([(not task.spec.classifies_texts and threshold is not None, "--threshold/--fallback apply to "
+                     "classification runs; a tagger's entities carry their own score"),
+                    (not task.spec.tags_words and aggregation != "first", "--aggregation applies to token "
+                     "classification runs")])
     model = task.load(run)
     rows: list[dict[str, Any]] = [{"text": t} for t in text or []]
     texts = list(text or [])
     if input_file:
         file_texts, file_rows = model.read_texts(input_file)
         texts, rows = texts + file_texts, rows + file_rows
-    if task.tags_words:
-        tagged = model.predict(texts, aggregation)
-        emit_lines([{**row, "entities": [entity.to_dict() for entity in entities]}
-                    for row, entities in zip(rows, tagged, strict=True)], output, "predictions")
-        return
-    predictions = apply_threshold(model.predict(texts, batch_size), threshold, fallback)
-    emit_lines([{**row, **prediction.to_dict()} for row, prediction in zip(rows, predictions)], output, "predictions")
+    answers = task.predictions(model, texts, batch_size=batch_size, threshold=threshold, fallback=fallback,
+                               aggregation=aggregation)
+    emit_lines([{**row, **answer} for row, answer in zip(rows, answers, strict=True)], output, "predictions")
 
 
 @app.command()

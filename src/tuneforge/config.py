@@ -102,7 +102,7 @@ class TrainConfig(BaseModel):
 
     # --- what to train -------------------------------------------------------------------------------------
     task: str = Field("causal_lm", description="causal_lm, classification or token_classification "
-                      "(tuneforge.tasks lists them)")
+                      "(tuneforge.taskspec lists them)")
     model_id: str = Field(description="local HF dir, hub id, or bundled alias (smollm2-135m-instruct, minilm-l6)")
     trust_remote_code: bool = Field(False, description="let the model's repo run its own Python code")
     load_in_4bit: bool = Field(False, description="QLoRA: load the base in 4-bit NF4 (bitsandbytes)")
@@ -214,12 +214,12 @@ class TrainConfig(BaseModel):
     @field_validator("task", mode="before")
     @classmethod
     def _known_task(cls, value: Any) -> Any:
-        from tuneforge.tasks import ALIASES, TASKS
+        from tuneforge.taskspec import ALIASES, SPECS
 
         value = ALIASES.get(value, value)
-        if value not in TASKS:
-            raise ValueError(f"unknown task {value!r}{suggest(str(value), TASKS, list_when_none_close=False)}; "
-                             f"tuneforge knows {', '.join(TASKS)}")
+        if value not in SPECS:
+            raise ValueError(f"unknown task {value!r}{suggest(str(value), SPECS, list_when_none_close=False)}; "
+                             f"tuneforge knows {', '.join(SPECS)}")
         return value
 
     @field_validator("lora_config")
@@ -238,9 +238,9 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_task_fields(self) -> TrainConfig:
-        from tuneforge.tasks import get_task
+        from tuneforge.taskspec import get_spec
 
-        task = get_task(self.task)
+        task = get_spec(self.task)
         if (self.eval_generate or self.eval_metrics) and not task.generates:
             key = "eval_generate" if self.eval_generate else "eval_metrics"
             raise entry_error(key, f"{key}: a {self.task} run does not generate text; remove {key}")
@@ -290,9 +290,9 @@ class TrainConfig(BaseModel):
 
 def validation_metrics(config: TrainConfig) -> tuple[str, ...]:
     """What a validation event of this run reports: the names best_metric and tune.metric may use."""
-    from tuneforge.tasks import get_task
+    from tuneforge.taskspec import get_spec
 
-    return get_task(config.task).reported_metrics(config)
+    return get_spec(config.task).reported_metrics(config)
 
 
 @lru_cache(maxsize=1)

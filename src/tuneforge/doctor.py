@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tuneforge import __version__
-from tuneforge.train.hardware import cpu_flags
+from tuneforge.hardware import cpu_flags
 
 Status = Literal["ok", "warn", "fail"]
 REQUIRED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "ray", "gguf", "pydantic")
@@ -99,7 +99,7 @@ def cpu_check() -> Check:
 def precision_check() -> Check:
     import torch
 
-    from tuneforge.train.hardware import CPU_BF16_FLAGS, best_device, resolve_precision
+    from tuneforge.hardware import CPU_BF16_FLAGS, best_device, resolve_precision
 
     device = best_device()
     precision = resolve_precision("auto", device)

@@ -210,7 +210,7 @@ def causal_loss(generator: Any, records: list[Any], data_path: Path, shape: str,
 
     from tuneforge.data import causal
     from tuneforge.data.collate import collate_causal
-    from tuneforge.train.objectives import CausalLMObjective
+    from tuneforge.models.objectives import CausalLMObjective
 
     tokenizer = generator.tokenizer
     tokenizer.padding_side = "right"

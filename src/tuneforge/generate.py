@@ -55,11 +55,9 @@ class Generator:
 
     @classmethod
     def from_path(cls, path: str | Path) -> Generator:
-        from transformers import AutoModelForCausalLM
-
         from tuneforge.models.loading import load_checkpoint
 
-        loaded = load_checkpoint(path, task="causal_lm", auto_model=AutoModelForCausalLM)
+        loaded = load_checkpoint(path, needs="generates")
         return cls(loaded.model, loaded.tokenizer, loaded.meta)
 
     @property

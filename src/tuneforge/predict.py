@@ -42,12 +42,9 @@ class Predictor:
 
     @classmethod
     def from_path(cls, path: str | Path) -> Predictor:
-        from transformers import AutoModelForSequenceClassification
+        from tuneforge.models.loading import load_checkpoint
 
-        from tuneforge.models.loading import label_head, load_checkpoint
-
-        loaded = load_checkpoint(path, task="classification", auto_model=AutoModelForSequenceClassification,
-                                 head=label_head)
+        loaded = load_checkpoint(path, needs="classifies_texts")
         return cls(loaded.model, loaded.tokenizer, loaded.meta)
 
     @torch.no_grad()

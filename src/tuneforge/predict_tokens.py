@@ -45,12 +45,9 @@ class Tagger:
 
     @classmethod
     def from_path(cls, path: str | Path) -> Tagger:
-        from transformers import AutoModelForTokenClassification
+        from tuneforge.models.loading import load_checkpoint
 
-        from tuneforge.models.loading import label_head, load_checkpoint
-
-        loaded = load_checkpoint(path, task="token_classification", auto_model=AutoModelForTokenClassification,
-                                 head=label_head)
+        loaded = load_checkpoint(path, needs="tags_words")
         return cls(loaded.model, loaded.tokenizer, loaded.meta)
 
     def predict(self, texts: list[str], aggregation: str = "first") -> list[list[Entity]]:

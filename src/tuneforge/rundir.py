@@ -31,6 +31,7 @@ from tuneforge.atomic import write_json, write_jsonl, write_text
 from tuneforge.errors import TuneforgeError
 
 META_FILE = "tuneforge.json"
+STATE_FILE = "training_state.pt"  # a checkpoint's optimizer, scheduler and RNG state (train/checkpoints.py)
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
 DEFAULT_RUNS_DIR = Path("runs")  # output_dir's default: a bare run name is looked up here
 

@@ -22,11 +22,11 @@ from typing import Any
 from tuneforge.atomic import atomic_dir, write_text
 from tuneforge.errors import TuneforgeError
 from tuneforge.export.gguf_file import QUANT_TYPES, ExportError, write_lora_gguf, write_model_gguf
-from tuneforge.rundir import CheckpointMeta, RunDir, record_export, resolve_checkpoint
-from tuneforge.tasks import TASKS, get_task
-from tuneforge.train.checkpoints import STATE_FILE
+from tuneforge.rundir import STATE_FILE, CheckpointMeta, RunDir, record_export, resolve_checkpoint
+from tuneforge.tasks import get_task
+from tuneforge.taskspec import SPECS, get_spec
 
-FORMATS = tuple(dict.fromkeys(fmt for task in TASKS.values() for fmt in task.export_formats))
+FORMATS = tuple(dict.fromkeys(fmt for spec in SPECS.values() for fmt in spec.export_formats))
 
 
 @dataclass
@@ -69,9 +69,9 @@ def export_model(run: str | Path, fmt: str, settings: ExportSettings | None = No
         raise ExportError(f"unknown quant type '{settings.quant}'; choose one of {', '.join(QUANT_TYPES)}")
     checkpoint = resolve_checkpoint(run)
     meta = CheckpointMeta.read(checkpoint)
-    task = get_task(meta.task)
-    if fmt not in task.export_formats:
-        raise ExportError(f"{run}: a {meta.task} run exports as {', '.join(task.export_formats)}, not {fmt} "
+    spec = get_spec(meta.task)
+    if fmt not in spec.export_formats:
+        raise ExportError(f"{run}: a {meta.task} run exports as {', '.join(spec.export_formats)}, not {fmt} "
                           "(GGUF is for causal language models)")
     if fmt == "gguf-lora" and not meta.lora:
         raise ExportError(f"{run}: a full fine-tune has no adapter to export; use --format gguf (or merged)")
@@ -114,6 +114,8 @@ def merge_and_check(model: Any, tokenizer: Any, check: Any, target: Path, meta: 
     (what users will load) with the unmerged base + adapter. Returns the fidelity report and the reloaded model."""
     import torch
 
+    from tuneforge.models.loading import model_class
+
     reference = check.outputs(model)
     merged = model.merge_and_unload()
     with atomic_dir(target) as staged:
@@ -121,7 +123,7 @@ def merge_and_check(model: Any, tokenizer: Any, check: Any, target: Path, meta: 
         tokenizer.save_pretrained(staged)
         meta.model_copy(update={"lora": False, "merged_from": meta.model_id, "model_source": str(target)}).write(staged)
     del merged
-    reloaded = get_task(meta.task).auto_model().from_pretrained(target, dtype=torch.float32).eval()
+    reloaded = model_class(get_spec(meta.task)).from_pretrained(target, dtype=torch.float32).eval()
     return check.compare(reference, check.outputs(reloaded)), reloaded
 
 

@@ -15,19 +15,7 @@ from typing import Any
 import numpy as np
 
 from tuneforge.errors import ExportError
-
-
-@dataclass
-class Probe:
-    """One validation prompt and the reference model's greedy continuation of it."""
-
-    prompt_ids: list[int]
-    answer_ids: list[int]
-    text: str  # the prompt as rendered for the model
-
-    @property
-    def ids(self) -> list[int]:
-        return self.prompt_ids + self.answer_ids
+from tuneforge.probes import Probe
 
 
 @dataclass

@@ -70,7 +70,7 @@ class PackedBf16Linear(nn.Module):
 
 def bf16_packing_pays(model: nn.Module) -> bool:
     """True on a CPU with native bf16 for an fp32 model: see the module's docstring for the measurements."""
-    from tuneforge.train.hardware import cpu_has_bf16
+    from tuneforge.hardware import cpu_has_bf16
 
     weight = next(model.parameters(), None)
     return (weight is not None and weight.device.type == "cpu" and weight.dtype == torch.float32 and cpu_has_bf16()

@@ -1,11 +1,10 @@
 """Loading a trained checkpoint for inference (generate, predict, eval, export): base + adapter, unmerged.
 
-The caller says which model class to build (a Generator a causal LM, a Predictor a classifier): this module knows
-checkpoints, not tasks, so that tasks can use it without an import cycle."""
+The model class comes from the checkpoint's task spec (tuneforge.taskspec); the caller says which capability it
+needs (a Generator a model that generates, a Predictor one that classifies texts), never a task's name."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,10 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.models.sources import ModelError, load_model_config, resolve_model
 from tuneforge.models.tokenizers import load_tokenizer, match_vocab
 from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
+from tuneforge.taskspec import TaskSpec, get_spec
+
+CAPABILITIES = {"generates": "a run that generates text", "classifies_texts": "a text classification run",
+                "tags_words": "a token classification run"}
 
 
 @dataclass
@@ -40,8 +43,23 @@ def base_model_source(meta: CheckpointMeta) -> str:
     return source
 
 
-def no_head(labels: list[str]) -> dict[str, Any]:
-    return {}
+def model_class(spec: TaskSpec) -> Any:
+    """The transformers Auto class that builds a model of this task."""
+    import transformers
+
+    return getattr(transformers, spec.auto_model)
+
+
+def head_kwargs(spec: TaskSpec, labels: list[str]) -> dict[str, Any]:
+    """Extra from_pretrained arguments: a label head's size and names for tasks that have one."""
+    return label_head(labels) if spec.label_head else {}
+
+
+def skeleton_config(spec: TaskSpec, model_config: Any, labels: list[str]) -> Any:
+    """The HF config to build a weightless copy of the model from (LoRA targets are checked on it)."""
+    if spec.label_head:
+        model_config.num_labels = max(len(labels), 2)
+    return model_config
 
 
 def label_head(labels: list[str]) -> dict[str, Any]:
@@ -51,23 +69,23 @@ def label_head(labels: list[str]) -> dict[str, Any]:
             "label2id": {label: i for i, label in enumerate(labels)}, "ignore_mismatched_sizes": True}
 
 
-def load_checkpoint(path: str | Path, *, task: str, auto_model: Any,
-                    head: Callable[[list[str]], dict[str, Any]] = no_head, dtype: Any = None) -> LoadedCheckpoint:
-    """The checkpoint of a run (best/, else the latest) or a checkpoint directory, ready for inference, built with
-    `auto_model` (a transformers Auto class). A checkpoint of another `task` is refused."""
+def load_checkpoint(path: str | Path, *, needs: str, dtype: Any = None) -> LoadedCheckpoint:
+    """The checkpoint of a run (best/, else the latest) or a checkpoint directory, ready for inference. `needs` is
+    the capability the caller uses (a TaskSpec flag, see CAPABILITIES): a checkpoint of a task without it is refused."""
     import torch
 
     checkpoint = resolve_checkpoint(path)
     meta = CheckpointMeta.read(checkpoint)
-    if meta.task != task:
-        raise TuneforgeError(f"{path}: this is a {meta.task} run; the command needs a {task} run")
+    spec = get_spec(meta.task)
+    if not getattr(spec, needs):
+        raise TuneforgeError(f"{path}: this is a {meta.task} run; the command needs {CAPABILITIES[needs]}")
     tokenizer = load_tokenizer(str(checkpoint), trust_remote_code=meta.trust_remote_code)
     kwargs = {"dtype": dtype or torch.float32, "trust_remote_code": meta.trust_remote_code}
-    auto = auto_model
+    auto = model_class(spec)
     if meta.lora:
         from peft import PeftModel
 
-        base = auto.from_pretrained(base_model_source(meta), **head(meta.labels), **kwargs)
+        base = auto.from_pretrained(base_model_source(meta), **head_kwargs(spec, meta.labels), **kwargs)
         match_vocab(base, tokenizer)
         model = PeftModel.from_pretrained(base, str(checkpoint))
     else:

@@ -11,14 +11,14 @@ from tuneforge.models.fused_lora import fuse_lora
 from tuneforge.models.lora_dropout import share_lora_dropout
 from tuneforge.models.sources import ModelError
 from tuneforge.models.tokenizers import match_vocab, use_pad_token
-from tuneforge.tasks import get_task
+from tuneforge.taskspec import get_spec
 
 
 def lora_settings(lora_config: dict[str, Any], task: str) -> dict[str, Any]:
     """The user's LoraConfig fields plus tuneforge's defaults: every linear layer, the right task type."""
     settings = dict(lora_config)
     settings.setdefault("target_modules", "all-linear")
-    settings.setdefault("task_type", get_task(task).lora_task_type)
+    settings.setdefault("task_type", get_spec(task).lora_task_type)
     return settings
 
 
@@ -39,7 +39,7 @@ def load_model_for_training(
     gradient checkpointing as configured, LoRA adapters (restored when resuming)."""
     import torch
 
-    from tuneforge.train.hardware import gradient_checkpointing_wanted
+    from tuneforge.hardware import gradient_checkpointing_wanted
 
     full_resume = resume_dir is not None and not config.uses_lora
     kwargs: dict[str, Any] = {"trust_remote_code": config.trust_remote_code}
@@ -101,8 +101,10 @@ def freeze_linears_in_bf16(model: Any) -> None:
 
 
 def load_pretrained(task: str, source: str, labels: list[str], kwargs: dict[str, Any]) -> Any:
-    model_task = get_task(task)
-    return model_task.auto_model().from_pretrained(source, **model_task.model_kwargs(labels), **kwargs)
+    from tuneforge.models.loading import head_kwargs, model_class
+
+    spec = get_spec(task)
+    return model_class(spec).from_pretrained(source, **head_kwargs(spec, labels), **kwargs)
 
 
 def attach_lora(model: Any, config: Any, resume_dir: Path | None) -> Any:
@@ -137,9 +139,11 @@ def check_lora_targets(config: Any, model_config: Any, labels: list[str]) -> Non
         lora = make_lora_config(config.lora_config, config.task)
     except ModelError as exc:
         raise ModelError(f"{at}: {exc}") from None
-    task = get_task(config.task)
+    from tuneforge.models.loading import model_class, skeleton_config
+
+    spec = get_spec(config.task)
     with torch.device("meta"):
-        skeleton = task.auto_model().from_config(task.skeleton_config(model_config, labels),
+        skeleton = model_class(spec).from_config(skeleton_config(spec, model_config, labels),
                                                  trust_remote_code=config.trust_remote_code)
     check_target_modules(config, skeleton)
     try:

@@ -7,7 +7,7 @@ to its adapter under the replica's lock. The id `base` answers with the adapters
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,10 @@ class TorchModel(CausalModel):
 
 
 
-def load_causal(path: str | Path, model_id: str, meta: CheckpointMeta, shared: dict[str, TorchModel]) -> TorchModel:
+def load_causal(path: str | Path, model_id: str, meta: CheckpointMeta, shared: dict[str, TorchModel],
+                load: Callable[[str | Path], Generator]) -> TorchModel:
+    """A run served in torch, loaded by its task (`load`); a LoRA run over a base already served by another run
+    adds its adapter to that model instead of loading the base again."""
     from tuneforge.models.loading import base_model_source
 
     if meta.lora:
@@ -103,11 +106,11 @@ def load_causal(path: str | Path, model_id: str, meta: CheckpointMeta, shared: d
             tokenizer = load_tokenizer(str(checkpoint), trust_remote_code=meta.trust_remote_code)
             generator = Generator(host.generator.model, tokenizer, meta)
             return TorchModel(model_id, generator, adapter=model_id, context_length=host.context_length)
-        generator = Generator.from_path(path)
+        generator = load(path)
         served = TorchModel(model_id, generator, adapter="default", context_length=model_context(generator, meta))
         shared[source] = served
         return served
-    generator = Generator.from_path(path)
+    generator = load(path)
     return TorchModel(model_id, generator, context_length=model_context(generator, meta))
 
 

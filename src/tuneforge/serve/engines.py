@@ -111,7 +111,7 @@ class Planned:
     @property
     def shares_base(self) -> bool:
         """A LoRA run that generates: the `base` id is served beside it."""
-        return self.meta is not None and self.meta.lora and self.task.generates
+        return self.meta is not None and self.meta.lora and self.task.spec.generates
 
 
 def planned_models(paths: list[str | Path], gguf_lora: str | Path | None = None) -> list[Planned]:
@@ -149,10 +149,10 @@ def load_engines(paths: list[str | Path], *, gguf_lora: str | Path | None = None
     for item in planned_models(paths, gguf_lora):
         if item.meta is None:
             engines.causal[item.model_id] = load_gguf(item.path, item.gguf_lora, threads)
-        elif item.task.classifies_texts:
-            engines.classifiers[item.model_id] = Classifier(item.model_id, item.task.load(item.path))
+        elif item.task.spec.generates:
+            engines.causal[item.model_id] = load_causal(item.path, item.model_id, item.meta, shared, item.task.load)
         else:
-            engines.causal[item.model_id] = load_causal(item.path, item.model_id, item.meta, shared)
+            engines.classifiers[item.model_id] = Classifier(item.model_id, item.task.load(item.path))
     first_lora = next(iter(shared.values()), None)
     if first_lora is not None:
         engines.causal[BASE_ID] = TorchModel(BASE_ID, first_lora.generator, use_base=True,
@@ -164,7 +164,7 @@ def servable_task(path: str | Path, meta: CheckpointMeta) -> Any:
     from tuneforge.tasks import get_task
 
     task = get_task(meta.task)
-    if not (task.generates or task.classifies_texts):
+    if not (task.spec.generates or task.spec.classifies_texts):
         raise TuneforgeError(f"{path}: serving a {meta.task} run is not supported (it neither generates nor "
                              "classifies texts)")
     return task

@@ -1,4 +1,5 @@
-"""The task registry. Adding a task: write a module with a `Task` subclass and add an instance to TASKS."""
+"""The task registry: each task's binding (`Task`), found by name. Adding a task: a `TaskSpec` and a `Task`
+subclass binding its stage code, then `register(task)` (the built-in tasks are registered below)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,28 @@ from tuneforge.tasks.base import Task
 from tuneforge.tasks.causal_lm import CausalLM
 from tuneforge.tasks.classification import SequenceClassification
 from tuneforge.tasks.token_classification import TokenClassification
+from tuneforge.taskspec import canonical_name, register_spec
 
-TASKS: dict[str, Task] = {task.name: task for task in (CausalLM(), SequenceClassification(), TokenClassification())}
-ALIASES = {"instruction_tuning": "causal_lm"}  # Anyscale's name for the same thing
+TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    """Make a task known to every stage: its spec (config, models, export, serve) and its binding."""
+    register_spec(task.spec)
+    TASKS[task.name] = task
+    return task
 
 
 def get_task(name: str | None) -> Task:
-    """The task called `name` (checkpoints written before tasks had names are causal LMs)."""
-    name = ALIASES.get(name or "causal_lm", name or "causal_lm")
+    """The binding of the task called `name` (aliases resolved; a checkpoint without a task is a causal LM)."""
+    name = canonical_name(name)
     try:
         return TASKS[name]
     except KeyError:
         raise TuneforgeError(f"unknown task '{name}'; tuneforge knows {', '.join(TASKS)}") from None
 
 
-__all__ = ["ALIASES", "TASKS", "Task", "get_task"]
+for _builtin in (CausalLM(), SequenceClassification(), TokenClassification()):
+    register(_builtin)
+
+__all__ = ["TASKS", "Task", "get_task", "register"]

@@ -7,38 +7,19 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.tasks.base import Task
+from tuneforge.taskspec import CAUSAL_LM
 
 
 class CausalLM(Task):
-    name = "causal_lm"
-    metrics = ("eval_loss", "eval_perplexity")
-    lora_task_type = "CAUSAL_LM"
-    export_formats = ("merged", "gguf", "gguf-lora")
-    generates = True
-    reads_datasets = True
-
-    def reported_metrics(self, config: Any) -> tuple[str, ...]:
-        from tuneforge.scoring import JSON_METRICS, TEXT_METRICS, user_metric_name
-
-        if not config.eval_generate:
-            return self.metrics
-        scored = TEXT_METRICS + (JSON_METRICS if config.target_format != "text" else ())
-        users = tuple(user_metric_name(spec) for spec in config.eval_metrics or ())
-        return (*self.metrics, *(f"eval_{name}" for name in scored + users), "eval_generate_seconds")
+    spec = CAUSAL_LM
 
     def prepare_data(self, config: Any, tokenizer: Any, max_length: int | None, progress: Any = None) -> Any:
         from tuneforge.data.prepare import prepare_causal
         from tuneforge.data.streaming import prepare_streamed_causal, wants_streaming
 
         if wants_streaming(config):
-            data = prepare_streamed_causal(config, tokenizer, max_length, progress=progress)
-        else:
-            data = prepare_causal(config, tokenizer, max_length)
-        if config.eval_generate:
-            from tuneforge.train.generation import check_generation_setup
-
-            check_generation_setup(config, data)
-        return data
+            return prepare_streamed_causal(config, tokenizer, max_length, progress=progress)
+        return prepare_causal(config, tokenizer, max_length)
 
     def run_facts(self, config: Any, tokenizer: Any, data: Any) -> dict[str, Any]:
         from tuneforge.data.causal import end_of_turn_token_ids
@@ -61,13 +42,8 @@ class CausalLM(Task):
             return "the config asks for padded batch shapes (padding: max_length or pad_to_multiple_of)"
         return padding_free_blocker(model_config, context_length)
 
-    def auto_model(self) -> Any:
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM
-
     def objective(self, model: Any, meta: Any) -> Any:
-        from tuneforge.train.objectives import CausalLMObjective
+        from tuneforge.models.objectives import CausalLMObjective
 
         return CausalLMObjective(model)
 
@@ -82,8 +58,13 @@ class CausalLM(Task):
         options["batch_size"] = min(options.get("batch_size", 8), 8)  # generation batches: memory grows with length
         return evaluate_causal(run, data_path, **options)
 
+    def eval_view(self, report: Any) -> Any:
+        from tuneforge.eval_views import causal_view
+
+        return causal_view(report)
+
     def fidelity_check(self, loaded: Any, samples: list[dict[str, Any]], *, prompts: int, max_new_tokens: int) -> Any:
-        from tuneforge.export.fidelity import generation_check
+        from tuneforge.fidelity import generation_check
 
         return generation_check(loaded, samples, prompts, max_new_tokens)
 

@@ -7,22 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tuneforge.tasks.base import LabelHeadTask
+from tuneforge.tasks.base import Task
+from tuneforge.taskspec import CLASSIFICATION
 
 
-class SequenceClassification(LabelHeadTask):
-    name = "classification"
-    classifies_texts = True
-    metrics = ("eval_loss", "eval_accuracy", "eval_precision", "eval_recall", "eval_f1")
-    lora_task_type = "SEQ_CLS"
-    export_formats = ("merged",)
-    gathers_predictions = True
-
-    def check_config(self, config: Any) -> None:
-        if not config.text_fields:
-            raise ValueError("classification needs text_fields (the columns that make the input text)")
-        if not config.label_field:
-            raise ValueError("classification needs label_field (the column holding the label)")
+class SequenceClassification(Task):
+    spec = CLASSIFICATION
 
     def prepare_data(self, config: Any, tokenizer: Any, max_length: int | None, progress: Any = None) -> Any:
         from tuneforge.data.classification import prepare_classification
@@ -44,13 +34,8 @@ class SequenceClassification(LabelHeadTask):
         return collate_classification(examples, pad_id, padding=padding, context_length=context_length,
                                       multiple_of=multiple_of)
 
-    def auto_model(self) -> Any:
-        from transformers import AutoModelForSequenceClassification
-
-        return AutoModelForSequenceClassification
-
     def objective(self, model: Any, meta: Any) -> Any:
-        from tuneforge.train.objectives import ClassificationObjective
+        from tuneforge.models.objectives import ClassificationObjective
 
         return ClassificationObjective(model, meta.class_weights)
 
@@ -64,8 +49,19 @@ class SequenceClassification(LabelHeadTask):
 
         return evaluate_classifier(run, data_path, **options)
 
+    def eval_view(self, report: Any) -> Any:
+        from tuneforge.eval_views import classification_view
+
+        return classification_view(report)
+
+    def predictions(self, loaded: Any, texts: list[str], *, batch_size: int, threshold: float | None,
+                    fallback: str | None, aggregation: str) -> list[dict[str, Any]]:
+        from tuneforge.predict import apply_threshold
+
+        return [p.to_dict() for p in apply_threshold(loaded.predict(texts, batch_size), threshold, fallback)]
+
     def fidelity_check(self, loaded: Any, samples: list[dict[str, Any]], *, prompts: int, max_new_tokens: int) -> Any:
-        from tuneforge.export.fidelity import classifier_check
+        from tuneforge.fidelity import classifier_check
 
         return classifier_check(loaded, samples)
 

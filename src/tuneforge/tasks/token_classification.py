@@ -8,16 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tuneforge.tasks.base import LabelHeadTask
+from tuneforge.tasks.base import Task
+from tuneforge.taskspec import TOKEN_CLASSIFICATION
 
 
-class TokenClassification(LabelHeadTask):
-    name = "token_classification"
-    metrics = ("eval_loss", "eval_precision", "eval_recall", "eval_f1", "eval_accuracy")
-    lora_task_type = "TOKEN_CLS"
-    export_formats = ("merged",)
-    gathers_predictions = True
-    tags_words = True
+class TokenClassification(Task):
+    spec = TOKEN_CLASSIFICATION
 
     def prepare_data(self, config: Any, tokenizer: Any, max_length: int | None, progress: Any = None) -> Any:
         from tuneforge.data.tagging import prepare_token_classification
@@ -44,13 +40,8 @@ class TokenClassification(LabelHeadTask):
         return collate_token_classification(examples, pad_id, padding=padding, context_length=context_length,
                                             multiple_of=multiple_of)
 
-    def auto_model(self) -> Any:
-        from transformers import AutoModelForTokenClassification
-
-        return AutoModelForTokenClassification
-
     def objective(self, model: Any, meta: Any) -> Any:
-        from tuneforge.train.objectives import TokenClassificationObjective
+        from tuneforge.models.objectives import TokenClassificationObjective
 
         return TokenClassificationObjective(model, meta.labels, meta.tag_scheme or "IOB2", meta.class_weights)
 
@@ -64,8 +55,18 @@ class TokenClassification(LabelHeadTask):
 
         return evaluate_tagger(run, data_path, **options)
 
+    def eval_view(self, report: Any) -> Any:
+        from tuneforge.eval_views import tagging_view
+
+        return tagging_view(report)
+
+    def predictions(self, loaded: Any, texts: list[str], *, batch_size: int, threshold: float | None,
+                    fallback: str | None, aggregation: str) -> list[dict[str, Any]]:
+        return [{"entities": [entity.to_dict() for entity in entities]}
+                for entities in loaded.predict(texts, aggregation)]
+
     def fidelity_check(self, loaded: Any, samples: list[dict[str, Any]], *, prompts: int, max_new_tokens: int) -> Any:
-        from tuneforge.export.fidelity import tagger_check
+        from tuneforge.fidelity import tagger_check
 
         return tagger_check(loaded, samples)
 

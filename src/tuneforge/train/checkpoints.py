@@ -18,9 +18,7 @@ from typing import Any
 
 import torch
 
-from tuneforge.rundir import CheckpointMeta
-
-STATE_FILE = "training_state.pt"
+from tuneforge.rundir import STATE_FILE, CheckpointMeta
 
 
 def save_checkpoint(directory: Path, model: torch.nn.Module, tokenizer: Any, meta: CheckpointMeta,

@@ -119,11 +119,11 @@ def start_ray_for_data(config: TrainConfig, reporter: Reporter, address: str | N
     """Streamed data is tokenized by Ray Data while the run is prepared, so Ray (the cluster, with --address)
     starts first."""
     from tuneforge.data.streaming import wants_streaming
-    from tuneforge.tasks import get_task
+    from tuneforge.taskspec import get_spec
     from tuneforge.train.preflight import check_data_files
 
     check_data_files(config)  # a path that names no data: one line naming the config's line, before Ray starts
-    if get_task(config.task).reads_datasets and wants_streaming(config):
+    if get_spec(config.task).reads_datasets and wants_streaming(config):
         reporter.phase("starting Ray" if address is None else f"joining Ray at {address}")
         ensure_ray(address, dashboard=dashboard, debug=debug)
 
@@ -244,6 +244,7 @@ def execute(
         init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
         threads=placement.scaling.resources_per_worker.get("CPU", 1),
         import_paths=[os.getcwd()],
+        task=prepared.task,
         driver=Process.current(),
         metric_tags=run_tags(run.path),
     )

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tuneforge.hardware import autocast_context
 from tuneforge.rundir import CheckpointMeta
-from tuneforge.train.hardware import autocast_context
 
 if TYPE_CHECKING:
     from tuneforge.config import TrainConfig

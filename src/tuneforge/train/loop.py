@@ -1,4 +1,4 @@
-"""The one training loop, run by every Ray Train worker, for both tasks and any number of workers.
+"""The one training loop, run by every Ray Train worker, for every task and any number of workers.
 
 Read it top to bottom: `setup()` builds the model, optimizer, schedule and data; `train()` steps through the plan;
 at each planned event it validates, saves a checkpoint and reports both to Ray Train, which keeps the best
@@ -29,13 +29,13 @@ import torch.distributed as dist
 from tuneforge.config import TrainConfig
 from tuneforge.data.collate import count_real_tokens
 from tuneforge.errors import TuneforgeError
+from tuneforge.hardware import autocast_context, make_grad_scaler, resolve_precision
 from tuneforge.observe.training import TrainingMetrics
 from tuneforge.plan import TrainingPlan, make_scheduler
 from tuneforge.rundir import CheckpointMeta
-from tuneforge.tasks import get_task
+from tuneforge.tasks import Task, register
 from tuneforge.train import checkpoints
 from tuneforge.train.batching import epoch_batches, eval_batches
-from tuneforge.train.hardware import autocast_context, make_grad_scaler, resolve_precision
 from tuneforge.train.liveness import Process
 
 
@@ -53,6 +53,7 @@ class WorkerInputs:
     init_checkpoint: str | None = None  # start from this checkpoint's weights and state (a PBT donor)
     threads: float = 1.0  # CPUs Ray gave each worker
     import_paths: list[str] | None = None  # where the driver finds the user's eval_metrics modules
+    task: Task | None = None  # the run's task binding: a task registered only in the driver still trains
     driver: Process | None = None  # the process that started the run: workers on its node stop once it is gone
     metric_tags: tuple[str, str] = ("", "")  # (run, trial) on this run's Ray metrics
 
@@ -68,8 +69,9 @@ class TrainingLoop:
         import ray.train
 
         self.startup = [("worker group start", time.time())]  # phases that ended, as tuneforge.train.startup reads
+        assert inputs.task is not None
+        self.task = register(inputs.task)  # before the config is validated against the known tasks
         self.config = TrainConfig.model_validate(inputs.config)
-        self.task = get_task(self.config.task)
         self.plan = TrainingPlan(**inputs.plan)
         self.model_source = inputs.model_source
         self.checkpoint_root = inputs.checkpoint_root
@@ -161,7 +163,7 @@ class TrainingLoop:
     def checkpointing(self) -> bool:
         """Gradient checkpointing is on. Its recomputation runs during backward, after the objective's forward has
         switched padding-free attention back off, so padding-free batches train only without it."""
-        from tuneforge.train.hardware import gradient_checkpointing_wanted
+        from tuneforge.hardware import gradient_checkpointing_wanted
 
         return gradient_checkpointing_wanted(self.config.no_gradient_checkpoint, self.device)
 
@@ -292,7 +294,7 @@ class TrainingLoop:
             count += float(batch_count)
         objective.train()
         loss_sum, count = all_reduce_sum([loss_sum, count], self.device)
-        if self.task.gathers_predictions:
+        if self.task.spec.gathers_predictions:
             extra = gather_lists(extra)
         return objective.summarize(loss_sum, count, extra)
 

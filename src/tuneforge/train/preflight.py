@@ -85,6 +85,10 @@ def prepare_run(config: TrainConfig, reporter: Reporter | None = None) -> Prepar
     ensure_distinct_pad(tokenizer)
     reporter.phase("reading and tokenizing data")
     data = task.prepare_data(config, tokenizer, model_max_length(model_config), progress=reporter.event)
+    if config.eval_generate:
+        from tuneforge.train.generation import check_generation_setup
+
+        check_generation_setup(config, data)
     for note in data.notes:
         reporter.note(note)
     check_lora_targets(config, model_config, data.labels)
@@ -119,7 +123,7 @@ def check_data_files(config: TrainConfig) -> None:
     from tuneforge.errors import DataError
 
     task = get_task(config.task)
-    if config.streaming and not task.reads_datasets:
+    if config.streaming and not task.spec.reads_datasets:
         raise ConfigError(f"{config.source_of('streaming')}: streaming: the {task.name} task reads its data in memory; "
                           "remove the key")
     for key in ("train_path", "valid_path"):
@@ -129,7 +133,7 @@ def check_data_files(config: TrainConfig) -> None:
         try:
             if not is_many(value):
                 check_data_file(Path(value), key)
-            elif task.reads_datasets:
+            elif task.spec.reads_datasets:
                 resolve_data(value, key)
             else:
                 raise DataError(f"{value}: the {task.name} task reads one file; directories, globs and URIs are read "

@@ -202,10 +202,10 @@ def fine_tuning_choice(config: TrainConfig, speed: Speed, trials_fit: int, fixed
 def choose_metric(config: TrainConfig, prepared: Any) -> tuple[str, str]:
     """The task's quality metric: what the trials are judged by (never the loss while a quality metric exists)."""
     from tuneforge.scoring import detect_json
-    from tuneforge.tasks import get_task
+    from tuneforge.taskspec import get_spec
     from tuneforge.train.generation import generation_pairs
 
-    task = get_task(config.task)
+    task = get_spec(config.task)
     if config.tune and config.tune.metric:
         return config.tune.metric, "your tune.metric"
     if task.generates:
@@ -363,10 +363,10 @@ def measure_speed(config: TrainConfig, prepared: Any, threads: int | None = None
 
     import torch
 
+    from tuneforge.hardware import autocast_context, best_device, resolve_precision
     from tuneforge.models.sources import quiet_progress_bars
     from tuneforge.models.training import load_model_for_training
     from tuneforge.tasks import get_task
-    from tuneforge.train.hardware import autocast_context, best_device, resolve_precision
     from tuneforge.train.loop import build_optimizer
 
     threads = threads or max(1, os.cpu_count() or 1)
@@ -424,8 +424,8 @@ def validation_seconds(config: TrainConfig, prepared: Any, model: Any, seconds_p
     import torch
 
     from tuneforge.generate import GenerationSettings, Generator
+    from tuneforge.hardware import autocast_context
     from tuneforge.train.generation import generation_pairs
-    from tuneforge.train.hardware import autocast_context
 
     batches = math.ceil(len(prepared.data.valid) / config.eval_batch_size_per_device)
     seconds = batches * seconds_per_step / 3 * config.eval_batch_size_per_device / config.train_batch_size_per_device

@@ -3,11 +3,11 @@ searches, run listings and export reports. Each function takes what the library 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from tuneforge.ui.console import console, key_value_table, show_note
 
@@ -124,119 +124,25 @@ def mark_finish(completion: Any) -> str:
 # --- eval / check ---------------------------------------------------------------------------------------------
 
 
-def show_eval_report(task: str, report: Any) -> None:
-    """An EvalReport (`.results`, `.output_dir`), shown the way its task's results read best."""
-    EVAL_RENDERERS.get(task, show_eval_results)(report)
+def show_eval_view(view: Any) -> None:
+    """An evaluation as its task describes it (an eval_views.EvalView): tables, lines, then notes."""
+    for block in view.blocks:
+        if isinstance(block, str):
+            console.print(block, highlight=False, markup=False)
+            continue
+        table = titled_table(block.title, show_lines=block.show_lines)
+        for index, column in enumerate(block.columns):
+            text = index < block.text_columns
+            table.add_column(column, justify="left" if text else "right", ratio=1 if block.show_lines and text else None)
+        for row in block.rows:
+            table.add_row(*(Text(cell) for cell in row))
+        if block.total:
+            table.add_section()
+            table.add_row(*(Text(cell, style="bold" if index == 0 else "") for index, cell in enumerate(block.total)))
+        console.print(table)
+    for note in view.notes:
+        show_note(note)
 
-
-def show_classification_report(report: Any) -> None:
-    results = report.results
-    table = titled_table(f"evaluation on {results['data']} ({results['rows']} rows)")
-    for column in ("label", "precision", "recall", "f1", "support"):
-        table.add_column(column, justify="left" if column == "label" else "right")
-    for label, scores in results["per_class"].items():
-        unseen = " [yellow](never trained)[/yellow]" if label in results["unseen_labels"] else ""
-        table.add_row(label + unseen, *(f"{scores[k]:.3f}" for k in ("precision", "recall", "f1")), str(scores["support"]))
-    table.add_section()
-    table.add_row("[bold]weighted[/bold]", *(f"{results[k]:.3f}" for k in ("precision", "recall", "f1")),
-                  str(results["rows"]))
-    console.print(table)
-    console.print(f"accuracy {results['accuracy']:.3f}")
-    if results["unseen_labels"]:
-        from tuneforge.evaluate import unseen_summary
-
-        show_note(f"{unseen_summary(results)} never appear in training; they count as wrong")
-    console.print(f"results: {report.output_dir / 'results.json'} · confusion matrix: "
-                  f"{report.output_dir / 'confusion_matrix.png'}")
-
-
-def show_tagging_report(report: Any) -> None:
-    results = report.results
-    table = titled_table(f"entities in {results['data']} ({results['sentences']} sentences)")
-    for column in ("type", "precision", "recall", "f1", "support"):
-        table.add_column(column, justify="left" if column == "type" else "right")
-    for kind, scores in results["per_type"].items():
-        table.add_row(kind, *(f"{scores[k]:.3f}" for k in ("precision", "recall", "f1")), str(scores["support"]))
-    table.add_section()
-    support = sum(scores["support"] for scores in results["per_type"].values())
-    table.add_row("[bold]micro[/bold]", *(f"{results[k]:.3f}" for k in ("precision", "recall", "f1")), str(support))
-    console.print(table)
-    console.print(f"word accuracy {results['accuracy']:.3f} · aggregation {results['aggregation']}")
-    for mistake in results["mistakes"][:3]:
-        expected = ", ".join(f"{text} [{kind}]" for text, kind in mistake["expected"]) or "none"
-        predicted = ", ".join(f"{text} [{kind}]" for text, kind in mistake["predicted"]) or "none"
-        console.print(f"  {mistake['source']}: {mistake['text']}\n    expected {expected}\n    predicted {predicted}",
-                      highlight=False)
-    console.print(f"results: {report.output_dir / 'results.json'} · confusion matrix: "
-                  f"{report.output_dir / 'confusion_matrix.png'}")
-
-
-CAUSAL_METRICS = ("stop_rate", "exact_match", "json_valid", "json_exact", "field_precision", "field_recall",
-                  "field_f1", "run_on")
-
-
-def show_causal_report(report: Any) -> None:
-    """Loss, then the generation metrics (beside the base model's with --compare-base), the first mistakes and
-    which JSON fields went wrong how often."""
-    results = report.results
-    base = results.get("base")
-    constraint = f", answers constrained to {results['constraint']}" if results.get("constraint") else ""
-    table = titled_table(f"evaluation on {results['data']}: {results['rows']} rows, {results['generated']} answered"
-                         f"{constraint}")
-    table.add_column("metric")
-    if base:
-        table.add_column("base model", justify="right")
-    table.add_column("fine-tuned" if base else "value", justify="right")
-    table.add_row("eval loss (perplexity)", *([""] if base else []),
-                  f"{results['eval_loss']:.4f} ({results['perplexity']:.2f})")
-    for key in CAUSAL_METRICS:
-        if key in results:
-            table.add_row(key, *([f"{base.get(key, 0.0):.3f}"] if base else []), f"{results[key]:.3f}")
-    console.print(table)
-    show_mistakes(results.get("mistakes", []))
-    show_field_errors(results.get("field_errors", {}))
-    console.print(f"results: {report.output_dir / 'results.json'}  answers: {report.output_dir / 'samples.jsonl'}")
-
-
-def show_mistakes(mistakes: list[dict[str, Any]], limit: int = 8) -> None:
-    if not mistakes:
-        return
-    table = titled_table(f"first mistakes ({min(limit, len(mistakes))} shown)", show_lines=True)
-    for column, ratio in (("prompt", 3), ("expected", 3), ("got", 3)):
-        table.add_column(column, ratio=ratio)
-    for mistake in mistakes[:limit]:
-        got = mistake["answer"] + ("" if mistake["finish_reason"] == "stop" else " …(did not stop)")
-        table.add_row(*(text.replace("[", "\\[") for text in (mistake["prompt"], mistake["reference"], got)))
-    console.print(table)
-
-
-def show_field_errors(errors: dict[str, dict[str, int]], limit: int = 12) -> None:
-    if not errors:
-        return
-    table = titled_table("JSON fields with errors")
-    table.add_column("field")
-    for kind in ("wrong", "missing", "spurious"):
-        table.add_column(kind, justify="right")
-    for path, kinds in list(errors.items())[:limit]:
-        table.add_row(path, *(str(kinds.get(kind, 0)) for kind in ("wrong", "missing", "spurious")))
-    console.print(table)
-
-
-def show_eval_results(report: Any, keys: tuple[str, ...] | None = None) -> None:
-    """Any task's results as a key/value table: `keys`, else every number and string the results hold."""
-    results = report.results
-    if keys is None:
-        keys = tuple(key for key, value in results.items()
-                     if key not in ("data", "checkpoint") and isinstance(value, (int, float, str)))
-    console.print(key_value_table(f"evaluation on {results['data']}", [(key, results[key]) for key in keys]))
-    console.print(f"results: {report.output_dir / 'results.json'}")
-
-
-EVAL_RENDERERS: dict[str, Callable[[Any], None]] = {
-    "classification": show_classification_report,
-    "token_classification": show_tagging_report,
-    "causal_lm": show_causal_report,
-}
 
 
 def show_checks(spec: Path, results: list[Any]) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from tuneforge.export.parity import Probe
+from tuneforge.probes import Probe
 
 Outputs = Callable[[Any], list[torch.Tensor]]  # model -> the logits to compare, one tensor per validation row
 
