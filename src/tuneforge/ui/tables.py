@@ -146,8 +146,7 @@ def show_classification_report(report: Any) -> None:
         from tuneforge.evaluate import unseen_summary
 
         show_note(f"{unseen_summary(results)} never appear in training; they count as wrong")
-    console.print(f"results: {report.output_dir / 'results.json'} · confusion matrix: "
-                  f"{report.output_dir / 'confusion_matrix.png'}")
+    console.print(f"results: {report.files.results_file} · confusion matrix: {report.files.confusion_plot}")
 
 
 def show_tagging_report(report: Any) -> None:
@@ -167,8 +166,7 @@ def show_tagging_report(report: Any) -> None:
         predicted = ", ".join(f"{text} [{kind}]" for text, kind in mistake["predicted"]) or "none"
         console.print(f"  {mistake['source']}: {mistake['text']}\n    expected {expected}\n    predicted {predicted}",
                       highlight=False)
-    console.print(f"results: {report.output_dir / 'results.json'} · confusion matrix: "
-                  f"{report.output_dir / 'confusion_matrix.png'}")
+    console.print(f"results: {report.files.results_file} · confusion matrix: {report.files.confusion_plot}")
 
 
 CAUSAL_METRICS = ("stop_rate", "exact_match", "json_valid", "json_exact", "field_precision", "field_recall",
@@ -195,7 +193,7 @@ def show_causal_report(report: Any) -> None:
     console.print(table)
     show_mistakes(results.get("mistakes", []))
     show_field_errors(results.get("field_errors", {}))
-    console.print(f"results: {report.output_dir / 'results.json'}  answers: {report.output_dir / 'samples.jsonl'}")
+    console.print(f"results: {report.files.results_file}  answers: {report.files.samples_file}")
 
 
 def show_mistakes(mistakes: list[dict[str, Any]], limit: int = 8) -> None:
@@ -229,7 +227,7 @@ def show_eval_results(report: Any, keys: tuple[str, ...] | None = None) -> None:
         keys = tuple(key for key, value in results.items()
                      if key not in ("data", "checkpoint") and isinstance(value, (int, float, str)))
     console.print(key_value_table(f"evaluation on {results['data']}", [(key, results[key]) for key in keys]))
-    console.print(f"results: {report.output_dir / 'results.json'}")
+    console.print(f"results: {report.files.results_file}")
 
 
 EVAL_RENDERERS: dict[str, Callable[[Any], None]] = {
@@ -296,7 +294,7 @@ def show_best_run(experiment: Path, best: dict[str, Any]) -> None:
 
 def show_export(result: Any) -> None:
     console.print(key_value_table(f"export: {result.artifact}", report_rows(result.report)))
-    console.print(f"report: {result.output_dir / 'export_report.json'}")
+    console.print(f"report: {result.report_file}")
 
 
 def report_rows(report: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
