@@ -35,7 +35,7 @@ def results_view(report: Any, keys: tuple[str, ...] | None = None) -> EvalView:
                      if key not in ("data", "checkpoint") and isinstance(value, (int, float, str)))
     table = ViewTable(f"evaluation on {results['data']}", ["key", "value"],
                       [[key, str(results[key])] for key in keys], text_columns=2)
-    return EvalView([table, f"results: {report.output_dir / 'results.json'}"])
+    return EvalView([table, f"results: {report.files.results_file}"])
 
 
 def classification_view(report: Any) -> EvalView:
@@ -50,8 +50,7 @@ def classification_view(report: Any) -> EvalView:
     notes = ([f"{unseen_summary(results)} never appear in training; they count as wrong"]
              if results["unseen_labels"] else [])
     return EvalView([table, f"accuracy {results['accuracy']:.3f}",
-                     f"results: {report.output_dir / 'results.json'} · confusion matrix: "
-                     f"{report.output_dir / 'confusion_matrix.png'}"], notes)
+                     f"results: {report.files.results_file} · confusion matrix: {report.files.confusion_plot}"], notes)
 
 
 def tagging_view(report: Any) -> EvalView:
@@ -67,8 +66,7 @@ def tagging_view(report: Any) -> EvalView:
         expected = ", ".join(f"{text} [{kind}]" for text, kind in mistake["expected"]) or "none"
         predicted = ", ".join(f"{text} [{kind}]" for text, kind in mistake["predicted"]) or "none"
         blocks.append(f"  {mistake['source']}: {mistake['text']}\n    expected {expected}\n    predicted {predicted}")
-    blocks.append(f"results: {report.output_dir / 'results.json'} · confusion matrix: "
-                  f"{report.output_dir / 'confusion_matrix.png'}")
+    blocks.append(f"results: {report.files.results_file} · confusion matrix: {report.files.confusion_plot}")
     return EvalView(blocks)
 
 
@@ -90,7 +88,7 @@ def causal_view(report: Any) -> EvalView:
     blocks: list[ViewTable | str] = [ViewTable(f"evaluation on {results['data']}: {results['rows']} rows, "
                                                f"{results['generated']} answered{constraint}", columns, rows)]
     blocks += mistakes_table(results.get("mistakes", [])) + field_errors_table(results.get("field_errors", {}))
-    blocks.append(f"results: {report.output_dir / 'results.json'}  answers: {report.output_dir / 'samples.jsonl'}")
+    blocks.append(f"results: {report.files.results_file}  answers: {report.files.samples_file}")
     return EvalView(blocks)
 
 

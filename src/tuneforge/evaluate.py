@@ -20,6 +20,7 @@ from tuneforge.data.classification import read_labelled, row_text
 from tuneforge.atomic import atomic_dir, write_json, write_jsonl
 from tuneforge.errors import DataError
 from tuneforge.metrics import classification_summary, perplexity
+from tuneforge.rundir import EvalDir, RunDir
 from tuneforge.scoring import GenerationScore, run_user_metrics, score_answers
 
 
@@ -27,6 +28,11 @@ from tuneforge.scoring import GenerationScore, run_user_metrics, score_answers
 class EvalReport:
     results: dict[str, Any]
     output_dir: Path
+
+    @property
+    def files(self) -> EvalDir:
+        """Where each of the evaluation's files is."""
+        return EvalDir(self.output_dir)
 
 
 def evaluate_classifier(run: str | Path, data_path: str | Path, *, name: str | None = None,
@@ -62,8 +68,8 @@ def evaluate_classifier(run: str | Path, data_path: str | Path, *, name: str | N
     }
     target = eval_dir(run, data_path, name, output_dir)
     with atomic_dir(target) as staged:
-        write_json(staged / "results.json", results)
-        plot_confusion(results["confusion_matrix"], staged / "confusion_matrix.png")
+        write_json(EvalDir(staged).results_file, results)
+        plot_confusion(results["confusion_matrix"], EvalDir(staged).confusion_plot)
     return EvalReport(results, target)
 
 
@@ -102,8 +108,8 @@ def evaluate_tagger(run: str | Path, data_path: str | Path, *, name: str | None 
     }
     target = eval_dir(run, data_path, name, output_dir)
     with atomic_dir(target) as staged:
-        write_json(staged / "results.json", results)
-        plot_confusion(results["confusion_matrix"], staged / "confusion_matrix.png")
+        write_json(EvalDir(staged).results_file, results)
+        plot_confusion(results["confusion_matrix"], EvalDir(staged).confusion_plot)
     return EvalReport(results, target)
 
 
@@ -127,8 +133,6 @@ def tagging_mistake(sentence: Any, predicted: list[str], scheme: str) -> dict[st
 def eval_dir(run: str | Path, data_path: Path, name: str | None, output_dir: str | Path | None) -> Path:
     """Where results go: `output_dir`, else RUN/eval/<name>, with RUN found by name under ./runs as every command
     that takes a run finds it."""
-    from tuneforge.rundir import RunDir
-
     return Path(output_dir) if output_dir else RunDir.locate(run).eval_dir(name or data_path.stem)
 
 
@@ -197,10 +201,11 @@ def evaluate_causal(run: str | Path, data_path: str | Path, *, name: str | None 
         results["base"] = base.summary()
     target = eval_dir(run, data_path, name, output_dir)
     with atomic_dir(target) as staged:
-        write_json(staged / "results.json", results)
-        write_jsonl(staged / "samples.jsonl", tuned.samples)
+        files = EvalDir(staged)
+        write_json(files.results_file, results)
+        write_jsonl(files.samples_file, tuned.samples)
         if compare_base:
-            write_jsonl(staged / "base_samples.jsonl", base.samples)
+            write_jsonl(files.base_samples_file, base.samples)
     return EvalReport(results, target)
 
 

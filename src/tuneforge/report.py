@@ -19,7 +19,7 @@ from typing import Any
 
 from tuneforge.atomic import write_text
 from tuneforge.errors import TuneforgeError
-from tuneforge.rundir import RunDir, locate, read_json, read_jsonl
+from tuneforge.rundir import REPORT_FILE, ExperimentDir, RunDir, locate, read_json, read_jsonl
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
@@ -50,21 +50,17 @@ def write_report(paths: list[str | Path], output: str | Path | None = None) -> P
     """Write the report of the runs, or of the one search, at `paths` to `output` (default: report.html in the run
     or search directory, or in the working directory for several runs) and return where it is."""
     directories = [locate(path) for path in paths]
-    searches = [path for path in directories if is_search(path)]
+    searches = [ExperimentDir(path) for path in directories if ExperimentDir(path).is_experiment()]
     if searches and len(directories) > 1:
-        raise TuneforgeError(f"{searches[0]} is a search: report on it alone, or give runs to compare")
+        raise TuneforgeError(f"{searches[0].path} is a search: report on it alone, or give runs to compare")
     if searches:
-        page, default = render_search(searches[0]), searches[0] / "report.html"
+        page, default = render_search(searches[0]), searches[0].report_file
     else:
         runs = [open_run(path) for path in directories]
-        page, default = render_page(runs), (runs[0].path / "report.html" if len(runs) == 1 else Path("report.html"))
+        page, default = render_page(runs), (runs[0].report_file if len(runs) == 1 else Path(REPORT_FILE))
     target = Path(output) if output else default
     write_text(target, page)
     return target
-
-
-def is_search(path: Path) -> bool:
-    return (path / "tune_config.yaml").is_file()
 
 
 def open_run(path: str | Path) -> RunDir:
@@ -96,12 +92,12 @@ def html_page(title: str, body: list[str], script: str = "") -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def render_search(directory: Path) -> str:
-    search, best = read_json(directory / "search.json"), read_json(directory / "best_run.json")
+def render_search(experiment: ExperimentDir) -> str:
+    search, best = experiment.search(), experiment.best_run()
     metric = best.get("metric") or search.get("metric") or "objective"
-    trials = read_trials(directory / "trials.csv")
-    body = [f"<h1>tuneforge search report: {escape(directory.name)}</h1>",
-            table([["search", str(directory)], ["metric", f"{metric} ({search.get('mode', '?')})"],
+    trials = read_trials(experiment.trials_file)
+    body = [f"<h1>tuneforge search report: {escape(experiment.name)}</h1>",
+            table([["search", str(experiment.path)], ["metric", f"{metric} ({search.get('mode', '?')})"],
                    ["trials", str(len(trials))]])]
     auto = search.get("auto")
     if auto:  # what tune --auto built, and why
@@ -113,14 +109,14 @@ def render_search(directory: Path) -> str:
         "no trials.csv: the search is running or was interrupted before its summary; the trials' runs follow")]
     if trials:
         body += ["<h2>Objective</h2>", objective_charts(trials, metric)]
-    runs = [RunDir(path) for path in sorted(directory.iterdir()) if path.is_dir() and RunDir(path).is_run()]
+    runs = experiment.trial_runs()
     listed = {trial.get("run_id") for trial in trials}
-    absent = sorted(name for name in listed if name and not (directory / name / "config.yaml").is_file())
+    absent = sorted(name for name in listed if name and not experiment.trial(name).is_run())
     if absent:
         body.append(missing(f"trials listed in trials.csv whose run is missing (no config.yaml): {', '.join(absent)}"))
     if runs:
         body += compare_runs(runs)
-    return html_page(directory.name, body, SORT_SCRIPT if trials else "")
+    return html_page(experiment.name, body, SORT_SCRIPT if trials else "")
 
 
 def read_trials(path: Path) -> list[dict[str, str]]:
@@ -257,16 +253,15 @@ def metrics_section(results: dict[str, Any], metrics: list[dict[str, Any]]) -> s
 
 
 def eval_sections(run: RunDir) -> list[str]:
-    folder = run.path / "eval"
-    if not folder.is_dir():
+    if not run.evals_dir.is_dir():
         return []
     parts = ["<h3>Evaluations</h3>"]
-    for directory in sorted(path for path in folder.iterdir() if path.is_dir()):
-        results = read_json(directory / "results.json")
+    for evaluation in run.evals():
+        results = evaluation.results()
         base = results.get("base") if isinstance(results.get("base"), dict) else {}
         scalars = [[key, shown(value), shown(base.get(key))] for key, value in results.items()
                    if isinstance(value, (int, float, str))]
-        parts.append(f"<h4>{escape(directory.name)}</h4>")
+        parts.append(f"<h4>{escape(evaluation.name)}</h4>")
         header = ["result", "fine-tuned", "base model"] if base else None
         parts.append(table([row if base else row[:2] for row in scalars], header) if scalars
                      else missing("no results.json"))
@@ -275,9 +270,9 @@ def eval_sections(run: RunDir) -> list[str]:
             columns = sorted({key for row in per_class.values() if isinstance(row, dict) for key in row})
             parts.append(table([[label, *(shown(row.get(c)) for c in columns)] for label, row in per_class.items()
                                 if isinstance(row, dict)], ["class", *columns]))
-        if (directory / "confusion_matrix.png").is_file():
-            parts.append(image(directory / "confusion_matrix.png", "confusion matrix"))
-        parts.append(samples_table(read_jsonl(directory / "samples.jsonl"), read_jsonl(directory / "base_samples.jsonl")))
+        if evaluation.confusion_plot.is_file():
+            parts.append(image(evaluation.confusion_plot, "confusion matrix"))
+        parts.append(samples_table(read_jsonl(evaluation.samples_file), read_jsonl(evaluation.base_samples_file)))
     return parts
 
 
@@ -306,7 +301,7 @@ def samples_table(tuned: list[dict[str, Any]], base: list[dict[str, Any]]) -> st
 
 
 def export_section(run: RunDir) -> list[str]:
-    report = read_json(run.export_dir / "export_report.json")
+    report = read_json(run.export_report_file)
     if not report:
         return []
     rows = [[artifact, escape(json.dumps(details, default=str)[:600])] for artifact, details in report.items()]

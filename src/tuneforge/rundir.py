@@ -10,11 +10,21 @@
         checkpoints/step-NNNNNN/  the best `num_checkpoints_to_keep` plus the latest (Ray Train manages them)
         best/                     copy of the best checkpoint
         results.json              final and best metrics; a run is complete when it exists
-        eval/<name>/              `tuneforge eval` results
+        report.html               `tuneforge report`'s page
+        eval/<name>/              `tuneforge eval` results (EvalDir)
         export/                   `tuneforge export` artifacts and export_report.json
 
 A checkpoint directory describes itself: weights (a LoRA adapter only, or the full model), the tokenizer,
 `tuneforge.json` (CheckpointMeta) and `training_state.pt` (optimizer, schedule, RNG, step).
+
+A search's experiment directory (ExperimentDir) holds one run directory per trial beside its own files:
+
+    <output_dir>/<experiment>/
+        tune_config.yaml          the search's config (search_space and tune included): what --resume reloads
+        search.json               metric, mode, and what --auto built
+        trial_<id>/               one run directory per trial
+        trials.csv, best_run.json, objective_by_trial.png    written when the search ends
+        report.html               `tuneforge report`'s page
 """
 
 from __future__ import annotations
@@ -32,6 +42,11 @@ from tuneforge.errors import TuneforgeError
 
 META_FILE = "tuneforge.json"
 STATE_FILE = "training_state.pt"  # a checkpoint's optimizer, scheduler and RNG state (train/checkpoints.py)
+RESULTS_FILE = "results.json"  # a run's, and an evaluation's
+REPORT_FILE = "report.html"  # a run's, and a search's
+CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"
+STEP_PREFIX = "step-"  # checkpoints/step-NNNNNN
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
 DEFAULT_RUNS_DIR = Path("runs")  # output_dir's default: a bare run name is looked up here
 
@@ -116,14 +131,23 @@ def now() -> str:
     return datetime.now().isoformat(timespec="seconds")
 
 
-class RunDir:
-    """One run's directory. Paths are properties; changes are methods that write atomically."""
+class Folder:
+    """A directory laid out here (a run's, an evaluation's, a search's): its path and name; the layout's paths are
+    the subclass's properties."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+class RunDir(Folder):
+    """One run's directory. Paths are properties; changes are methods that write atomically."""
 
     @classmethod
     def locate(cls, path: str | Path) -> RunDir:
@@ -134,15 +158,29 @@ class RunDir:
         """The run a checkpoint belongs to (best/ and checkpoints/step-N/ both live under it), if any."""
         checkpoint = Path(checkpoint)
         for candidate in (checkpoint, checkpoint.parent, checkpoint.parent.parent):
-            if (candidate / "config.yaml").is_file():
+            if cls(candidate).is_run():
                 return cls(candidate)
         return None
 
-    # --- paths ---------------------------------------------------------------------------------------------------
-    @property
-    def name(self) -> str:
-        return self.path.name
+    @classmethod
+    def holding(cls, checkpoint: str | Path) -> RunDir | None:
+        """The run a checkpoint path names by its place in the layout (RUN/best, RUN/checkpoints/step-N, RUN/step-N),
+        read from the path alone: a checkpoint store under storage_path has no run files beside it."""
+        checkpoint = Path(checkpoint)
+        if checkpoint.parent.name == CHECKPOINTS_DIR:
+            return cls(checkpoint.parent.parent)
+        if checkpoint.name == BEST_DIR or checkpoint.name.startswith(STEP_PREFIX):
+            return cls(checkpoint.parent)
+        return None
 
+    @classmethod
+    def of_file(cls, path: str | Path) -> RunDir | None:
+        """The run a file in one of its folders belongs to (RUN/export/model-q8_0.gguf), if that is a run that
+        started (it has run.json)."""
+        run = cls(Path(path).parent.parent)
+        return run if run.state_file.is_file() else None
+
+    # --- paths ---------------------------------------------------------------------------------------------------
     @property
     def config_file(self) -> Path:
         return self.path / "config.yaml"
@@ -178,22 +216,40 @@ class RunDir:
 
     @property
     def checkpoints_dir(self) -> Path:
-        return self.path / "checkpoints"
+        return self.path / CHECKPOINTS_DIR
 
     @property
     def best_dir(self) -> Path:
-        return self.path / "best"
+        return self.path / BEST_DIR
 
     @property
     def results_file(self) -> Path:
-        return self.path / "results.json"
+        return self.path / RESULTS_FILE
+
+    @property
+    def report_file(self) -> Path:
+        return self.path / REPORT_FILE
 
     @property
     def export_dir(self) -> Path:
         return self.path / "export"
 
+    @property
+    def export_report_file(self) -> Path:
+        return export_report_file(self.export_dir)
+
+    @property
+    def evals_dir(self) -> Path:
+        return self.path / "eval"
+
     def eval_dir(self, name: str) -> Path:
-        return self.path / "eval" / name
+        return self.evals_dir / name
+
+    def evals(self) -> list[EvalDir]:
+        """The run's evaluations (`tuneforge eval` without --output), by name."""
+        if not self.evals_dir.is_dir():
+            return []
+        return [EvalDir(path) for path in sorted(self.evals_dir.iterdir()) if path.is_dir()]
 
     def is_run(self) -> bool:
         return self.config_file.is_file()
@@ -333,13 +389,18 @@ def is_whole_checkpoint(path: Path) -> bool:
     return all((path / name).is_file() and (path / name).stat().st_size == size for name, size in (listed or {}).items())
 
 
+def checkpoint_name(step: int) -> str:
+    """The directory name of the checkpoint saved at `step` (checkpoints/step-NNNNNN)."""
+    return f"{STEP_PREFIX}{step:06d}"
+
+
 def checkpoint_store(run_path: Path, storage_path: str | None) -> str:
     """Where Ray Train keeps a run's checkpoints: the run's own checkpoints/ folder, or
     <storage_path>/<run name>/checkpoints (a shared directory or a pyarrow URI such as s3://bucket/prefix)."""
     if not storage_path:
-        return str(run_path.resolve() / "checkpoints")
+        return str(RunDir(run_path.resolve()).checkpoints_dir)
     base = storage_path.rstrip("/") if "://" in storage_path else str(Path(storage_path).resolve())
-    return f"{base}/{run_path.name}/checkpoints"
+    return f"{base}/{run_path.name}/{CHECKPOINTS_DIR}"
 
 
 def stored_latest_step(store: str) -> int:
@@ -392,12 +453,107 @@ def read_snapshot(folder: Path) -> tuple[list[str] | None, str | None]:
         return None, None
 
 
+def export_report_file(out: Path) -> Path:
+    """The report of what an export folder holds (RUN/export, or `tuneforge export --output`)."""
+    return Path(out) / "export_report.json"
+
+
 def record_export(out: Path, artifact: str, report: dict[str, Any]) -> None:
     """Add one artifact's report to `out/export_report.json` (other artifacts' reports are kept)."""
-    path = out / "export_report.json"
+    path = export_report_file(out)
     existing = read_json(path)
     existing[artifact] = report
     write_json(path, existing)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# An evaluation's folder and a search's experiment directory
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class EvalDir(Folder):
+    """One evaluation's folder (RUN/eval/<name>/, or `tuneforge eval --output`): results.json, then per task
+    confusion_matrix.png (classifiers, taggers) or samples.jsonl (causal LMs; base_samples.jsonl with
+    --compare-base)."""
+
+    @property
+    def results_file(self) -> Path:
+        return self.path / RESULTS_FILE
+
+    @property
+    def confusion_plot(self) -> Path:
+        return self.path / "confusion_matrix.png"
+
+    @property
+    def samples_file(self) -> Path:
+        return self.path / "samples.jsonl"
+
+    @property
+    def base_samples_file(self) -> Path:
+        return self.path / "base_samples.jsonl"
+
+    def results(self) -> dict[str, Any]:
+        return read_json(self.results_file)
+
+
+class ExperimentDir(Folder):
+    """One search's directory (`tuneforge tune`): its own files, and one run directory per trial (`trial_<id>`,
+    Tune's trial directory too). Ray Tune keeps its experiment state beside them."""
+
+    @classmethod
+    def of_trial(cls, run_dir: str | Path) -> ExperimentDir | None:
+        """The search a run directory is a trial of, if it is one."""
+        search = cls(Path(run_dir).parent)
+        return search if search.is_experiment() else None
+
+    # --- paths ---------------------------------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        """The search's config, search_space and tune blocks included: what --resume reloads."""
+        return self.path / "tune_config.yaml"
+
+    @property
+    def search_file(self) -> Path:
+        """search.json: metric, mode, and what --auto built."""
+        return self.path / "search.json"
+
+    @property
+    def trials_file(self) -> Path:
+        return self.path / "trials.csv"
+
+    @property
+    def best_run_file(self) -> Path:
+        return self.path / "best_run.json"
+
+    @property
+    def objective_plot(self) -> Path:
+        return self.path / "objective_by_trial.png"
+
+    @property
+    def report_file(self) -> Path:
+        return self.path / REPORT_FILE
+
+    def trial(self, run_id: str) -> RunDir:
+        """A trial's run directory, by its run id (its directory name)."""
+        return RunDir(self.path / run_id)
+
+    def is_experiment(self) -> bool:
+        return self.config_file.is_file()
+
+    # --- what it says --------------------------------------------------------------------------------------------
+    def trial_runs(self) -> list[RunDir]:
+        """The trials' run directories, by name (a trial whose run has no config.yaml yet is left out)."""
+        if not self.path.is_dir():
+            return []
+        return [run for run in map(RunDir, sorted(self.path.iterdir())) if run.is_run()]
+
+    def search(self) -> dict[str, Any]:
+        """search.json ({} when it is missing or unreadable)."""
+        return read_json(self.search_file)
+
+    def best_run(self) -> dict[str, Any]:
+        """best_run.json ({} until the search has finished, or when it is unreadable)."""
+        return read_json(self.best_run_file)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -425,12 +581,12 @@ def describe_run(run: RunDir) -> RunEntry:
     return RunEntry(run.name, "run", run.state().status, run.task, best, run.path)
 
 
-def describe_search(path: Path) -> RunEntry:
-    best = read_json(path / "best_run.json")
-    trials = sum(1 for child in path.iterdir() if (child / "config.yaml").is_file())
+def describe_search(search: ExperimentDir) -> RunEntry:
+    best = search.best_run()
+    trials = len(search.trial_runs())
     shown = f"{best['metric']} {best['objective']:.4f} ({best['run_id']})" if best else ""
     status = f"done, {trials} trials" if best else f"incomplete, {trials} trials"
-    return RunEntry(path.name, "search", status, "", shown, path)
+    return RunEntry(search.name, "search", status, "", shown, search.path)
 
 
 def list_runs(directory: str | Path) -> list[RunEntry]:
@@ -440,9 +596,9 @@ def list_runs(directory: str | Path) -> list[RunEntry]:
         raise TuneforgeError(f"{directory}: no such directory")
     entries = []
     for child in sorted(directory.iterdir()):
-        run = RunDir(child)
-        if (child / "tune_config.yaml").is_file():
-            entries.append(describe_search(child))
+        run, search = RunDir(child), ExperimentDir(child)
+        if search.is_experiment():
+            entries.append(describe_search(search))
         elif run.is_run() and run.state_file.is_file():
             entries.append(describe_run(run))
     return entries

@@ -22,7 +22,7 @@ from typing import Any
 from tuneforge.atomic import atomic_dir, write_text
 from tuneforge.errors import TuneforgeError
 from tuneforge.export.gguf_file import QUANT_TYPES, ExportError, write_lora_gguf, write_model_gguf
-from tuneforge.rundir import STATE_FILE, CheckpointMeta, RunDir, record_export, resolve_checkpoint
+from tuneforge.rundir import STATE_FILE, CheckpointMeta, RunDir, export_report_file, record_export, resolve_checkpoint
 from tuneforge.tasks import get_task
 from tuneforge.taskspec import SPECS, get_spec
 
@@ -35,6 +35,10 @@ class ExportResult:
     artifact: str
     report: dict[str, Any] = field(default_factory=dict)
     failure: TuneforgeError | None = None  # raised once the report is written: what was made is kept and explained
+
+    @property
+    def report_file(self) -> Path:
+        return export_report_file(self.output_dir)
 
 
 @dataclass
@@ -178,7 +182,7 @@ def check_gguf(path: Path, lora: Path | None, generator: Any, probes: list[Any],
         checked = run_isolated("the GGUF parity check", llama_cpp_checks, path, lora, probes,
                                BosToken(tokenizer.bos_token, tokenizer.bos_token_id), settings.max_new_tokens)
     except NativeCrash as crash:
-        kept = ExportError(f"{crash}. {artifact} was written and is kept; {artifact.parent / 'export_report.json'} "
+        kept = ExportError(f"{crash}. {artifact} was written and is kept; {export_report_file(artifact.parent)} "
                            "records that the parity check could not run")
         return {"parity": {"status": "not run", "reason": f"llama.cpp crashed ({crash.cause})"}}, kept
     torch_tps = torch_speed(generator.model, probes[:4], settings.max_new_tokens, tokenizer.pad_token_id)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.metrics import quality_metrics
+from tuneforge.rundir import ExperimentDir
 
 TAG_KEYS = ("run", "trial", "rank")
 EXTRA_TAG_KEYS = {"tuneforge_eval_metric": ("metric",)}
@@ -69,6 +70,7 @@ class TrainingMetrics:
 
 def run_tags(run_dir: Path) -> tuple[str, str]:
     """(run, trial): a search's trials are its run directories `trial_<id>` beside tune_config.yaml."""
-    if (run_dir.parent / "tune_config.yaml").is_file():
-        return run_dir.parent.name, run_dir.name
+    search = ExperimentDir.of_trial(run_dir)
+    if search:
+        return search.name, run_dir.name
     return run_dir.name, ""

@@ -13,7 +13,7 @@ from typing import Any
 
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.generate import Completion, GenerationSettings
-from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
+from tuneforge.rundir import CheckpointMeta, RunDir, resolve_checkpoint
 from tuneforge.serve.causal import CausalModel, TorchModel, load_causal
 from tuneforge.serve.gguf import gguf_model_id, is_gguf, load_gguf
 
@@ -23,10 +23,8 @@ BASE_ID = "base"
 def model_id_of(path: str | Path) -> str:
     """A run's id is its directory name; a checkpoint inside a run (runs/x/best) is named after the run."""
     path = Path(path).resolve()
-    if path.name == "best" or path.name.startswith("step-") or path.parent.name == "checkpoints":
-        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        return run.name
-    return path.name
+    run = RunDir.holding(path)
+    return run.name if run else path.name
 
 
 @dataclass

@@ -17,6 +17,7 @@ from tuneforge import gguf_chat
 from tuneforge.errors import TuneforgeError
 from tuneforge.generate import Completion, GenerationSettings
 from tuneforge.native import NativeCrash
+from tuneforge.rundir import RunDir
 from tuneforge.serve.causal import CausalModel
 
 GGUF_SUFFIX = ".gguf"
@@ -30,8 +31,9 @@ def gguf_model_id(model: str | Path, lora: str | Path | None = None) -> str:
     """Named after the file that makes the model what it is (the adapter when there is one); a file in a run's
     export folder (RUN/export/model-q8_0.gguf) is named after the run."""
     path = Path(lora or model).resolve()
-    if path.parent.name == "export" and (path.parent.parent / "run.json").is_file():
-        return f"{path.parent.parent.name}-gguf"
+    run = RunDir.of_file(path)
+    if run and path.parent == run.export_dir:
+        return f"{run.name}-gguf"
     return path.stem
 
 
@@ -40,11 +42,11 @@ def export_meta(model: str | Path, lora: str | Path | None) -> Any:
     too, and its answer schema), or None for a GGUF from elsewhere."""
     from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
 
-    run = Path(lora or model).resolve().parent.parent
-    if not (run / "run.json").is_file():
+    run = RunDir.of_file(Path(lora or model).resolve())
+    if run is None:
         return None
     try:
-        return CheckpointMeta.read(resolve_checkpoint(run))
+        return CheckpointMeta.read(resolve_checkpoint(run.path))
     except TuneforgeError:
         return None  # the run's checkpoints were removed; the GGUF still serves
 

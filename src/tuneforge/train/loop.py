@@ -32,7 +32,7 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.hardware import autocast_context, make_grad_scaler, resolve_precision
 from tuneforge.observe.training import TrainingMetrics
 from tuneforge.plan import TrainingPlan, make_scheduler
-from tuneforge.rundir import CheckpointMeta
+from tuneforge.rundir import CheckpointMeta, checkpoint_name
 from tuneforge.tasks import Task, register
 from tuneforge.train import checkpoints
 from tuneforge.train.batching import epoch_batches, eval_batches
@@ -322,7 +322,7 @@ class TrainingLoop:
                 checkpoints.save_checkpoint(Path(tmp), self.model, self.tokenizer, meta, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             self.emit({"type": "eval", **metrics})
-            name = f"step-{step:06d}"
+            name = checkpoint_name(step)
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
         if self.checkpoint_root:  # persisted now: tell the driver (a Tune trial reports it onwards)
             self.emit({"type": "checkpoint", "path": f"{self.checkpoint_root}/{name}", **metrics})

@@ -14,7 +14,7 @@ from tuneforge.atomic import write_json, write_text
 from tuneforge.config import TrainConfig, load_config
 from tuneforge.errors import TuneforgeError
 from tuneforge.metrics import Mode, better, objective_value
-from tuneforge.rundir import CheckpointMeta, RunDir, locate
+from tuneforge.rundir import CheckpointMeta, ExperimentDir, RunDir, locate
 from tuneforge.tune.space import dotted
 
 BEST_RUN_KEYS = frozenset({"run_id", "objective", "metric", "mode", "hyperparameters", "checkpoint"})
@@ -31,8 +31,9 @@ def summarize(experiment_dir: Path, grid: Iterable[Any], metric: str, mode: Mode
               budget_spent: bool = False) -> SearchResult:
     """trials.csv, best_run.json and the plot from Tune's results (`grid`: a ResultGrid, or any Results). An
     interrupted search writes trials.csv, then says how to continue it."""
+    experiment = ExperimentDir(experiment_dir)
     trials = [trial_row(experiment_dir, result, metric, mode, budget_spent) for result in grid]
-    write_trials_csv(experiment_dir / "trials.csv", trials)
+    write_trials_csv(experiment.trials_file, trials)
     unfinished = [t for t in trials if t["status"] == "interrupted"]
     if unfinished:
         raise TuneforgeError(f"search interrupted with {len(unfinished)} of {len(trials)} trial(s) unfinished; "
@@ -45,14 +46,14 @@ def summarize(experiment_dir: Path, grid: Iterable[Any], metric: str, mode: Mode
     best_run = {"run_id": best["run_id"], "objective": best["best_objective"], "metric": metric, "mode": mode,
                 "hyperparameters": {k.removeprefix("param."): v for k, v in best.items() if k.startswith("param.")},
                 "checkpoint": str(checkpoint) if checkpoint else None}
-    write_json(experiment_dir / "best_run.json", best_run)
-    plot_objective(experiment_dir / "objective_by_trial.png", trials, metric)
+    write_json(experiment.best_run_file, best_run)
+    plot_objective(experiment.objective_plot, trials, metric)
     return SearchResult(experiment_dir, best_run, trials)
 
 
 def trial_row(experiment_dir: Path, result: Any, metric: str, mode: Mode, budget_spent: bool) -> dict[str, Any]:
     """One trials.csv row: a Tune Result (status, params, error) joined with its run's own metrics.jsonl."""
-    run = RunDir(experiment_dir / Path(result.path).name)  # Tune's trial directory is the run directory
+    run = ExperimentDir(experiment_dir).trial(Path(result.path).name)  # Tune's trial directory is the run directory
     evals = scored_evals(run, metric)
     best_value, best_row = better(mode)(evals, key=lambda item: item[0]) if evals else (None, {})
     final_value, final_row = evals[-1] if evals else (None, {})
@@ -151,15 +152,15 @@ def plot_objective(path: Path, trials: list[dict[str, Any]], metric: str) -> Non
 
 
 def load_experiment_config(experiment_dir: Path) -> TrainConfig:
-    saved = locate(experiment_dir) / "tune_config.yaml"
-    if not saved.is_file():
-        raise TuneforgeError(f"{experiment_dir}: not a tuneforge experiment (no tune_config.yaml)")
-    return load_config(saved)
+    saved = ExperimentDir(locate(experiment_dir))
+    if not saved.is_experiment():
+        raise TuneforgeError(f"{experiment_dir}: not a tuneforge experiment (no {saved.config_file.name})")
+    return load_config(saved.config_file)
 
 
 def read_best_run(experiment_dir: Path) -> dict[str, Any]:
     directory = locate(experiment_dir)
-    path = directory / "best_run.json"
+    path = ExperimentDir(directory).best_run_file
     if not path.is_file():
         raise TuneforgeError(missing_best_run(directory))
     rewrite = f"write it again with tuneforge tune --resume {directory}"
@@ -173,7 +174,7 @@ def read_best_run(experiment_dir: Path) -> dict[str, Any]:
 
 
 def missing_best_run(directory: Path) -> str:
-    if (directory / "tune_config.yaml").is_file():
+    if ExperimentDir(directory).is_experiment():
         return (f"{directory}: no best_run.json (the search has not finished; resume it with "
                 f"tuneforge tune --resume {directory})")
     if RunDir(directory).is_run():

@@ -8,7 +8,7 @@ from typing import Any
 
 from tuneforge.config import TrainConfig
 from tuneforge.metrics import default_objective
-from tuneforge.rundir import RunDir
+from tuneforge.rundir import ExperimentDir, RunDir
 from tuneforge.tune.resources import ResourcePlan
 from tuneforge.tune.space import trial_params, with_params
 
@@ -61,7 +61,7 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], experiment_dir:
 
     from tuneforge.train import resume, train
 
-    trial_dir = Path(experiment_dir) / trial_dirname(tune.get_context().get_trial_id())
+    trial_dir = ExperimentDir(experiment_dir).trial(trial_dirname(tune.get_context().get_trial_id())).path
     config = TrainConfig.model_validate(with_params(base, trial_params(params, **(derived or {}))))
     reporter = TuneReporter(with_checkpoints=scheduler == "pbt")
     donor = tune.get_checkpoint()

@@ -14,7 +14,7 @@ from tuneforge.atomic import write_json, write_text
 from tuneforge.config import TrainConfig, TuneSettings, validation_metrics
 from tuneforge.errors import ConfigError
 from tuneforge.metrics import default_objective_mode, metric_mode
-from tuneforge.rundir import locate
+from tuneforge.rundir import ExperimentDir, locate
 from tuneforge.tune.resources import TRIAL_CPU, ResourcePlan, plan_resources
 from tuneforge.tune.results import SearchResult, summarize
 from tuneforge.tune.space import (
@@ -128,10 +128,8 @@ def plan_auto(config: TrainConfig, budget_s: float, resume_dir: Path | None) -> 
 def complete_best_run(result: SearchResult) -> None:
     """The best trial as a normal run: a trial the scheduler or the deadline stopped never wrote best/, so the
     checkpoint the search chose is copied there (export, serve and generate read best/)."""
-    from tuneforge.rundir import RunDir
-
     checkpoint = result.best.get("checkpoint")
-    run = RunDir(Path(result.experiment_dir) / result.best["run_id"])
+    run = ExperimentDir(result.experiment_dir).trial(result.best["run_id"])
     if checkpoint and not run.best_dir.is_dir() and Path(checkpoint).is_dir():
         import shutil
 
@@ -175,8 +173,9 @@ def choose_experiment_dir(config: TrainConfig, settings: TuneSettings) -> Path:
 def start_experiment(experiment_dir: Path, config: TrainConfig, search_info: dict[str, Any]) -> None:
     """The files that make a directory a tuneforge search (tune_config.yaml: what --resume reloads)."""
     experiment_dir.mkdir(parents=True, exist_ok=False)
-    write_text(experiment_dir / "tune_config.yaml", config.to_yaml())
-    write_json(experiment_dir / "search.json", search_info)
+    experiment = ExperimentDir(experiment_dir)
+    write_text(experiment.config_file, config.to_yaml())
+    write_json(experiment.search_file, search_info)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -202,7 +202,7 @@ def show_best_run(experiment: Path, best: dict[str, Any]) -> None:
 
 def show_export(result: Any) -> None:
     console.print(key_value_table(f"export: {result.artifact}", report_rows(result.report)))
-    console.print(f"report: {result.output_dir / 'export_report.json'}")
+    console.print(f"report: {result.report_file}")
 
 
 def report_rows(report: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
