@@ -12,6 +12,8 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +26,9 @@ from tuneforge.hardware import cpu_flags
 Status = Literal["ok", "warn", "fail"]
 REQUIRED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "ray", "gguf", "pydantic")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+# The versions `make test` passed with; only a source checkout has it (a wheel's doctor.py sits in site-packages).
+LOCK_FILE = Path(__file__).resolve().parents[2] / "constraints.txt"
+SHOWN_DIFFERENCES = 5
 REBUILD_LLAMA = ("rebuild llama.cpp for this CPU: rm -f .venv/.dev && make install-dev (LLAMA_CPU=portable for a "
                  "venv that moves between machines); outside the repo: scripts/install_llama_cpp.sh PYTHON")
 
@@ -46,6 +51,7 @@ def run_checks(*, smoke: bool = True, ray: bool = True,
     checks = [Check("tuneforge", "ok", f"{__version__}, Python {platform.python_version()} ({platform.system()} "
                     f"{platform.machine()})")]
     checks += [package_check(name) for name in REQUIRED_PACKAGES]
+    checks.append(lock_check())
     checks += [cpu_check(), precision_check(), threads_check(), bundled_models_check()]
     progress("checking llama.cpp")
     checks += llama_cpp_checks(smoke)
@@ -78,6 +84,52 @@ def package_check(name: str) -> Check:
         return Check(name, "ok", importlib.metadata.version(name))
     except importlib.metadata.PackageNotFoundError:
         return Check(name, "fail", "not installed", "make install (or pip install -e . in the project's venv)")
+
+
+def lock_check(lock: Path = LOCK_FILE) -> Check:
+    """Installed versions against the lock: a difference is the first suspect when the suite passes in CI but not
+    here. Locked packages that are missing only note it: a `make install` venv has no dev extras."""
+    if not lock.is_file():
+        return Check("locked versions", "ok", f"no {lock.name}: not a source checkout, nothing to compare")
+    differ, missing, pins = [], [], read_lock(lock)
+    if not pins:
+        return Check("locked versions", "warn", f"no pin in {lock.name} applies to Python "
+                     f"{platform.python_version()}: the lock was made on another Python", "make lock")
+    for name, locked in pins.items():
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+            continue
+        # ==2.13.0 matches 2.13.0+cpu (PEP 440: a local label only counts where the pin has one)
+        if installed != locked and installed.partition("+")[0] != locked:
+            differ.append(f"{name}: {installed} vs locked {locked}")
+    detail = f"{len(pins) - len(differ) - len(missing)} of {len(pins)} as in {lock.name}"
+    if missing:
+        detail += f"; not installed: {shortened(missing)}"
+    if differ:
+        return Check("locked versions", "warn", f"{detail}; {len(differ)} differ: {shortened(differ)}",
+                     "rm -f .venv/.core .venv/.dev && make install-dev reinstalls the locked versions; make lock "
+                     "tests and locks new ones")
+    return Check("locked versions", "ok", detail)
+
+
+def read_lock(lock: Path) -> dict[str, str]:
+    """name -> version for the `name==version ; python_version == "X.Y"` lines that apply to this Python."""
+    pins = {}
+    this_python = "{}.{}".format(*sys.version_info[:2])
+    for line in lock.read_text(encoding="utf-8").splitlines():
+        requirement, _, marker = line.partition("#")[0].partition(";")
+        name, sep, version = requirement.partition("==")
+        python = re.search(r"python_version\s*==\s*[\"']([\d.]+)[\"']", marker)
+        if sep and (python is None or python.group(1) == this_python):
+            pins[re.sub(r"[-_.]+", "-", name.strip()).lower()] = version.strip()  # PEP 503 names
+    return pins
+
+
+def shortened(items: list[str]) -> str:
+    shown = ", ".join(items[:SHOWN_DIFFERENCES])
+    return shown + (f" and {len(items) - SHOWN_DIFFERENCES} more" if len(items) > SHOWN_DIFFERENCES else "")
 
 
 def cpu_model() -> str:
