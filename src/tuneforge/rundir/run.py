@@ -1,134 +1,15 @@
-"""The run directory, its checkpoints and its exports: every path and every status change goes through here.
-
-    runs/<name>/
-        config.yaml               the resolved config (defaults and derived values filled in)
-        plan.json                 steps, epochs, events, data statistics; lr_schedule.png
-        run.json                  RunState: created | running | completed | failed | interrupted | stopped
-        validation_samples.jsonl  raw validation rows later stages check against (export's fidelity probes)
-        metrics.jsonl             one line per log step and per validation event
-        tensorboard/              event files
-        checkpoints/step-NNNNNN/  the best `num_checkpoints_to_keep` plus the latest (Ray Train manages them)
-        best/                     copy of the best checkpoint
-        results.json              final and best metrics; a run is complete when it exists
-        report.html               `tuneforge report`'s page
-        eval/<name>/              `tuneforge eval` results (EvalDir)
-        export/                   `tuneforge export` artifacts and export_report.json
-
-A checkpoint directory describes itself: weights (a LoRA adapter only, or the full model), the tokenizer,
-`tuneforge.json` (CheckpointMeta) and `training_state.pt` (optimizer, schedule, RNG, step).
-
-A search's experiment directory (ExperimentDir) holds one run directory per trial beside its own files:
-
-    <output_dir>/<experiment>/
-        tune_config.yaml          the search's config (search_space and tune included): what --resume reloads
-        search.json               metric, mode, and what --auto built
-        trial_<id>/               one run directory per trial
-        trials.csv, best_run.json, objective_by_trial.png    written when the search ends
-        report.html               `tuneforge report`'s page
-"""
+"""A run directory (RunDir) and its checkpoints, exports and evaluations (EvalDir): every path and status change
+of runs/<name>/ goes through here."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from tuneforge.atomic import write_json, write_jsonl, write_text
-from tuneforge.errors import TuneforgeError
-
-META_FILE = "tuneforge.json"
-STATE_FILE = "training_state.pt"  # a checkpoint's optimizer, scheduler and RNG state (train/checkpoints.py)
-RESULTS_FILE = "results.json"  # a run's, and an evaluation's
-REPORT_FILE = "report.html"  # a run's, and a search's
-CHECKPOINTS_DIR = "checkpoints"
-BEST_DIR = "best"
-STEP_PREFIX = "step-"  # checkpoints/step-NNNNNN
-RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
-DEFAULT_RUNS_DIR = Path("runs")  # output_dir's default: a bare run name is looked up here
-
-
-class CheckpointError(TuneforgeError):
-    """A path that is not a usable run or checkpoint."""
-
-
-class CheckpointMeta(BaseModel):
-    """What a checkpoint's `tuneforge.json` holds: enough to load, run, evaluate and export it without the data or
-    the config it was trained from. Written by training (and by export for merged models), read everywhere."""
-
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())  # older or newer tuneforge fields are skipped
-
-    tuneforge_version: str = "unknown"
-    task: str = "causal_lm"
-    model_id: str
-    model_source: str | None = None  # where the base weights were at training time
-    lora: bool = False
-    trust_remote_code: bool = False
-    shape: str | None = None  # chat | prompt_completion | text | classification
-    labels: list[str] = []
-    context_length: int | None = None
-    # causal LM
-    stop_token_ids: list[int] | None = None
-    system_prompt: str | None = None  # the system message every training row shared, if one
-    answer_schema: dict[str, Any] | None = None  # the JSON Schema every training target satisfies (data.schema)
-    # classification
-    text_fields: list[str] | None = None
-    label_field: str | None = None
-    class_weights: list[float] | None = None
-    # token classification
-    tag_scheme: str | None = None  # IOB2 | IOBES
-    tokens_field: str | None = None
-    tags_field: str | None = None
-    # the event that saved it
-    step: int = 0
-    epoch: float = 0.0
-    metrics: dict[str, Any] = {}
-    precision: str | None = None
-    merged_from: str | None = None  # a merged export: the base model the adapter was merged into
-    # Every other file of the checkpoint and its size, written last: a copy cut short (a kill while Ray uploads it)
-    # is told from a whole one. None in checkpoints written before it existed, and in exports.
-    files: dict[str, int] | None = None
-
-    @classmethod
-    def read(cls, checkpoint: str | Path) -> CheckpointMeta:
-        path = Path(checkpoint) / META_FILE
-        if not path.is_file():
-            raise CheckpointError(f"{checkpoint}: not a tuneforge checkpoint (no {META_FILE})")
-        try:
-            return cls.model_validate_json(path.read_text(encoding="utf-8"))
-        except (ValidationError, ValueError) as exc:
-            raise CheckpointError(f"{path}: unreadable checkpoint metadata ({str(exc).splitlines()[0]})") from None
-
-    def write(self, checkpoint: str | Path) -> None:
-        write_text(Path(checkpoint) / META_FILE, self.model_dump_json(indent=2) + "\n")
-
-
-class RunState(BaseModel):
-    """run.json: where a run is in its life."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    status: Literal["created", "running", "completed", "failed", "interrupted", "stopped", "unknown"] = "unknown"
-    created: str | None = None
-    started: str | None = None
-    ended: str | None = None
-    error: str | None = None
-    resumed_from_step: int | None = None
-    started_from: str | None = None  # a checkpoint of another lineage this run continued (a PBT donor)
-    workers: int | None = None
-    stopped_by: str | None = None
-    startup: dict[str, float] | None = None  # seconds per phase before the first step (tuneforge.train.startup)
-    # This invocation's worker groups: the first, then one per restart after a failure (max_failures), each with
-    # the step it started from and its rank-0 worker's pid and node.
-    attempts: list[dict[str, Any]] = Field(default_factory=list)
-    driver: dict[str, Any] | None = None  # {node, pid, started} of the process that runs it
-
-
-def now() -> str:
-    return datetime.now().isoformat(timespec="seconds")
 
 
 class Folder:
@@ -144,6 +25,22 @@ class Folder:
     @property
     def name(self) -> str:
         return self.path.name
+from tuneforge.rundir.meta import (
+    BEST_DIR,
+    CHECKPOINTS_DIR,
+    DEFAULT_RUNS_DIR,
+    META_FILE,
+    RAY_SNAPSHOT,
+    REPORT_FILE,
+    RESULTS_FILE,
+    STEP_PREFIX,
+    CheckpointError,
+    CheckpointMeta,
+    RunState,
+    now,
+    read_json,
+    read_jsonl,
+)
 
 
 class RunDir(Folder):
@@ -353,28 +250,6 @@ class RunDir(Folder):
         raise CheckpointError(f"{self.path}: this run has no checkpoint yet (nothing under {self.checkpoints_dir})")
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """A JSONL file's object rows ([] when it is missing); a line cut short by a crash is skipped."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
 
 def is_checkpoint(path: Path) -> bool:
     return (path / META_FILE).is_file()
@@ -496,109 +371,3 @@ class EvalDir(Folder):
         return read_json(self.results_file)
 
 
-class ExperimentDir(Folder):
-    """One search's directory (`tuneforge tune`): its own files, and one run directory per trial (`trial_<id>`,
-    Tune's trial directory too). Ray Tune keeps its experiment state beside them."""
-
-    @classmethod
-    def of_trial(cls, run_dir: str | Path) -> ExperimentDir | None:
-        """The search a run directory is a trial of, if it is one."""
-        search = cls(Path(run_dir).parent)
-        return search if search.is_experiment() else None
-
-    # --- paths ---------------------------------------------------------------------------------------------------
-    @property
-    def config_file(self) -> Path:
-        """The search's config, search_space and tune blocks included: what --resume reloads."""
-        return self.path / "tune_config.yaml"
-
-    @property
-    def search_file(self) -> Path:
-        """search.json: metric, mode, and what --auto built."""
-        return self.path / "search.json"
-
-    @property
-    def trials_file(self) -> Path:
-        return self.path / "trials.csv"
-
-    @property
-    def best_run_file(self) -> Path:
-        return self.path / "best_run.json"
-
-    @property
-    def objective_plot(self) -> Path:
-        return self.path / "objective_by_trial.png"
-
-    @property
-    def report_file(self) -> Path:
-        return self.path / REPORT_FILE
-
-    def trial(self, run_id: str) -> RunDir:
-        """A trial's run directory, by its run id (its directory name)."""
-        return RunDir(self.path / run_id)
-
-    def is_experiment(self) -> bool:
-        return self.config_file.is_file()
-
-    # --- what it says --------------------------------------------------------------------------------------------
-    def trial_runs(self) -> list[RunDir]:
-        """The trials' run directories, by name (a trial whose run has no config.yaml yet is left out)."""
-        if not self.path.is_dir():
-            return []
-        return [run for run in map(RunDir, sorted(self.path.iterdir())) if run.is_run()]
-
-    def search(self) -> dict[str, Any]:
-        """search.json ({} when it is missing or unreadable)."""
-        return read_json(self.search_file)
-
-    def best_run(self) -> dict[str, Any]:
-        """best_run.json ({} until the search has finished, or when it is unreadable)."""
-        return read_json(self.best_run_file)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Listing what is under an output directory
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunEntry:
-    name: str
-    kind: str  # run | search
-    status: str
-    task: str
-    best: str
-    path: Path
-
-
-def describe_run(run: RunDir) -> RunEntry:
-    results = run.results()
-    best = ""
-    if results:
-        metric = results.get("best_metric", "eval_loss")
-        value = (results.get("best_metrics") or {}).get(metric)
-        best = f"{metric} {value:.4f}" if isinstance(value, (int, float)) else ""
-    return RunEntry(run.name, "run", run.state().status, run.task, best, run.path)
-
-
-def describe_search(search: ExperimentDir) -> RunEntry:
-    best = search.best_run()
-    trials = len(search.trial_runs())
-    shown = f"{best['metric']} {best['objective']:.4f} ({best['run_id']})" if best else ""
-    status = f"done, {trials} trials" if best else f"incomplete, {trials} trials"
-    return RunEntry(search.name, "search", status, "", shown, search.path)
-
-
-def list_runs(directory: str | Path) -> list[RunEntry]:
-    """Every run and search directly under `directory` (an output_dir)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise TuneforgeError(f"{directory}: no such directory")
-    entries = []
-    for child in sorted(directory.iterdir()):
-        run, search = RunDir(child), ExperimentDir(child)
-        if search.is_experiment():
-            entries.append(describe_search(search))
-        elif run.is_run() and run.state_file.is_file():
-            entries.append(describe_run(run))
-    return entries

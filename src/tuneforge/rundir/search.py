@@ -1,0 +1,120 @@
+"""A search's experiment directory (ExperimentDir) and the listing of runs and searches (`tuneforge runs`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import TuneforgeError
+from tuneforge.rundir.meta import REPORT_FILE, read_json
+from tuneforge.rundir.run import Folder, RunDir
+
+
+class ExperimentDir(Folder):
+    """One search's directory (`tuneforge tune`): its own files, and one run directory per trial (`trial_<id>`,
+    Tune's trial directory too). Ray Tune keeps its experiment state beside them."""
+
+    @classmethod
+    def of_trial(cls, run_dir: str | Path) -> ExperimentDir | None:
+        """The search a run directory is a trial of, if it is one."""
+        search = cls(Path(run_dir).parent)
+        return search if search.is_experiment() else None
+
+    # --- paths ---------------------------------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        """The search's config, search_space and tune blocks included: what --resume reloads."""
+        return self.path / "tune_config.yaml"
+
+    @property
+    def search_file(self) -> Path:
+        """search.json: metric, mode, and what --auto built."""
+        return self.path / "search.json"
+
+    @property
+    def trials_file(self) -> Path:
+        return self.path / "trials.csv"
+
+    @property
+    def best_run_file(self) -> Path:
+        return self.path / "best_run.json"
+
+    @property
+    def objective_plot(self) -> Path:
+        return self.path / "objective_by_trial.png"
+
+    @property
+    def report_file(self) -> Path:
+        return self.path / REPORT_FILE
+
+    def trial(self, run_id: str) -> RunDir:
+        """A trial's run directory, by its run id (its directory name)."""
+        return RunDir(self.path / run_id)
+
+    def is_experiment(self) -> bool:
+        return self.config_file.is_file()
+
+    # --- what it says --------------------------------------------------------------------------------------------
+    def trial_runs(self) -> list[RunDir]:
+        """The trials' run directories, by name (a trial whose run has no config.yaml yet is left out)."""
+        if not self.path.is_dir():
+            return []
+        return [run for run in map(RunDir, sorted(self.path.iterdir())) if run.is_run()]
+
+    def search(self) -> dict[str, Any]:
+        """search.json ({} when it is missing or unreadable)."""
+        return read_json(self.search_file)
+
+    def best_run(self) -> dict[str, Any]:
+        """best_run.json ({} until the search has finished, or when it is unreadable)."""
+        return read_json(self.best_run_file)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Listing what is under an output directory
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunEntry:
+    name: str
+    kind: str  # run | search
+    status: str
+    task: str
+    best: str
+    path: Path
+
+
+def describe_run(run: RunDir) -> RunEntry:
+    results = run.results()
+    best = ""
+    if results:
+        metric = results.get("best_metric", "eval_loss")
+        value = (results.get("best_metrics") or {}).get(metric)
+        best = f"{metric} {value:.4f}" if isinstance(value, (int, float)) else ""
+    return RunEntry(run.name, "run", run.state().status, run.task, best, run.path)
+
+
+def describe_search(search: ExperimentDir) -> RunEntry:
+    best = search.best_run()
+    trials = len(search.trial_runs())
+    shown = f"{best['metric']} {best['objective']:.4f} ({best['run_id']})" if best else ""
+    status = f"done, {trials} trials" if best else f"incomplete, {trials} trials"
+    return RunEntry(search.name, "search", status, "", shown, search.path)
+
+
+def list_runs(directory: str | Path) -> list[RunEntry]:
+    """Every run and search directly under `directory` (an output_dir)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise TuneforgeError(f"{directory}: no such directory")
+    entries = []
+    for child in sorted(directory.iterdir()):
+        run, search = RunDir(child), ExperimentDir(child)
+        if search.is_experiment():
+            entries.append(describe_search(search))
+        elif run.is_run() and run.state_file.is_file():
+            entries.append(describe_run(run))
+    return entries
+
