@@ -1,5 +1,6 @@
 """The Ray driver of a training run: start or join Ray, lay out the run directory, train on Ray Train, keep the
-best checkpoint. What it runs was validated by `preflight` first; the run directory's layout is `rundir.RunDir`'s.
+best checkpoint. What it runs was validated by `preflight` first; the files it writes before and after Ray are
+`run_files`'; the run directory's layout is `rundir.RunDir`'s.
 A run directory is complete when it has `results.json`; `run.json` says whether it is running, completed, failed or
 interrupted."""
 
@@ -9,17 +10,14 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tuneforge.atomic import write_text
 from tuneforge.cluster import ClusterInfo, ensure_ray, ray_is_running
 from tuneforge.config import TrainConfig, load_config
-from tuneforge.atomic import atomic_dir, write_text
-from tuneforge.errors import ConfigError, TuneforgeError
-from tuneforge.metrics import better, mean_throughput
+from tuneforge.errors import TuneforgeError
 from tuneforge.observe.training import run_tags
-from tuneforge.plan import plot_learning_rates
 from tuneforge.rundir import (
     RAY_SNAPSHOT,
     CheckpointMeta,
@@ -30,7 +28,6 @@ from tuneforge.rundir import (
     stored_latest_step,
 )
 from tuneforge.train.liveness import Process, wait_until_gone
-from tuneforge.train.startup import StartupClock
 from tuneforge.train.preflight import (
     PreparedRun,
     Reporter,
@@ -40,17 +37,8 @@ from tuneforge.train.preflight import (
     prepare_run,
     worker_resources,
 )
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    best_checkpoint: Path | None
-    best_metrics: dict[str, Any]
-    final_metrics: dict[str, Any]
-    results: dict[str, Any]
-    report: Path | None = None  # the run's report.html, refreshed at the end
-
+from tuneforge.train.run_files import RunResult, choose_run_dir, finalize, start_run_dir
+from tuneforge.train.startup import StartupClock
 
 # ----------------------------------------------------------------------------------------------------------------
 # Running
@@ -180,48 +168,6 @@ def connect(config: TrainConfig, reporter: Reporter, address: str | None, dashbo
     return Placement(scaling_config(config, cluster, cpus_per_worker), cluster.local or address is None)
 
 
-def choose_run_dir(config: TrainConfig, overwrite: bool) -> RunDir:
-    base = Path(config.output_dir)
-    if config.run_name:
-        run_dir = base / config.run_name
-        if run_dir.exists() and not overwrite:
-            raise ConfigError(
-                f"run directory {run_dir} already exists; continue it with --resume {run_dir}, "
-                "replace it with --overwrite, or pick another run_name"
-            )
-        return RunDir(run_dir)
-    run_dir = base / config.source_name
-    if run_dir.exists() and not overwrite:
-        run_dir = base / f"{config.source_name}-{datetime.now():%Y%m%d-%H%M%S}"
-    return RunDir(run_dir)
-
-
-def start_run_dir(run: RunDir, prepared: PreparedRun, *, continuing: bool = False) -> None:
-    """Create the run directory with its config, plan, samples and schedule plot, all in one rename (an old run of
-    the same name, with --overwrite, is replaced only now that the new one is known to be valid).
-
-    `continuing` (a run taking over another checkpoint's lineage, as a PBT trial does) keeps the directory and
-    its metrics history, and drops only what belonged to the abandoned lineage: its checkpoints and results."""
-    if continuing and run.path.is_dir():
-        run.drop_lineage()
-        write_run_files(run, prepared)
-        return
-    with atomic_dir(run.path) as staged:
-        write_run_files(RunDir(staged), prepared)
-
-
-def write_run_files(run: RunDir, prepared: PreparedRun) -> None:
-    run.write_files(config_yaml=prepared.config.to_yaml(),
-                    plan={**prepared.plan.to_dict(), "data": data_summary(prepared.data)}, samples=prepared.samples)
-    plot_learning_rates(prepared.config, prepared.plan, run.lr_plot)
-
-
-def data_summary(data: Any) -> dict[str, Any]:
-    stats = {name: vars(value) for name, value in data.stats.items()}
-    return {"shape": data.shape, "context_length": data.context_length, "stats": stats, "labels": data.labels,
-            "notes": data.notes, "answer_schema": getattr(data, "answer_schema", None)}
-
-
 def execute(
     prepared: PreparedRun, run: RunDir, placement: Placement, reporter: Reporter, *, callbacks: list[Any] | None = None,
     resume_step: int | None = None, init_checkpoint: Path | None = None, clock: StartupClock | None = None,
@@ -295,12 +241,6 @@ def execute(
 
     outcome.report = write_report([run.path])
     return outcome
-
-
-def data_counts(data: Any) -> dict[str, Any]:
-    """Rows training uses, and how many were truncated to context_length or dropped (no target tokens left)."""
-    counts = {name: {"rows": s.rows, "truncated": s.truncated, "dropped": s.dropped} for name, s in data.stats.items()}
-    return {**counts["train"], "valid": counts["valid"]}
 
 
 def fit(inputs: Any, scaling: Any, config: TrainConfig, callbacks: list[Any] | None,
@@ -431,58 +371,5 @@ class EventPump:
         except Exception:  # noqa: BLE001 - no queue actor left: the thread ends on its next wait
             pass
         self.thread.join(timeout=self.WAIT_SECONDS + 10)
-
-
-def finalize(run: RunDir, prepared: PreparedRun, result: Any, seconds: float) -> RunResult:
-    """Copy the best checkpoint to best/ and write results.json (both atomically)."""
-    config = prepared.config
-    ranked = list(result.best_checkpoints or [])
-    best, best_metrics = pick_best(ranked, config)
-    best_path = checkpoint_address(best, config) if best is not None else None
-    if best is not None:
-        copy_checkpoint(best, run.best_dir)
-    history = run.metrics()
-    steps = [row for row in history if row.get("type") == "step"]
-    evals = [row for row in history if row.get("type") == "eval"]
-    results = {
-        "run_dir": str(run.path),
-        "task": config.task,
-        "model_id": config.model_id,
-        "best_checkpoint": str(run.best_dir) if best_path else None,
-        "best_checkpoint_source": str(best_path) if best_path else None,
-        "best_metric": config.best_metric,
-        "best_metrics": best_metrics,
-        "final_metrics": evals[-1] if evals else {},
-        "checkpoints": [checkpoint_address(checkpoint, config) for checkpoint, _ in ranked],
-        "steps": prepared.plan.total_steps,
-        "epochs": prepared.plan.num_epochs,
-        "data": data_counts(prepared.data),
-        "train_seconds": round(seconds, 2),
-        "tokens_per_second": mean_throughput(steps),
-        "first_train_loss": steps[0]["loss"] if steps else None,
-        "last_train_loss": steps[-1]["loss"] if steps else None,
-    }
-    run.write_results(results)
-    best = run.best_dir if best_path else None
-    return RunResult(run.path, best, best_metrics, results["final_metrics"], results)
-
-
-def pick_best(ranked: list[tuple[Any, dict[str, Any]]], config: TrainConfig) -> tuple[Any, dict[str, Any]]:
-    scored = [(path, metrics) for path, metrics in ranked if config.best_metric in metrics]
-    if not scored:
-        return (ranked[-1][0], ranked[-1][1]) if ranked else (None, {})
-    return better(config.best_mode)(scored, key=lambda item: item[1][config.best_metric])
-
-
-def copy_checkpoint(checkpoint: Any, target: Path) -> None:
-    """A Ray Train checkpoint, from wherever it is stored, into a local directory (whole, or not at all)."""
-    with atomic_dir(target) as staged:
-        checkpoint.to_directory(str(staged))
-
-
-def checkpoint_address(checkpoint: Any, config: TrainConfig) -> str:
-    """Where a checkpoint is, as the user would write it: a local path, or a URI in the config's storage."""
-    storage = config.storage_path or ""
-    return f"{storage.split('://', 1)[0]}://{checkpoint.path}" if "://" in storage else str(checkpoint.path)
 
 
