@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def peak_rss_mb() -> float:
-    from tuneforge.train.loop import peak_rss_mb as measure
+    from tuneforge.train.worker import peak_rss_mb as measure
 
     return measure()
 QUANTS = ("f16", "q8_0", "q4_k_m")

@@ -172,3 +172,13 @@ def lora_target_names(model: Any) -> list[str]:
 
     kinds = (torch.nn.Linear, torch.nn.Embedding, Conv1D)
     return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, kinds)})
+
+
+def trainable_counts(model: Any) -> dict[str, int]:
+    """PEFT's count for adapters (it counts 4-bit packed weights at their real size); a plain sum for full FT."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "total": total}
