@@ -1,5 +1,6 @@
 """Datasets of many files (directories, globs, URIs, Parquet) and streamed ingest: Ray Data tokenizes into Parquet
-shards that the training workers stream (tuneforge.data.sources, tuneforge.data.streaming)."""
+shards that the training workers stream (tuneforge.data.sources, tuneforge.data.chunks,
+tuneforge.data.streaming)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from tests.helpers import SAY_WORDS, chat_row, write_jsonl
 from tuneforge.config import TrainConfig, load_config
-from tuneforge.data import streaming
+from tuneforge.data import chunks, streaming
 from tuneforge.data.prepare import prepare_causal
 from tuneforge.data.sources import resolve_data
 from tuneforge.errors import DataError, TuneforgeError
@@ -126,15 +127,15 @@ def test_tasks_that_read_one_file_refuse_a_directory_with_one_line(tmp_path):
 
 
 def test_line_spans_cut_after_newlines_and_number_every_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(streaming, "CHUNK_BYTES", 100)
-    monkeypatch.setattr(streaming, "SCAN_BYTES", 64)
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", 100)
+    monkeypatch.setattr(chunks, "SCAN_BYTES", 64)
     lines = [json.dumps({"text": "w" * (7 * i % 45)}) for i in range(60)]
     for ending in ("\n", ""):
         path = tmp_path / f"rows{len(ending)}.jsonl"
         raw = ("\n".join(lines) + ending).encode()
         path.write_bytes(raw)
         files = resolve_data(str(path), "train_path")
-        spans, total = streaming.line_spans(files, files.paths[0])
+        spans, total = chunks.line_spans(files, files.paths[0])
         assert total == 60
         assert b"".join(raw[start:end] for start, end, _ in spans) == raw
         assert len(spans) > 5
@@ -174,16 +175,16 @@ def read_streamed(data) -> dict[str, tuple[list[int], list[bool]]]:
 
 def test_streamed_preparation_tokenizes_every_row_as_in_memory_and_is_reused(
         ray_session, tmp_path, shards, smol_tokenizer, tiny_llama_dir, monkeypatch):
-    monkeypatch.setattr(streaming, "CHUNK_BYTES", 2048)  # several chunks per file: several Ray Data tasks
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", 2048)  # several chunks per file: several Ray Data tasks
     config = causal_config(tmp_path, tiny_llama_dir, str(shards), valid_path=str(tmp_path / "valid.jsonl"),
                            context_length=40)
     in_memory = prepare_causal(config, smol_tokenizer, 512)
     events = []
     streamed = streaming.prepare_streamed_causal(config, smol_tokenizer, 512, progress=events.append)
 
-    chunks = len(events) - 1  # one event before the first chunk, then one per chunk as it finishes
-    assert [event["done"] for event in events] == list(range(chunks + 1))
-    assert {event["total"] for event in events} == {chunks} and events[-1]["rows"] == 150
+    chunk_count = len(events) - 1  # one event before the first chunk, then one per chunk as it finishes
+    assert [event["done"] for event in events] == list(range(chunk_count + 1))
+    assert {event["total"] for event in events} == {chunk_count} and events[-1]["rows"] == 150
     assert streamed.train == [] and streamed.stream.rows == len(in_memory.train) == 150
     assert len(streamed.stream.files) > 2
     expected = {e.source: (e.input_ids.tolist(), e.target_mask.tolist()) for e in in_memory.train}
@@ -225,7 +226,7 @@ def test_csv_and_parquet_shards_stream_like_they_read_in_memory(
 
 def test_a_bad_row_deep_in_a_streamed_shard_is_named_by_file_and_line(
         ray_session, tmp_path, shards, smol_tokenizer, tiny_llama_dir, monkeypatch):
-    monkeypatch.setattr(streaming, "CHUNK_BYTES", 2048)
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", 2048)
     rows = say_rows(70, offset=2)
     rows[56]["messages"][1]["content"] = "   "
     write_jsonl(shards / "b.jsonl", rows)

@@ -3,10 +3,10 @@ what the model generates, within a wall-clock budget.
 
     plan_auto_search   the metric, the ranges, the sampler and scheduler, and how many trials fit: a config with a
                        search_space and tune block that the ordinary search then runs (and tune_config.yaml keeps)
-    measure_speed      the probe: a few real optimizer steps and one batch of validation generation, in this
-                       process, before Ray starts, so that a budget too small is refused at once
-    DeadlineSearcher   no trial starts that cannot reach its first validation event before the deadline
-    DeadlineStopper    a trial running at the deadline stops at its next validation event (its checkpoint is kept)
+    measure_speed      the probe (tune.probe): a few real optimizer steps and one batch of validation generation,
+                       in this process, before Ray starts, so that a budget too small is refused at once
+    deadline_searcher  no trial starts that cannot reach its first validation event before the deadline (tune.deadline)
+    deadline_stopper   a trial running at the deadline stops at its next validation event (its checkpoint is kept)
 
 Why each range is what it is is written next to it (RANGES) and printed in the plan table.
 """
@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from tuneforge.config import EvalGenerate, TrainConfig, TuneSettings
 from tuneforge.errors import ConfigError
+from tuneforge.tune.probe import PROBE_STEPS, TRIAL_STARTUP_S, Speed, measure_speed
 from tuneforge.tune.space import FINE_TUNING
 
 # Learning rates, log-uniform. LoRA's B matrix starts at zero and the adapter is small, so it wants rates about ten
@@ -33,8 +33,6 @@ FIRST_GUESS = {"lora": {"learning_rate": 1.0e-3, "lora_config.r": 16, "fine_tuni
                "full": {"learning_rate": 5.0e-5}}
 MIN_STEPS, MAX_STEPS = 100, 600  # optimizer steps a small-data fine-tune needs, at least and at most
 MIN_TRIALS = 3  # the longest trial may take a third of the budget: TPE needs a few results to model
-TRIAL_STARTUP_S = 20.0  # per trial: Ray Train's worker group, model load, data payload (bench/startup.py: ~17 s)
-PROBE_STEPS = 3  # timed optimizer steps after one warm-up step
 STARTUP_TRIALS = 2  # random trials before TPE models the results (Optuna's default of 10 never ends on a CPU budget)
 # LoRA against full fine-tuning is searched only where the budget holds this many trials: one more dimension needs
 # results on both sides, and a full fine-tune costs more per step (ENVIRONMENT.md: 1.2-1.4x LoRA's on CPU).
@@ -43,25 +41,6 @@ FULL_FT_STEP_COST = 1.5
 FULL_FT_BYTES_PER_PARAMETER = 32  # fp32 weights, gradients and two Adam moments (16 B), doubled for activations
 FULL_LR_RATIO = 0.1  # full fine-tuning wants about a tenth of LoRA's learning rate (LORA_LR vs FULL_LR)
 MAX_GENERATE_ROWS = 64
-
-
-@dataclass
-class Speed:
-    """What the probe measured on this machine, and what a trial therefore costs."""
-
-    seconds_per_step: float
-    event_seconds: float  # one validation event: loss over the validation rows and answering the generation rows
-    steps_per_epoch: int
-    device: str
-    threads: int
-    model_parameters: int = 0
-    memory_bytes: int = 0  # of the device trials run on: RAM, or the GPU's memory
-
-    def trial_seconds(self, steps: int, events: int) -> float:
-        return TRIAL_STARTUP_S + steps * self.seconds_per_step + events * self.event_seconds
-
-    def first_event_seconds(self) -> float:
-        return self.trial_seconds(self.steps_per_epoch, 1)
 
 
 @dataclass
@@ -348,154 +327,3 @@ def describe_spec(spec: Any) -> str:
         kind, values = next(iter(spec.items()))
         return f"{kind} {values}"
     return str(spec)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The probe
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def measure_speed(config: TrainConfig, prepared: Any, threads: int | None = None) -> Speed:
-    """Seconds per optimizer step and per validation event, measured with the run's own model, data, precision
-    and objective in this process (before Ray starts): one warm-up step, then PROBE_STEPS timed ones; then one batch
-    of validation generation, scaled to the event's rows."""
-    import os
-
-    import torch
-
-    from tuneforge.hardware import autocast_context, best_device, resolve_precision
-    from tuneforge.models.sources import quiet_progress_bars
-    from tuneforge.models.training import load_model_for_training
-    from tuneforge.tasks import get_task
-    from tuneforge.train.loop import build_optimizer
-
-    threads = threads or max(1, os.cpu_count() or 1)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    task = get_task(config.task)
-    device = best_device()
-    precision = resolve_precision(config.precision, device)
-    data, plan = prepared.data, prepared.plan
-    try:
-        with quiet_progress_bars():
-            model = load_model_for_training(config, prepared.model_source, prepared.tokenizer, labels=data.labels,
-                                            device=device, precision=precision)
-        objective = task.objective(model, prepared.meta).to(device)
-        optimizer = build_optimizer(model, config)
-        batch_rows = config.train_batch_size_per_device
-        examples = list(data.train)
-        times = []
-        for step in range(PROBE_STEPS + 1):
-            batch = [examples[(step * batch_rows + i) % len(examples)] for i in range(batch_rows)]
-            started = time.perf_counter()
-            collated = task.collate(batch, prepared.tokenizer.pad_token_id or 0,
-                                    padding="free" if prepared.config.padding_free else config.padding,
-                                    context_length=data.context_length, multiple_of=config.pad_to_multiple_of)
-            with autocast_context(precision, device):
-                loss_sum, count = objective(**{k: v.to(device) for k, v in collated.items() if hasattr(v, "to")})
-            (loss_sum / max(1, int(count))).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - started)
-        seconds_per_step = sum(times[1:]) / PROBE_STEPS * config.gradient_accumulation_steps
-        event = validation_seconds(config, prepared, model, seconds_per_step, precision, device)
-    finally:
-        torch.set_num_threads(previous_threads)
-    return Speed(seconds_per_step=seconds_per_step, event_seconds=event, steps_per_epoch=plan.steps_per_epoch,
-                 device=str(device), threads=threads, model_parameters=sum(p.numel() for p in model.parameters()),
-                 memory_bytes=device_memory(device))
-
-
-def device_memory(device: Any) -> int:
-    import torch
-
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory)
-    import psutil
-
-    return int(psutil.virtual_memory().total)
-
-
-def validation_seconds(config: TrainConfig, prepared: Any, model: Any, seconds_per_step: float, precision: str,
-                       device: Any) -> float:
-    """A validation event: the loss over every validation row (a forward pass, ~1/3 of a step per batch), and
-    generation at validation, timed on one batch here (an untrained model may run to max_new_tokens: an upper
-    bound)."""
-    import torch
-
-    from tuneforge.generate import GenerationSettings, Generator
-    from tuneforge.hardware import autocast_context
-    from tuneforge.train.generation import generation_pairs
-
-    batches = math.ceil(len(prepared.data.valid) / config.eval_batch_size_per_device)
-    seconds = batches * seconds_per_step / 3 * config.eval_batch_size_per_device / config.train_batch_size_per_device
-    settings = config.eval_generate
-    if not settings:
-        return seconds
-    import copy
-
-    pairs = generation_pairs(prepared.data.valid_rows, settings.max_rows)
-    batch = [prompt for prompt, _ in pairs[: settings.batch_size]]
-    if not batch:
-        return seconds
-    tokenizer = copy.deepcopy(prepared.tokenizer)
-    generator = Generator(model, tokenizer, prepared.meta)
-    model.eval()
-    started = time.perf_counter()
-    with torch.no_grad(), autocast_context(precision, device):
-        generator.complete(batch, GenerationSettings(max_new_tokens=settings.max_new_tokens,
-                                                     batch_size=settings.batch_size))
-    generation = time.perf_counter() - started
-    return seconds + generation * math.ceil(len(pairs) / len(batch))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The deadline
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def deadline_searcher(inner: Any, deadline: float, first_event_s: float) -> Any:
-    """`inner` (a Ray Tune searcher) that starts no trial which cannot reach its first validation event before
-    `deadline` (time.time() seconds): the search then ends once the running trials do."""
-    from ray.tune.search import Searcher
-
-    class DeadlineSearcher(Searcher):
-        def __init__(self) -> None:
-            super().__init__(metric=inner.metric, mode=inner.mode)
-            self.inner, self.deadline, self.first_event_s = inner, deadline, first_event_s
-
-        def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
-            return self.inner.set_search_properties(metric, mode, config, **spec)
-
-        def suggest(self, trial_id: str) -> Any:
-            if time.time() + self.first_event_s > self.deadline:
-                return Searcher.FINISHED
-            return self.inner.suggest(trial_id)
-
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            self.inner.on_trial_result(trial_id, result)
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            self.inner.on_trial_complete(trial_id, result=result, error=error)
-
-        def save(self, checkpoint_path: str) -> None:
-            self.inner.save(checkpoint_path)
-
-        def restore(self, checkpoint_path: str) -> None:
-            self.inner.restore(checkpoint_path)
-
-    return DeadlineSearcher()
-
-
-def deadline_stopper(deadline: float) -> Any:
-    """Stops each trial at its first validation event past `deadline` (the event's checkpoint is on disk)."""
-    from ray import tune
-
-    class DeadlineStopper(tune.Stopper):
-        def __call__(self, trial_id: str, result: dict) -> bool:
-            return time.time() >= deadline
-
-        def stop_all(self) -> bool:
-            return False
-
-    return DeadlineStopper()

@@ -206,7 +206,7 @@ def new_tuner(experiment_dir: Path, trainable: Any, config: TrainConfig, setting
     from ray import tune
 
     from tuneforge.train.driver import failures_allowed
-    from tuneforge.tune.auto import deadline_searcher, deadline_stopper
+    from tuneforge.tune.deadline import deadline_searcher, deadline_stopper
 
     search_config = tune_config(config, settings, metric, mode, plan.concurrency)
     if deadline:
