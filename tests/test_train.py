@@ -153,3 +153,42 @@ def test_training_reports_and_records_truncated_and_dropped_rows(tmp_path, tiny_
     assert json.loads((result.run_dir / "results.json").read_text())["data"] == counts
     assert "train: 2 row(s) truncated to context_length 48" in reporter.notes
     assert any(note.startswith("train: 1 row(s) dropped: no target tokens") for note in reporter.notes), reporter.notes
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
+def test_a_restored_schedule_continues_at_a_new_peak_learning_rate(kind, tmp_path):
+    """PBT's mutation or an edited config on resume: the restored schedule goes on exactly as one built at the new
+    peak would, from the restored step."""
+    import warnings
+
+    import torch
+
+    from tuneforge.plan import TrainingPlan, make_scheduler
+    from tuneforge.train.loop import retarget_learning_rate
+
+    config = TrainConfig(model_id="m", train_path="t.jsonl", lr_scheduler_type=kind, learning_rate=1e-3)
+    plan = TrainingPlan(train_rows=48, global_batch_size=4, steps_per_epoch=12, num_epochs=1, total_steps=12,
+                        warmup_steps=3, event_steps=(6, 12))
+
+    def schedule(peak: float, steps: int) -> tuple[torch.optim.Optimizer, object]:
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=peak)
+        scheduler = make_scheduler(optimizer, config, plan)
+        for _ in range(steps):
+            optimizer.step()
+            scheduler.step()
+        return optimizer, scheduler
+
+    saved_optimizer, saved_scheduler = schedule(1e-3, 5)
+    optimizer, scheduler = schedule(2e-3, 0)
+    optimizer.load_state_dict(saved_optimizer.state_dict())
+    scheduler.load_state_dict(saved_scheduler.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        retarget_learning_rate(scheduler, 2e-3)
+    reference_optimizer, reference = schedule(2e-3, 5)
+    for _ in range(7):
+        assert [g["lr"] for g in optimizer.param_groups] == [g["lr"] for g in reference_optimizer.param_groups]
+        assert scheduler.get_last_lr() == reference.get_last_lr() and scheduler.last_epoch == reference.last_epoch
+        for opt, sched in ((optimizer, scheduler), (reference_optimizer, reference)):
+            opt.step()
+            sched.step()

@@ -172,6 +172,21 @@ def test_summarize_reads_trial_statuses_from_tunes_results(tmp_path):
     assert RunDir(experiment / "trial_d").state().stopped_by == "time_budget_s"
 
 
+
+def test_a_diverged_trial_never_ranks_best(tmp_path):
+    import math
+
+    from ray.tune import Result
+
+    experiment = tmp_path / "exp"
+    write_trial(experiment, "trial_a", "completed", [float("nan")])  # first in the grid: min() alone would keep it
+    write_trial(experiment, "trial_b", "completed", [float("nan"), 0.9, 0.7])
+    grid = [Result(metrics={"done": True, "config": {"learning_rate": lr}}, checkpoint=None, error=None,
+                   path=str(experiment / name)) for name, lr in [("trial_a", 1.0), ("trial_b", 0.1)]]
+    summary = summarize(experiment, grid, "eval_loss", "min")
+    assert summary.best["run_id"] == "trial_b" and summary.best["objective"] == 0.7
+    assert math.isnan(summary.trials[0]["best_objective"])  # trials.csv still shows what the run reported
+
 def test_a_search_report_says_which_trials_and_files_are_missing(tmp_path):
     from tuneforge.report import write_report
 

@@ -17,9 +17,12 @@ from typer.core import TyperGroup
 from tuneforge import ui
 from tuneforge.errors import TuneforgeError
 
-# click's UsageError, whichever copy this Typer uses (recent Typers vendor click): BadParameter's base either way.
+# Kept, no public API does it: Typer has no hook for how a usage error is shown, and since it vendors click (0.26)
+# it exports neither UsageError nor NoArgsIsHelpError (fastapi/typer#1867). The public BadParameter's base is
+# click's UsageError in every Typer of typer>=0.12, vendored click or not; NoArgsIsHelpError (click 8.2+, a bare
+# `tuneforge`, which Typer answers with the help) lives beside it.
 USAGE_ERROR = typer.BadParameter.__base__
-HELP_REQUEST = getattr(sys.modules[USAGE_ERROR.__module__], "NoArgsIsHelpError", ())  # a bare `tuneforge`
+HELP_REQUEST = getattr(sys.modules[USAGE_ERROR.__module__], "NoArgsIsHelpError", ())
 
 
 class OneLineErrors(TyperGroup):

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from tuneforge.data.causal import ROLES
 from tuneforge.data.records import read_records
 from tuneforge.errors import DataError, TuneforgeError, where
 from tuneforge.rundir import CheckpointMeta
@@ -184,9 +185,6 @@ class Generator:
         return completions
 
 
-CHAT_ROLES = ("system", "user", "assistant")
-
-
 def read_prompt_rows(path: str | Path) -> list[tuple[Any, dict[str, Any]]]:
     """(prompt, row) pairs from a JSONL of chat `messages` or `prompt` rows."""
     path = Path(path)
@@ -201,9 +199,9 @@ def prompt_of(row: dict[str, Any], at: str) -> tuple[Any, dict[str, Any]]:
         messages = row["messages"]
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
             raise DataError(f"{at}: 'messages' must be a non-empty list of {{role, content}}")
-        odd = next((m for m in messages if m["role"] not in CHAT_ROLES or not isinstance(m["content"], str)), None)
+        odd = next((m for m in messages if m["role"] not in ROLES or not isinstance(m["content"], str)), None)
         if odd is not None:
-            raise DataError(f"{at}: message with role {odd['role']!r} needs a role in {', '.join(CHAT_ROLES)} and text "
+            raise DataError(f"{at}: message with role {odd['role']!r} needs a role in {', '.join(ROLES)} and text "
                             "content")
         if messages[-1]["role"] == "assistant":
             row = {**row, "reference": messages[-1]["content"]}

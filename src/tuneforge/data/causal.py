@@ -21,7 +21,7 @@ from tuneforge.data.records import Record
 from tuneforge.errors import DataError, where
 
 Shape = Literal["chat", "prompt_completion", "text"]
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant")  # the chat roles: training data, generate and serve all take these
 TOKENIZE_CHUNK = 512
 
 

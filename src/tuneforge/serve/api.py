@@ -12,18 +12,20 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from tuneforge.data.causal import ROLES
 from tuneforge.native import NativeCrash
 from tuneforge.serve.engines import CausalModel, Engines, Job
 
-ROLES = ("system", "user", "assistant")
+BEARER = HTTPBearer(auto_error=False)  # `authorized` refuses a bad key in OpenAI's error shape, not HTTPBearer's 401
 
 
 @dataclass(frozen=True)
@@ -114,12 +116,16 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-        error = ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
-        return JSONResponse(error.body(), status_code=exc.status_code)
+        if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI's "error parsing the body": not UTF-8 JSON
+            error = ApiError(400, f"the request body is not valid JSON: {exc.__cause__}")
+        else:
+            error = ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+        return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(ApiError(400, f"invalid request: {exc.errors()[:1]}").body(), status_code=400)
+        error = invalid_body(exc)
+        return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(NativeCrash)
     async def engine_crashed(_request: Request, exc: NativeCrash) -> JSONResponse:
@@ -135,35 +141,41 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
     async def guard(request: Request, call_next: Any) -> Any:
         started = time.perf_counter()
         route = request.url.path if request.url.path in ROUTES else "other"
-        response = await checked(request, call_next)
+        size = request.headers.get("content-length")
+        # The documented body limit (Limits.max_body_bytes), refused from Content-Length before the body is read.
+        if size and size.isdigit() and int(size) > limits.max_body_bytes:
+            response: Any = JSONResponse(too_large(size, limits).body(), status_code=413)
+        else:
+            response = await call_next(request)
         metrics.request(route, response.status_code, time.perf_counter() - started)
         return response
 
-    async def checked(request: Request, call_next: Any) -> Any:
-        try:
-            if request.url.path != "/health":
-                check_api_key(request.headers.get("authorization"), api_key)
-            size = request.headers.get("content-length")
-            if size and size.isdigit() and int(size) > limits.max_body_bytes:
-                raise ApiError(413, f"request body is {size} bytes; the limit is {limits.max_body_bytes}",
-                               code="request_too_large")
-        except ApiError as exc:
-            return JSONResponse(exc.body(), status_code=exc.status)
-        return await call_next(request)
+    async def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+        if api_key is not None and not (credentials and secrets.compare_digest(credentials.credentials.encode(),
+                                                                               api_key.encode())):
+            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                           kind="authentication_error", code="invalid_api_key")
+
+    async def within_body_limit(request: Request) -> None:
+        """The body limit for a chunked body, which has no Content-Length for `guard` to refuse it by."""
+        size = len(await request.body())  # already read by FastAPI for the typed body
+        if size > limits.max_body_bytes:
+            raise too_large(size, limits)
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized), Depends(within_body_limit)])  # /health: no key
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "models": engines.ids()}
 
-    @app.get("/v1/models")
+    @v1.get("/models")
     async def models() -> dict[str, Any]:
         created = int(time.time())
         return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "tuneforge"}
                                            for name in engines.ids()]}
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Any:
-        body = parse(ChatRequest, await read_json(request, limits))
+    @v1.post("/chat/completions")
+    async def chat(body: ChatRequest) -> Any:
         served = causal_model(engines, body.model)
         if len(body.messages) > limits.max_messages:
             raise ApiError(400, f"{len(body.messages)} messages; the limit is {limits.max_messages}", param="messages")
@@ -176,20 +188,18 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
             prompt.insert(0, {"role": "system", "content": system})
         return await respond(engines, served, body, prompt, limits, chat=True, batched=batched, metrics=metrics)
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Any:
-        body = parse(CompletionRequest, await read_json(request, limits))
+    @v1.post("/completions")
+    async def completions(body: CompletionRequest) -> Any:
         served = causal_model(engines, body.model)
         return await respond(engines, served, body, body.prompt, limits, chat=False, batched=batched,
                              metrics=metrics)
 
-    @app.post("/v1/classify")
-    async def classify(request: Request) -> dict[str, Any]:
+    @v1.post("/classify")
+    async def classify(body: ClassifyRequest) -> dict[str, Any]:
         from starlette.concurrency import run_in_threadpool
 
         from tuneforge.predict import apply_threshold
 
-        body = parse(ClassifyRequest, await read_json(request, limits))
         classifier = engines.classifiers.get(body.model)
         if classifier is None:
             raise unknown_model(engines, body.model, "classification")
@@ -204,36 +214,27 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
         return {"object": "list", "model": body.model,
                 "data": [{"index": i, **p.to_dict()} for i, p in enumerate(predictions)]}
 
+    app.include_router(v1)
     return app
 
 
-def check_api_key(header: str | None, api_key: str | None) -> None:
-    if api_key is None:
-        return
-    scheme, _, given = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), api_key.encode()):
-        raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", kind="authentication_error",
-                       code="invalid_api_key")
+def too_large(size: int | str, limits: Limits) -> ApiError:
+    return ApiError(413, f"request body is {size} bytes; the limit is {limits.max_body_bytes}",
+                    code="request_too_large")
 
 
-async def read_json(request: Any, limits: Limits) -> Any:
-    raw = await request.body()
-    if len(raw) > limits.max_body_bytes:
-        raise ApiError(413, f"request body is {len(raw)} bytes; the limit is {limits.max_body_bytes}",
-                       code="request_too_large")
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
-
-
-def parse(model: type[BaseModel], data: Any) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or None
-        raise ApiError(400, f"{where or 'body'}: {first['msg']}", param=where) from None
+def invalid_body(exc: RequestValidationError) -> ApiError:
+    """FastAPI's 422 for a request body, as this API's 400: its first error, named by the field it is about."""
+    first = exc.errors()[0]
+    loc = tuple(first["loc"][1:] if first["loc"][:1] == ("body",) else first["loc"])
+    if first["type"] == "json_invalid" or (first["type"] == "missing" and not loc):  # not JSON, or no body at all
+        decode = json.JSONDecodeError(first.get("ctx", {}).get("error", "Expecting value"),
+                                      exc.body if isinstance(exc.body, str) else "", loc[0] if loc else 0)
+        return ApiError(400, f"the request body is not valid JSON: {decode}")
+    if not loc and isinstance(first.get("input"), bytes):  # FastAPI decodes JSON only when the client says it is
+        return ApiError(400, "the request body is not JSON: send it with 'Content-Type: application/json'")
+    where = ".".join(str(part) for part in loc) or None
+    return ApiError(400, f"{where or 'body'}: {first['msg']}", param=where)
 
 
 def unknown_model(engines: Engines, name: str, kind: str) -> ApiError:

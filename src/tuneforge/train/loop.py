@@ -178,7 +178,7 @@ class TrainingLoop:
     def restore(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        retarget_learning_rate(self.optimizer, self.scheduler, self.config.learning_rate)
+        retarget_learning_rate(self.scheduler, self.config.learning_rate)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.start_step = int(state["step"])
@@ -433,13 +433,13 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate, fused=fused)
 
 
-def retarget_learning_rate(optimizer: torch.optim.Optimizer, scheduler: Any, learning_rate: float) -> None:
+def retarget_learning_rate(scheduler: Any, learning_rate: float) -> None:
     """A restored schedule carries the peak learning rate it was saved with. When the config asks for another
     (a PBT mutation, an edited config on resume) the schedule continues its shape at the new peak."""
     if all(abs(base - learning_rate) <= 1e-12 * max(learning_rate, 1e-30) for base in scheduler.base_lrs):
         return
     scheduler.base_lrs = [learning_rate] * len(scheduler.base_lrs)
-    factors = [lmbda(scheduler.last_epoch) for lmbda in scheduler.lr_lambdas]
-    for group, factor in zip(optimizer.param_groups, factors, strict=True):
-        group["lr"] = learning_rate * factor
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    # The same step again: LambdaLR's rate is base_lr * lambda(step), so this sets each param group's lr and
+    # get_last_lr() at the new peak, with no optimizer step in between.
+    scheduler.last_epoch -= 1
+    scheduler.step()

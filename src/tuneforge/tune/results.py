@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -38,10 +39,10 @@ def summarize(experiment_dir: Path, grid: Iterable[Any], metric: str, mode: Mode
     if unfinished:
         raise TuneforgeError(f"search interrupted with {len(unfinished)} of {len(trials)} trial(s) unfinished; "
                              f"continue it with: tuneforge tune --resume {experiment_dir}")
-    scored = [t for t in trials if t["best_objective"] is not None]
+    scored = [(t["best_objective"], t) for t in trials if t["best_objective"] is not None]
     if not scored:
         raise TuneforgeError(f"no trial of {experiment_dir} reported a result; see each trial's run.json")
-    best = better(mode)(scored, key=lambda t: t["best_objective"])
+    best = best_scored(scored, mode)[1]
     checkpoint = best_kept_checkpoint(Path(best["run_dir"]), metric, mode)
     best_run = {"run_id": best["run_id"], "objective": best["best_objective"], "metric": metric, "mode": mode,
                 "hyperparameters": {k.removeprefix("param."): v for k, v in best.items() if k.startswith("param.")},
@@ -55,7 +56,7 @@ def trial_row(experiment_dir: Path, result: Any, metric: str, mode: Mode, budget
     """One trials.csv row: a Tune Result (status, params, error) joined with its run's own metrics.jsonl."""
     run = ExperimentDir(experiment_dir).trial(Path(result.path).name)  # Tune's trial directory is the run directory
     evals = scored_evals(run, metric)
-    best_value, best_row = better(mode)(evals, key=lambda item: item[0]) if evals else (None, {})
+    best_value, best_row = best_scored(evals, mode) if evals else (None, {})
     final_value, final_row = evals[-1] if evals else (None, {})
     return {
         "run_id": run.name,
@@ -109,7 +110,17 @@ def best_kept_checkpoint(run_dir: Path, metric: str, mode: Mode) -> Path | None:
             scored.append((value, path))
     if not scored:
         return run.best_dir if run.best_dir.is_dir() else None
-    return better(mode)(scored, key=lambda item: item[0])[1]
+    return best_scored(scored, mode)[1]
+
+
+def best_scored(scored: list[tuple[float, Any]], mode: Mode) -> tuple[float, Any]:
+    """The best (score, item) of a run's evals, of trials, or of checkpoints. Not Ray's `ResultGrid.get_best_result`:
+    the scores are the runs' own metrics.jsonl and checkpoint metadata, which hold the final eval even when Tune never
+    got it (TuneReporter reports it only once best/ is written), and `summarize` ranks any Results, not only a
+    ResultGrid. As there (filter_nan_and_inf), a NaN or infinite score (a diverged run) never beats a finite one, and
+    ties go to the first."""
+    finite = [item for item in scored if math.isfinite(item[0])]
+    return better(mode)(finite or scored, key=lambda item: item[0])
 
 
 def write_trials_csv(path: Path, trials: list[dict[str, Any]]) -> None:
