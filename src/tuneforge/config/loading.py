@@ -197,3 +197,18 @@ def names_something(path: Path) -> bool:
     import glob
 
     return path.exists() or bool(glob.glob(str(path)))
+
+__all__ = [
+    "ANYSCALE_ONLY_KEYS",
+    "apply_override",
+    "collect_key_lines",
+    "describe_validation_error",
+    "load_config",
+    "model_keys",
+    "names_something",
+    "nested_model",
+    "parse_yaml_with_lines",
+    "resolve_data_paths",
+    "resolve_path",
+    "validate_config",
+]

@@ -303,3 +303,16 @@ def nearest_source(loc: tuple[str, ...], sources: dict[tuple[str, ...], str], de
         if loc[:end] in sources:
             return sources[loc[:end]]
     return default
+
+__all__ = [
+    "BUNDLED_MODEL_ALIASES",
+    "EvalGenerate",
+    "TrainConfig",
+    "TuneSettings",
+    "config_keys",
+    "entry_error",
+    "lora_config_fields",
+    "nearest_source",
+    "suggest",
+    "validation_metrics",
+]

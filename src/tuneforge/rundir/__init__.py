@@ -27,80 +27,10 @@ A search's experiment directory (ExperimentDir) holds one run directory per tria
         report.html               `tuneforge report`'s page
 """
 
-from tuneforge.rundir.meta import (
-    BEST_DIR,
-    CHECKPOINTS_DIR,
-    DEFAULT_RUNS_DIR,
-    META_FILE,
-    RAY_SNAPSHOT,
-    REPORT_FILE,
-    RESULTS_FILE,
-    STATE_FILE,
-    STEP_PREFIX,
-    CheckpointError,
-    CheckpointMeta,
-    RunState,
-    now,
-    read_json,
-    read_jsonl,
-)
-from tuneforge.rundir.run import (
-    EvalDir,
-    Folder,
-    RunDir,
-    checkpoint_name,
-    checkpoint_store,
-    export_report_file,
-    is_checkpoint,
-    is_whole_checkpoint,
-    locate,
-    read_snapshot,
-    record_export,
-    resolve_checkpoint,
-    snapshot_is_damaged,
-    stored_latest_step,
-)
-from tuneforge.rundir.search import (
-    ExperimentDir,
-    RunEntry,
-    describe_run,
-    describe_search,
-    list_runs,
-)
+# Everything is importable from here: each part's __all__ is the package's.
+from tuneforge.rundir import meta, run, search
+from tuneforge.rundir.meta import *
+from tuneforge.rundir.run import *
+from tuneforge.rundir.search import *
 
-__all__ = [
-    "BEST_DIR",
-    "CHECKPOINTS_DIR",
-    "DEFAULT_RUNS_DIR",
-    "META_FILE",
-    "RAY_SNAPSHOT",
-    "REPORT_FILE",
-    "RESULTS_FILE",
-    "STATE_FILE",
-    "STEP_PREFIX",
-    "CheckpointError",
-    "CheckpointMeta",
-    "EvalDir",
-    "ExperimentDir",
-    "Folder",
-    "RunDir",
-    "RunEntry",
-    "RunState",
-    "checkpoint_name",
-    "checkpoint_store",
-    "describe_run",
-    "describe_search",
-    "export_report_file",
-    "is_checkpoint",
-    "is_whole_checkpoint",
-    "list_runs",
-    "locate",
-    "now",
-    "read_json",
-    "read_jsonl",
-    "read_snapshot",
-    "record_export",
-    "resolve_checkpoint",
-    "snapshot_is_damaged",
-    "stored_latest_step",
-]
+__all__ = meta.__all__ + run.__all__ + search.__all__

@@ -127,4 +127,20 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             rows.append(row)
     return rows
 
-
+__all__ = [
+    "BEST_DIR",
+    "CHECKPOINTS_DIR",
+    "CheckpointError",
+    "CheckpointMeta",
+    "DEFAULT_RUNS_DIR",
+    "META_FILE",
+    "RAY_SNAPSHOT",
+    "REPORT_FILE",
+    "RESULTS_FILE",
+    "RunState",
+    "STATE_FILE",
+    "STEP_PREFIX",
+    "now",
+    "read_json",
+    "read_jsonl",
+]

@@ -10,21 +10,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from tuneforge.atomic import write_json, write_jsonl, write_text
-
-
-class Folder:
-    """A directory laid out here (a run's, an evaluation's, a search's): its path and name; the layout's paths are
-    the subclass's properties."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.path)!r})"
-
-    @property
-    def name(self) -> str:
-        return self.path.name
 from tuneforge.rundir.meta import (
     BEST_DIR,
     CHECKPOINTS_DIR,
@@ -41,6 +26,33 @@ from tuneforge.rundir.meta import (
     read_json,
     read_jsonl,
 )
+
+
+class Folder:
+    """A directory laid out here (a run's, an evaluation's, a search's): its path and name; the layout's paths are
+    the subclass's properties."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+class Entry:
+    """A file or folder of a Folder, by name: `results_file = Entry(RESULTS_FILE)` reads as `folder.path / name`."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, folder: Folder | None, owner: type | None = None) -> Any:
+        return self if folder is None else folder.path / self.name
+
+
 
 
 class RunDir(Folder):
@@ -78,66 +90,25 @@ class RunDir(Folder):
         return run if run.state_file.is_file() else None
 
     # --- paths ---------------------------------------------------------------------------------------------------
-    @property
-    def config_file(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def plan_file(self) -> Path:
-        return self.path / "plan.json"
-
-    @property
-    def lr_plot(self) -> Path:
-        return self.path / "lr_schedule.png"
-
-    @property
-    def state_file(self) -> Path:
-        return self.path / "run.json"
-
-    @property
-    def samples_file(self) -> Path:
-        return self.path / "validation_samples.jsonl"
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def generation_samples_file(self) -> Path:
-        """Each validation event's generated answers (eval_generate), one JSON row per answer."""
-        return self.path / "eval_samples.jsonl"
-
-    @property
-    def tensorboard_dir(self) -> Path:
-        return self.path / "tensorboard"
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.path / CHECKPOINTS_DIR
-
-    @property
-    def best_dir(self) -> Path:
-        return self.path / BEST_DIR
-
-    @property
-    def results_file(self) -> Path:
-        return self.path / RESULTS_FILE
-
-    @property
-    def report_file(self) -> Path:
-        return self.path / REPORT_FILE
-
-    @property
-    def export_dir(self) -> Path:
-        return self.path / "export"
+    config_file = Entry("config.yaml")
+    plan_file = Entry("plan.json")
+    lr_plot = Entry("lr_schedule.png")
+    state_file = Entry("run.json")
+    samples_file = Entry("validation_samples.jsonl")
+    metrics_file = Entry("metrics.jsonl")
+    # Each validation event's generated answers (eval_generate), one JSON row per answer.
+    generation_samples_file = Entry("eval_samples.jsonl")
+    tensorboard_dir = Entry("tensorboard")
+    checkpoints_dir = Entry(CHECKPOINTS_DIR)
+    best_dir = Entry(BEST_DIR)
+    results_file = Entry(RESULTS_FILE)
+    report_file = Entry(REPORT_FILE)
+    export_dir = Entry("export")
+    evals_dir = Entry("eval")
 
     @property
     def export_report_file(self) -> Path:
         return export_report_file(self.export_dir)
-
-    @property
-    def evals_dir(self) -> Path:
-        return self.path / "eval"
 
     def eval_dir(self, name: str) -> Path:
         return self.evals_dir / name
@@ -351,23 +322,28 @@ class EvalDir(Folder):
     confusion_matrix.png (classifiers, taggers) or samples.jsonl (causal LMs; base_samples.jsonl with
     --compare-base)."""
 
-    @property
-    def results_file(self) -> Path:
-        return self.path / RESULTS_FILE
-
-    @property
-    def confusion_plot(self) -> Path:
-        return self.path / "confusion_matrix.png"
-
-    @property
-    def samples_file(self) -> Path:
-        return self.path / "samples.jsonl"
-
-    @property
-    def base_samples_file(self) -> Path:
-        return self.path / "base_samples.jsonl"
+    results_file = Entry(RESULTS_FILE)
+    confusion_plot = Entry("confusion_matrix.png")
+    samples_file = Entry("samples.jsonl")
+    base_samples_file = Entry("base_samples.jsonl")
 
     def results(self) -> dict[str, Any]:
         return read_json(self.results_file)
 
-
+__all__ = [
+    "Entry",
+    "EvalDir",
+    "Folder",
+    "RunDir",
+    "checkpoint_name",
+    "checkpoint_store",
+    "export_report_file",
+    "is_checkpoint",
+    "is_whole_checkpoint",
+    "locate",
+    "read_snapshot",
+    "record_export",
+    "resolve_checkpoint",
+    "snapshot_is_damaged",
+    "stored_latest_step",
+]

@@ -8,7 +8,7 @@ from typing import Any
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.rundir.meta import REPORT_FILE, read_json
-from tuneforge.rundir.run import Folder, RunDir
+from tuneforge.rundir.run import Entry, Folder, RunDir
 
 
 class ExperimentDir(Folder):
@@ -22,31 +22,13 @@ class ExperimentDir(Folder):
         return search if search.is_experiment() else None
 
     # --- paths ---------------------------------------------------------------------------------------------------
-    @property
-    def config_file(self) -> Path:
-        """The search's config, search_space and tune blocks included: what --resume reloads."""
-        return self.path / "tune_config.yaml"
-
-    @property
-    def search_file(self) -> Path:
-        """search.json: metric, mode, and what --auto built."""
-        return self.path / "search.json"
-
-    @property
-    def trials_file(self) -> Path:
-        return self.path / "trials.csv"
-
-    @property
-    def best_run_file(self) -> Path:
-        return self.path / "best_run.json"
-
-    @property
-    def objective_plot(self) -> Path:
-        return self.path / "objective_by_trial.png"
-
-    @property
-    def report_file(self) -> Path:
-        return self.path / REPORT_FILE
+    # The search's config, search_space and tune blocks included: what --resume reloads.
+    config_file = Entry("tune_config.yaml")
+    search_file = Entry("search.json")  # search.json: metric, mode, and what --auto built.
+    trials_file = Entry("trials.csv")
+    best_run_file = Entry("best_run.json")
+    objective_plot = Entry("objective_by_trial.png")
+    report_file = Entry(REPORT_FILE)
 
     def trial(self, run_id: str) -> RunDir:
         """A trial's run directory, by its run id (its directory name)."""
@@ -118,3 +100,10 @@ def list_runs(directory: str | Path) -> list[RunEntry]:
             entries.append(describe_run(run))
     return entries
 
+__all__ = [
+    "ExperimentDir",
+    "RunEntry",
+    "describe_run",
+    "describe_search",
+    "list_runs",
+]

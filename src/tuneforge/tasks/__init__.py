@@ -3,12 +3,11 @@ subclass binding its stage code, then `register(task)` (the built-in tasks are r
 
 from __future__ import annotations
 
-from tuneforge.errors import TuneforgeError
 from tuneforge.tasks.base import Task
 from tuneforge.tasks.causal_lm import CausalLM
 from tuneforge.tasks.classification import SequenceClassification
 from tuneforge.tasks.token_classification import TokenClassification
-from tuneforge.taskspec import canonical_name, register_spec
+from tuneforge.taskspec import get_spec, register_spec
 
 TASKS: dict[str, Task] = {}
 
@@ -21,12 +20,9 @@ def register(task: Task) -> Task:
 
 
 def get_task(name: str | None) -> Task:
-    """The binding of the task called `name` (aliases resolved; a checkpoint without a task is a causal LM)."""
-    name = canonical_name(name)
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise TuneforgeError(f"unknown task '{name}'; tuneforge knows {', '.join(TASKS)}") from None
+    """The binding of the task called `name` (aliases resolved; a checkpoint without a task is a causal LM; an
+    unknown name is a TuneforgeError naming the known ones)."""
+    return TASKS[get_spec(name).name]
 
 
 for _builtin in (CausalLM(), SequenceClassification(), TokenClassification()):
