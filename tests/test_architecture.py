@@ -175,3 +175,23 @@ def test_the_task_comparison_finder_sees_one(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text('if config.task == "classification":\n    pass\nif task != "causal_lm":\n    pass\n')
     assert task_name_comparisons(sample) == [1, 3]
+
+
+def tables_keyed_by_task(path: Path) -> list[int]:
+    """Lines of dict literals keyed by a built-in task's name: a second registry beside the task's binding."""
+    from tuneforge.taskspec import ALIASES, SPECS
+
+    names = {*SPECS, *ALIASES}
+    return [node.lineno for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Dict)
+            and any(isinstance(key, ast.Constant) and key.value in names for key in node.keys)]
+
+
+def test_no_table_outside_the_task_spec_and_bindings_is_keyed_by_task_name(tmp_path):
+    offenders = {str(path.relative_to(PACKAGE)): found for path in PACKAGE.rglob("*.py")
+                 if "tasks" not in path.relative_to(PACKAGE).parts and path.name != "taskspec.py"
+                 and (found := tables_keyed_by_task(path))}
+    assert offenders == {}
+    sample = tmp_path / "sample.py"
+    sample.write_text('RENDERERS = {"classification": print, "other": len}\n')
+    assert tables_keyed_by_task(sample) == [1]  # the finder sees one
