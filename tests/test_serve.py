@@ -184,6 +184,11 @@ def test_an_api_key_is_required_when_set(tiny_lora_run):
             openai.OpenAI(base_url=f"{running.url}/v1", api_key="wrong", max_retries=0).models.list()
         assert openai.OpenAI(base_url=f"{running.url}/v1", api_key="s3cret").models.list().data == []
         assert http("GET", f"{running.url}/health").status_code == 200  # probes need no key
+        # without the key nothing else is told: not which paths exist, not what is wrong with the body
+        for method, path, content in (("GET", "/v1/nowhere", None), ("POST", "/v1/chat/completions", b"{not json"),
+                                      ("POST", "/v1/classify", b"[]")):
+            refused = http(method, f"{running.url}{path}", content=content)
+            assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key", path
 
 
 def test_concurrent_requests_are_all_answered_once(client, server):

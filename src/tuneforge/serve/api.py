@@ -12,12 +12,12 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
@@ -25,7 +25,7 @@ from tuneforge.data.causal import ROLES
 from tuneforge.native import NativeCrash
 from tuneforge.serve.engines import CausalModel, Engines, Job
 
-BEARER = HTTPBearer(auto_error=False)  # `authorized` refuses a bad key in OpenAI's error shape, not HTTPBearer's 401
+BEARER = HTTPBearer(auto_error=False)  # reads the key; `guard` refuses a bad one in OpenAI's error shape, first
 
 
 @dataclass(frozen=True)
@@ -142,19 +142,20 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
         started = time.perf_counter()
         route = request.url.path if request.url.path in ROUTES else "other"
         size = request.headers.get("content-length")
+        if request.url.path != "/health" and not await authorized(request):  # the key first: nothing else is told
+            response: Any = JSONResponse(UNAUTHORIZED.body(), status_code=401)  # to a caller without it
         # The documented body limit (Limits.max_body_bytes), refused from Content-Length before the body is read.
-        if size and size.isdigit() and int(size) > limits.max_body_bytes:
-            response: Any = JSONResponse(too_large(size, limits).body(), status_code=413)
+        elif size and size.isdigit() and int(size) > limits.max_body_bytes:
+            response = JSONResponse(too_large(size, limits).body(), status_code=413)
         else:
             response = await call_next(request)
         metrics.request(route, response.status_code, time.perf_counter() - started)
         return response
 
-    async def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
-        if api_key is not None and not (credentials and secrets.compare_digest(credentials.credentials.encode(),
-                                                                               api_key.encode())):
-            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                           kind="authentication_error", code="invalid_api_key")
+    async def authorized(request: Request) -> bool:
+        credentials = await BEARER(request)
+        return api_key is None or bool(credentials and secrets.compare_digest(credentials.credentials.encode(),
+                                                                             api_key.encode()))
 
     async def within_body_limit(request: Request) -> None:
         """The body limit for a chunked body, which has no Content-Length for `guard` to refuse it by."""
@@ -162,7 +163,7 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
         if size > limits.max_body_bytes:
             raise too_large(size, limits)
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized), Depends(within_body_limit)])  # /health: no key
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(within_body_limit)])
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -216,6 +217,10 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
 
     app.include_router(v1)
     return app
+
+
+UNAUTHORIZED = ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                        kind="authentication_error", code="invalid_api_key")
 
 
 def too_large(size: int | str, limits: Limits) -> ApiError:
