@@ -113,3 +113,17 @@ def test_bf16_packing_is_chosen_only_for_fp32_models_on_cpus_with_native_bf16(ti
     assert not any(isinstance(m, inference.PackedBf16Linear) for m in inference.inference_copy(model).modules())
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
     assert not inference.bf16_packing_pays(model.to(torch.bfloat16))
+
+
+def test_a_command_refuses_a_checkpoint_without_the_capability_it_needs(tmp_path):
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.generate import Generator
+    from tuneforge.predict_tokens import Tagger
+    from tuneforge.rundir import CheckpointMeta
+
+    CheckpointMeta(task="classification", model_id="minilm-l6", labels=["a", "b"]).write(tmp_path)
+    with pytest.raises(TuneforgeError, match=r"this is a classification run; the command needs a run that generates "
+                                             r"text"):
+        Generator.from_path(tmp_path)  # refused from tuneforge.json, before any weights load
+    with pytest.raises(TuneforgeError, match="needs a token classification run"):
+        Tagger.from_path(tmp_path)
