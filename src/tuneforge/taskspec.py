@@ -27,6 +27,7 @@ class TaskSpec:
     tags_words: bool = False  # entity spans in a text
     gathers_predictions: bool = False  # validation collects per-row predictions from every worker
     reads_datasets: bool = False  # train_path may be a directory, glob or URI, and may stream (Ray Data)
+    learns_preferences: bool = False  # trains on preferred vs rejected answers (loss_type, beta, reference apply)
     required_keys: tuple[tuple[str, str], ...] = ()  # (config key, what it is) the task cannot run without
 
     def check_config(self, config: Any) -> None:
@@ -65,7 +66,14 @@ TOKEN_CLASSIFICATION = TaskSpec(
     lora_task_type="TOKEN_CLS", auto_model="AutoModelForTokenClassification", export_formats=("merged",),
     label_head=True, tags_words=True, gathers_predictions=True)
 
-SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in (CAUSAL_LM, CLASSIFICATION, TOKEN_CLASSIFICATION)}
+# Preference tuning of a causal LM (DPO, IPO, ORPO, SimPO, KTO): trained on pairs of answers, used like an SFT run.
+PREFERENCE = TaskSpec(
+    name="preference", metrics=("eval_loss", "eval_rewards_chosen", "eval_rewards_rejected", "eval_rewards_accuracy",
+                                "eval_rewards_margin", "eval_logps_chosen", "eval_logps_rejected"),
+    lora_task_type="CAUSAL_LM", auto_model="AutoModelForCausalLM", export_formats=("merged", "gguf", "gguf-lora"),
+    generates=True, learns_preferences=True)
+
+SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in (CAUSAL_LM, CLASSIFICATION, TOKEN_CLASSIFICATION, PREFERENCE)}
 ALIASES = {"instruction_tuning": "causal_lm"}  # Anyscale's name for the same thing
 
 

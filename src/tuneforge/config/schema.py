@@ -68,13 +68,18 @@ class EvalGenerate(BaseModel):
         "when every one is a JSON object")
 
 
+PREFERENCE_KEYS = ("loss_type", "beta", "label_smoothing", "simpo_gamma", "desirable_weight", "undesirable_weight",
+                   "reference")
+REFERENCE_FREE_LOSSES = ("orpo", "simpo")
+
+
 class TrainConfig(BaseModel):
     """Everything one training run needs. Field descriptions double as the reference in the README."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # --- what to train -------------------------------------------------------------------------------------
-    task: str = Field("causal_lm", description="causal_lm, classification or token_classification "
+    task: str = Field("causal_lm", description="causal_lm, classification, token_classification or preference "
                       "(tuneforge.taskspec lists them)")
     model_id: str = Field(description="local HF dir, hub id, or bundled alias (smollm2-135m-instruct, minilm-l6)")
     trust_remote_code: bool = Field(False, description="let the model's repo run its own Python code")
@@ -152,6 +157,28 @@ class TrainConfig(BaseModel):
         True, description="run each plain LoRA linear layer's forward and backward as one function with in-place "
         "adds and row-major weight gradients (equal to PEFT's to rounding); off under torch_compile")
 
+    # --- starting point and preference tuning (task: preference) ------------------------------------------------
+    init_from: str | None = Field(
+        None, description="start from a trained run or checkpoint: its LoRA adapter keeps training (same base "
+        "model_id), or its fully fine-tuned weights are the base; e.g. the SFT run preference tuning continues")
+    loss_type: Literal["dpo", "ipo", "orpo", "simpo", "kto"] | None = Field(
+        None, description="preference: dpo (default), ipo, orpo, simpo (no reference model), kto (unpaired rows: "
+        "prompt, completion, label)")
+    beta: float | None = Field(None, gt=0, description="preference: strength of the preference (DPO's beta, IPO's "
+                               "tau, ORPO's lambda); default 0.1")
+    label_smoothing: float | None = Field(None, ge=0, lt=0.5, description="preference (dpo, simpo): the share of "
+                                          "pairs assumed mislabelled (conservative DPO); default 0")
+    simpo_gamma: float | None = Field(None, ge=0, description="preference (simpo): the target reward margin; "
+                                      "default 0.5")
+    desirable_weight: float | None = Field(None, gt=0, description="preference (kto): weight of desirable rows; "
+                                           "default 1")
+    undesirable_weight: float | None = Field(None, gt=0, description="preference (kto): weight of undesirable rows; "
+                                             "default 1")
+    reference: str | None = Field(
+        None, description="preference (dpo, ipo, kto): the model answers are compared with. init (default): the "
+        "model the run starts from (with init_from, that run's model, never silently the raw base); base: the base "
+        "model with the adapter off (LoRA); or a run or checkpoint holding a LoRA adapter of the same base")
+
     # --- validation and checkpoints ----------------------------------------------------------------------------
     checkpoint_every_n_epochs: int | None = Field(None, ge=1)
     max_num_checkpoints: int = Field(10, ge=1, description="validation+checkpoint events spread over training")
@@ -221,6 +248,7 @@ class TrainConfig(BaseModel):
             raise entry_error("eval_metrics", "eval_metrics: your metrics score generated answers; turn generation "
                                               "at validation on with eval_generate: {max_rows: 64}")
         task.check_config(self)
+        self._check_preference_keys(task)
         known = validation_metrics(self)
         if self.best_metric not in known:
             hint = (" (generation metrics need eval_generate: {max_rows: 64})"
@@ -229,6 +257,16 @@ class TrainConfig(BaseModel):
                               f"{suggest(self.best_metric, known, list_when_none_close=False)}; "
                               f"validation reports {', '.join(known)}{hint}")
         return self
+
+    def _check_preference_keys(self, task: Any) -> None:
+        if task.learns_preferences:
+            if self.reference is not None and self.loss_type in REFERENCE_FREE_LOSSES:
+                raise entry_error("reference", f"reference: {self.loss_type} needs no reference model; remove "
+                                               "reference (or choose loss_type: dpo, ipo or kto)")
+            return
+        for key in PREFERENCE_KEYS:
+            if getattr(self, key) is not None:
+                raise entry_error(key, f"{key}: a setting of preference tuning; add task: preference, or remove {key}")
 
     @property
     def notes(self) -> list[str]:

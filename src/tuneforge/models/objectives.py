@@ -29,37 +29,38 @@ def unwrap_peft(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-class FrozenHeadCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of `hidden @ weight.T` against `targets`, for a frozen output layer (LoRA).
+class FrozenHeadTokenLosses(torch.autograd.Function):
+    """Cross-entropy of each row of `hidden @ weight.T` against `targets` (fp32, one value per target), for a frozen
+    output layer (LoRA).
 
-    Chunk by chunk of rows, the forward pass computes the loss *and* d(loss)/d(hidden) (softmax minus one-hot, times
-    the weight); backward only scales that by the incoming gradient. The [targets, vocab] logits, their fp32 copy
-    and the softmax gradient never exist in full: with a 49k vocabulary that memory traffic cost more than a
-    quarter of a CPU training step (bench/train_vs_hf.py). The weight's own gradient is never computed.
+    Chunk by chunk of rows, the forward pass computes the losses *and* d(loss)/d(hidden) (softmax minus one-hot,
+    times the weight); backward only scales those rows by the incoming gradients. The [targets, vocab] logits, their
+    fp32 copy and the softmax gradient never exist in full: with a 49k vocabulary that memory traffic cost more than
+    a quarter of a CPU training step (bench/train_vs_hf.py). The weight's own gradient is never computed.
     """
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 want_grad: bool, chunk: int) -> torch.Tensor:
-        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        losses = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if want_grad else None
         for start in range(0, hidden.shape[0], chunk):
             rows = slice(start, start + chunk)
             logits = (hidden[rows].to(weight.dtype) @ weight.t()).float()
             wanted = targets[rows]
             log_norm = torch.logsumexp(logits, dim=-1)
-            loss += (log_norm - logits.gather(1, wanted[:, None]).squeeze(1)).sum()
+            losses[rows] = log_norm - logits.gather(1, wanted[:, None]).squeeze(1)
             if want_grad:
                 probabilities = logits.sub_(log_norm[:, None]).exp_()
                 probabilities[torch.arange(len(wanted), device=wanted.device), wanted] -= 1.0
                 grad_hidden[rows] = (probabilities.to(weight.dtype) @ weight).to(hidden.dtype)
         ctx.save_for_backward(grad_hidden if want_grad else hidden.new_empty(0))
-        return loss
+        return losses
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, grad_losses: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (grad_hidden,) = ctx.saved_tensors
-        return grad_hidden * grad_loss.to(grad_hidden.dtype), None, None, None, None
+        return grad_hidden * grad_losses[:, None].to(grad_hidden.dtype), None, None, None, None
 
 
 # [512, vocab] fp32 logits per chunk (100 MB at a 49k vocabulary): smaller chunks re-read the whole head weight
@@ -82,6 +83,14 @@ class CausalLMObjective(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 position_ids: torch.Tensor | None = None, row_lengths: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        losses, selected = self.token_losses(input_ids, attention_mask, labels, position_ids, row_lengths)
+        return losses.sum(), selected.sum()
+
+    def token_losses(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                     position_ids: torch.Tensor | None = None, row_lengths: torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy (fp32) of every target token, in row-major order, and the [rows, length - 1] mask of where
+        the targets are."""
         targets = labels[:, 1:]
         selected = targets != IGNORE_INDEX
         if self.plain_head:
@@ -89,17 +98,16 @@ class CausalLMObjective(nn.Module):
             hidden = self.hidden_states(hf_model, input_ids, position_ids, row_lengths)
             head = hf_model.get_output_embeddings()
             if self.frozen_head(head):
-                loss_sum = FrozenHeadCrossEntropy.apply(
+                losses = FrozenHeadTokenLosses.apply(
                     hidden[:, :-1][selected], self.head_weight(head), targets[selected],
                     torch.is_grad_enabled() and hidden.requires_grad, HEAD_CHUNK_ROWS)
-                return loss_sum, selected.sum()
+                return losses, selected
             logits = head(hidden[:, :-1][selected])
         else:
             if row_lengths is not None:
                 raise RuntimeError("padding-free batches need a decoder with a plain output layer")
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1][selected]
-        loss_sum = F.cross_entropy(logits.float(), targets[selected], reduction="sum")
-        return loss_sum, selected.sum()
+        return F.cross_entropy(logits.float(), targets[selected], reduction="none"), selected
 
     @staticmethod
     def hidden_states(hf_model: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor | None,

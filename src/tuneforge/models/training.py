@@ -33,10 +33,11 @@ def make_lora_config(lora_config: dict[str, Any], task: str) -> Any:
 
 def load_model_for_training(
     config: Any, source: str, tokenizer: Any, *, labels: list[str], device: Any, precision: str,
-    resume_dir: Path | None = None,
+    resume_dir: Path | None = None, init_adapter: Path | None = None,
 ) -> Any:
     """The model to train: base weights (or a full-FT checkpoint when resuming), vocab matched to the tokenizer,
-    gradient checkpointing as configured, LoRA adapters (restored when resuming)."""
+    gradient checkpointing as configured, LoRA adapters (restored when resuming; `init_adapter`'s, init_from, when
+    starting)."""
     import torch
 
     from tuneforge.hardware import gradient_checkpointing_wanted
@@ -60,7 +61,7 @@ def load_model_for_training(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if config.uses_lora:
-        model = attach_lora(model, config, resume_dir)
+        model = attach_lora(model, config, resume_dir or init_adapter)
         if config.shared_lora_dropout:
             share_lora_dropout(model)
         if config.fused_lora and not config.torch_compile:  # compile fuses by itself; keep its graphs PEFT's
@@ -107,11 +108,12 @@ def load_pretrained(task: str, source: str, labels: list[str], kwargs: dict[str,
     return model_class(spec).from_pretrained(source, **head_kwargs(spec, labels), **kwargs)
 
 
-def attach_lora(model: Any, config: Any, resume_dir: Path | None) -> Any:
+def attach_lora(model: Any, config: Any, adapter_dir: Path | None) -> Any:
+    """A new adapter as lora_config says, or the one saved in `adapter_dir` (resumed, or init_from) to train on."""
     from peft import PeftModel, get_peft_model
 
-    if resume_dir is not None:
-        return PeftModel.from_pretrained(model, str(resume_dir), is_trainable=True)
+    if adapter_dir is not None:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
     return get_peft_model(model, make_lora_config(config.lora_config, config.task))
 
 

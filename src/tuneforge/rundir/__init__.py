@@ -5,6 +5,7 @@
         plan.json                 steps, epochs, events, data statistics; lr_schedule.png
         run.json                  RunState: created | running | completed | failed | interrupted | stopped
         validation_samples.jsonl  raw validation rows later stages check against (export's fidelity probes)
+        reference_logps.safetensors  preference runs: the reference model's log-probabilities, computed once
         metrics.jsonl             one line per log step and per validation event
         tensorboard/              event files
         checkpoints/step-NNNNNN/  the best `num_checkpoints_to_keep` plus the latest (Ray Train manages them)

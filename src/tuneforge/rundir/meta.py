@@ -16,6 +16,7 @@ from tuneforge.errors import TuneforgeError
 META_FILE = "tuneforge.json"
 STATE_FILE = "training_state.pt"  # a checkpoint's optimizer, scheduler and RNG state (train/checkpoints.py)
 RESULTS_FILE = "results.json"  # a run's, and an evaluation's
+REFERENCE_FILE = "reference_logps.safetensors"  # a preference run's and its checkpoints' (train/reference.py)
 REPORT_FILE = "report.html"  # a run's, and a search's
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -135,6 +136,7 @@ __all__ = [
     "DEFAULT_RUNS_DIR",
     "META_FILE",
     "RAY_SNAPSHOT",
+    "REFERENCE_FILE",
     "REPORT_FILE",
     "RESULTS_FILE",
     "RunState",

@@ -16,6 +16,7 @@ from tuneforge.rundir.meta import (
     DEFAULT_RUNS_DIR,
     META_FILE,
     RAY_SNAPSHOT,
+    REFERENCE_FILE,
     REPORT_FILE,
     RESULTS_FILE,
     STEP_PREFIX,
@@ -98,6 +99,7 @@ class RunDir(Folder):
     metrics_file = Entry("metrics.jsonl")
     # Each validation event's generated answers (eval_generate), one JSON row per answer.
     generation_samples_file = Entry("eval_samples.jsonl")
+    reference_file = Entry(REFERENCE_FILE)  # a preference run's reference log-probabilities (train/reference.py)
     tensorboard_dir = Entry("tensorboard")
     checkpoints_dir = Entry(CHECKPOINTS_DIR)
     best_dir = Entry(BEST_DIR)

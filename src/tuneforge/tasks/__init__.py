@@ -6,6 +6,7 @@ from __future__ import annotations
 from tuneforge.tasks.base import Task
 from tuneforge.tasks.causal_lm import CausalLM
 from tuneforge.tasks.classification import SequenceClassification
+from tuneforge.tasks.preference import Preference
 from tuneforge.tasks.token_classification import TokenClassification
 from tuneforge.taskspec import get_spec, register_spec
 
@@ -25,7 +26,7 @@ def get_task(name: str | None) -> Task:
     return TASKS[get_spec(name).name]
 
 
-for _builtin in (CausalLM(), SequenceClassification(), TokenClassification()):
+for _builtin in (CausalLM(), SequenceClassification(), TokenClassification(), Preference()):
     register(_builtin)
 
 __all__ = ["TASKS", "Task", "get_task", "register"]

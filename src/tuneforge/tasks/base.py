@@ -45,9 +45,18 @@ class Task:
         return f"the {self.name} task trains on padded batches only"
 
     # --- training ----------------------------------------------------------------------------------------------
-    def objective(self, model: Any, meta: Any) -> Any:
+    def objective(self, model: Any, meta: Any, config: Any) -> Any:
         """The nn.Module that turns a batch into (loss sum, target count); see models/objectives.py."""
         raise NotImplementedError
+
+    def needs_reference(self, config: Any) -> bool:
+        """The loss compares the model with a frozen reference, whose log-probabilities train/reference.py
+        computes once before training."""
+        return False
+
+    def resolved_keys(self, config: Any) -> dict[str, Any]:
+        """Task settings left unset whose defaults the saved config should spell out."""
+        return {}
 
     # --- after training ----------------------------------------------------------------------------------------
     def load(self, path: str | Path) -> Any:

@@ -42,7 +42,7 @@ class CausalLM(Task):
             return "the config asks for padded batch shapes (padding: max_length or pad_to_multiple_of)"
         return padding_free_blocker(model_config, context_length)
 
-    def objective(self, model: Any, meta: Any) -> Any:
+    def objective(self, model: Any, meta: Any, config: Any) -> Any:
         from tuneforge.models.objectives import CausalLMObjective
 
         return CausalLMObjective(model)

@@ -34,7 +34,7 @@ class SequenceClassification(Task):
         return collate_classification(examples, pad_id, padding=padding, context_length=context_length,
                                       multiple_of=multiple_of)
 
-    def objective(self, model: Any, meta: Any) -> Any:
+    def objective(self, model: Any, meta: Any, config: Any) -> Any:
         from tuneforge.models.objectives import ClassificationObjective
 
         return ClassificationObjective(model, meta.class_weights)

@@ -40,7 +40,7 @@ class TokenClassification(Task):
         return collate_token_classification(examples, pad_id, padding=padding, context_length=context_length,
                                             multiple_of=multiple_of)
 
-    def objective(self, model: Any, meta: Any) -> Any:
+    def objective(self, model: Any, meta: Any, config: Any) -> Any:
         from tuneforge.models.objectives import TokenClassificationObjective
 
         return TokenClassificationObjective(model, meta.labels, meta.tag_scheme or "IOB2", meta.class_weights)

@@ -27,6 +27,7 @@ from tuneforge.rundir import (
     snapshot_is_damaged,
     stored_latest_step,
 )
+from tuneforge.train import reference
 from tuneforge.train.liveness import Process, wait_until_gone
 from tuneforge.train.preflight import (
     PreparedRun,
@@ -179,12 +180,17 @@ def execute(
     from tuneforge.train.tracking import Tracker
 
     events = Queue(actor_options={"num_cpus": 0})
+    reference_key = reference.reference_key(prepared)
+    offered = reference.cached_reference(run.reference_file, reference_key)
+    if offered is not None:
+        reporter.note("reference log-probabilities: reusing the ones computed before for this model and data")
     inputs = WorkerInputs(
         config=prepared.config.model_dump(mode="json"),
         plan=prepared.plan.to_dict(),
         model_source=prepared.model_source,
         meta=prepared.meta,
-        payload=ray.put({"data": prepared.data, "tokenizer": prepared.tokenizer}),
+        payload=ray.put({"data": prepared.data, "tokenizer": prepared.tokenizer, "reference": offered,
+                         "reference_key": reference_key}),
         events=events,
         checkpoint_root=checkpoint_store(run.path, prepared.config.storage_path),
         init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
@@ -193,6 +199,8 @@ def execute(
         task=prepared.task,
         driver=Process.current(),
         metric_tags=run_tags(run.path),
+        init_adapter=str(prepared.start.init_dir) if prepared.start.init_dir else None,
+        reference_adapter=str(prepared.start.reference_dir) if prepared.start.reference_dir else None,
     )
     started = time.time()
     run.update_state(status="running", started=now(), ended=None, error=None, resumed_from_step=resume_step,
@@ -219,7 +227,8 @@ def execute(
             run.update_state(startup=event["startup_seconds"])
         run.update_state(attempts=attempts)
 
-    pump = EventPump(events, [record_start, tracker.record, reporter.event])
+    keeper = reference.ReferenceKeeper(run.reference_file)
+    pump = EventPump(events, [record_start, keeper.record, tracker.record, reporter.event])
     reporter.phase("training")
     try:
         result = fit(inputs, placement.scaling, prepared.config, callbacks,

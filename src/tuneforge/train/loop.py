@@ -30,11 +30,12 @@ from tuneforge.hardware import autocast_context, make_grad_scaler, resolve_preci
 from tuneforge.models.training import trainable_counts
 from tuneforge.observe.training import TrainingMetrics
 from tuneforge.plan import TrainingPlan, make_scheduler
-from tuneforge.rundir import CheckpointMeta, checkpoint_name
+from tuneforge.rundir import REFERENCE_FILE, CheckpointMeta, checkpoint_name
 from tuneforge.tasks import Task, register
 from tuneforge.train import checkpoints
 from tuneforge.train.batching import epoch_batches, eval_batches
 from tuneforge.train.liveness import Process
+from tuneforge.train.reference import prepare_reference
 from tuneforge.train.worker import (
     all_reduce_sum,
     capture_rng,
@@ -64,6 +65,8 @@ class WorkerInputs:
     task: Task | None = None  # the run's task binding: a task registered only in the driver still trains
     driver: Process | None = None  # the process that started the run: workers on its node stop once it is gone
     metric_tags: tuple[str, str] = ("", "")  # (run, trial) on this run's Ray metrics
+    init_adapter: str | None = None  # init_from: a trained LoRA adapter the run continues
+    reference_adapter: str | None = None  # reference: a LoRA adapter loaded for the one reference pass
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -88,8 +91,11 @@ class TrainingLoop:
         self.events = inputs.events
         self.import_paths = inputs.import_paths or []
         self.driver = inputs.driver
+        self.init_adapter, self.reference_adapter = inputs.init_adapter, inputs.reference_adapter
         payload = ray.get(inputs.payload)
         self.data, self.tokenizer = payload["data"], payload["tokenizer"]
+        self.offered_reference, self.reference_key = payload.get("reference"), payload.get("reference_key")
+        self.reference = None
         self.startup.append(("data payload fetch", time.time()))
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
@@ -128,10 +134,11 @@ class TrainingLoop:
             self.scheduler = make_scheduler(self.optimizer, self.config, self.plan)
             if resume_dir:
                 state = checkpoints.load_training_state(resume_dir)
-        self.scaler = make_grad_scaler(self.precision, self.device)
-        if state:
-            self.restore(state)
-        self.padding_free = self.config.padding_free and not self.checkpointing()
+            self.scaler = make_grad_scaler(self.precision, self.device)
+            if state:
+                self.restore(state)
+            self.padding_free = self.config.padding_free and not self.checkpointing()
+            self.reference = prepare_reference(self, resume_dir, self.offered_reference, self.reference_key)
         self.train_lengths = [len(example) for example in self.data.train]
         self.valid_lengths = [len(example) for example in self.data.valid]
         self.generation = self.build_generation()
@@ -158,10 +165,11 @@ class TrainingLoop:
             device=self.device,
             precision=self.precision,
             resume_dir=resume_dir,
+            init_adapter=Path(self.init_adapter) if self.init_adapter else None,
         )
 
     def build_objective(self) -> torch.nn.Module:
-        return self.task.objective(self.model, self.meta)
+        return self.task.objective(self.model, self.meta, self.config)
 
     def ddp_kwargs(self) -> dict[str, Any]:
         # Only trainable parameters are registered with DDP; a static graph lets it skip re-checking which of them
@@ -290,12 +298,16 @@ class TrainingLoop:
         objective.eval()
         loss_sum, count = 0.0, 0.0
         extra: dict[str, list[int]] = {"y_true": [], "y_pred": []}
+        sums: dict[str, float] = {}
         for indices in eval_batches(self.valid_lengths, batch_size=self.config.eval_batch_size_per_device,
                                     world_size=self.world_size, rank=self.rank):
             batch = self.to_device(self.collate([self.data.valid[i] for i in indices]))
             with autocast_context(self.precision, self.device):
                 batch_loss, batch_count, predictions = objective.eval_batch(batch)
-            if predictions is not None:
+            if isinstance(predictions, dict):  # sums the objective summarizes (preference: rewards, accuracy)
+                for key, value in predictions.items():
+                    sums[key] = sums.get(key, 0.0) + value
+            elif predictions is not None:
                 extra["y_pred"].extend(predictions.tolist())
                 extra["y_true"].extend(batch["labels"].tolist())
             loss_sum += float(batch_loss)
@@ -304,6 +316,10 @@ class TrainingLoop:
         loss_sum, count = all_reduce_sum([loss_sum, count], self.device)
         if self.task.spec.gathers_predictions:
             extra = gather_lists(extra)
+        names = sorted(set().union(*gather_objects(sorted(sums))))  # a rank with no batch has no keys
+        if names:
+            extra["sums"] = dict(zip(names, all_reduce_sum([sums.get(name, 0.0) for name in names], self.device),
+                                     strict=True))
         return objective.summarize(loss_sum, count, extra)
 
     def checkpoint_event(self, step: int, train_loss: float | None) -> None:
@@ -327,6 +343,8 @@ class TrainingLoop:
             if self.rank == 0:
                 meta = self.meta.model_copy(update={"step": step, "epoch": metrics["epoch"], "metrics": metrics,
                                                     "precision": self.precision})
+                if self.reference is not None:  # a restarted worker continues with the reference it started with
+                    self.reference.save(Path(tmp) / REFERENCE_FILE)
                 checkpoints.save_checkpoint(Path(tmp), self.model, self.tokenizer, meta, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             self.emit({"type": "eval", **metrics})

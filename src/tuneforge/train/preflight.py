@@ -16,6 +16,7 @@ from tuneforge.errors import ConfigError
 from tuneforge.plan import TrainingPlan, make_plan
 from tuneforge.rundir import CheckpointMeta
 from tuneforge.tasks import Task, get_task
+from tuneforge.train.starting_point import StartingPoint, starting_point
 
 
 class Reporter(Protocol):
@@ -50,6 +51,7 @@ class PreparedRun:
     plan: TrainingPlan
     meta: CheckpointMeta  # what every checkpoint of the run will say about itself (step and metrics added)
     samples: list[dict[str, Any]] = field(default_factory=list)  # raw validation rows for later stages
+    start: StartingPoint = field(default_factory=StartingPoint)  # init_from and reference, resolved
 
     @property
     def task(self) -> Task:
@@ -72,16 +74,20 @@ def prepare_run(config: TrainConfig, reporter: Reporter | None = None) -> Prepar
     reporter = reporter or SilentReporter()
     task = get_task(config.task)
     check_data_files(config)
-    if needs_conversion(config.model_id):
+    start = starting_point(config)
+    if start.base_dir is not None:
+        reporter.phase(f"starting from the fully fine-tuned weights of {start.base_dir}")
+    elif needs_conversion(config.model_id):
         reporter.phase(f"converting bundled {config.model_id} to a cached HF directory (first use only, ~20 s)")
     else:
         reporter.phase(f"resolving model {config.model_id}")
+    model_id = str(start.base_dir) if start.base_dir else config.model_id
     try:
-        source = resolve_model(config.model_id)
-        model_config = load_model_config(source, config.model_id, config.trust_remote_code)
+        source = resolve_model(model_id)
+        model_config = load_model_config(source, model_id, config.trust_remote_code)
     except ModelError as exc:
         raise ModelError(f"{config.source_of('model_id')}: {exc}") from None
-    tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
+    tokenizer = load_tokenizer(str(start.tokenizer_dir or source), trust_remote_code=config.trust_remote_code)
     ensure_distinct_pad(tokenizer)
     reporter.phase("reading and tokenizing data")
     data = task.prepare_data(config, tokenizer, model_max_length(model_config), progress=reporter.event)
@@ -93,16 +99,17 @@ def prepare_run(config: TrainConfig, reporter: Reporter | None = None) -> Prepar
         reporter.note(note)
     check_lora_targets(config, model_config, data.labels)
     config = config.model_copy(update={"context_length": data.context_length,
-                                       "padding_free": resolve_padding_free(config, task, model_config, data.context_length)})
+                                       "padding_free": resolve_padding_free(config, task, model_config, data.context_length),
+                                       **task.resolved_keys(config)})
     plan = make_plan(config, data.train_rows)
     if config.num_epochs is None:
         config = config.model_copy(update={"num_epochs": plan.num_epochs})
     meta = CheckpointMeta(
-        tuneforge_version=__version__, task=task.name, model_id=config.model_id, model_source=source,
+        tuneforge_version=__version__, task=task.name, model_id=model_id, model_source=source,
         lora=config.uses_lora, trust_remote_code=config.trust_remote_code, shape=data.shape, labels=data.labels,
         context_length=data.context_length, **task.run_facts(config, tokenizer, data),
     )
-    return PreparedRun(config, source, tokenizer, data, plan, meta, task.validation_samples(data))
+    return PreparedRun(config, source, tokenizer, data, plan, meta, task.validation_samples(data), start)
 
 
 def resolve_padding_free(config: TrainConfig, task: Task, model_config: Any, context_length: int) -> bool:

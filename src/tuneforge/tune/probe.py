@@ -59,7 +59,7 @@ def measure_speed(config: TrainConfig, prepared: Any, threads: int | None = None
         with quiet_progress_bars():
             model = load_model_for_training(config, prepared.model_source, prepared.tokenizer, labels=data.labels,
                                             device=device, precision=precision)
-        objective = task.objective(model, prepared.meta).to(device)
+        objective = task.objective(model, prepared.meta, config).to(device)
         optimizer = build_optimizer(model, config)
         batch_rows = config.train_batch_size_per_device
         examples = list(data.train)

@@ -66,6 +66,9 @@ class RichReporter:
             self.step(event)
         elif kind == "eval":
             self.evaluation(event)
+        elif kind == "reference":
+            console.print(f"[dim]· reference log-probabilities of {event['rows']:,} rows computed in "
+                          f"{event['seconds']:.1f} s, once: kept with the run and its checkpoints[/dim]")
 
     def preparation(self, event: dict[str, Any]) -> None:
         """Ray Data tokenizing streamed data: chunks done of all, rows so far."""

@@ -1,0 +1,220 @@
+"""Preference tuning in the one training loop: each answer's log-probability, the reference computed once from the
+model the run starts from and cached, the validation metrics, and the config's checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.helpers import SAY_WORDS, write_config, write_jsonl
+from tuneforge.config import load_config
+from tuneforge.errors import ConfigError
+
+
+def pair_row(word: str, rejected: str) -> dict:
+    return {"prompt": [{"role": "user", "content": f"Say {word}."}], "chosen": word, "rejected": rejected}
+
+
+@pytest.fixture(scope="module")
+def pair_data(tmp_path_factory) -> dict:
+    """Say X. -> chosen "X" (and stop), rejected: X followed by more words (a model that does not stop)."""
+    folder = tmp_path_factory.mktemp("pairs")
+    rows = [pair_row(word, f"{word} {word} and {SAY_WORDS[(i + 1) % 4]}") for i, word in enumerate(SAY_WORDS)]
+    return {"train": write_jsonl(folder / "train.jsonl", rows * 4), "valid": write_jsonl(folder / "valid.jsonl", rows)}
+
+
+def preference_config(tmp_path, model_dir, data, **keys):
+    from tuneforge.config import TrainConfig
+
+    settings = dict(task="preference", model_id=str(model_dir), train_path=str(data["train"]),
+                    valid_path=str(data["valid"]), train_batch_size_per_device=4, eval_batch_size_per_device=4,
+                    num_warmup_steps=0, precision="fp32", seed=1, output_dir=str(tmp_path / "runs"),
+                    lora_config={"r": 4, "lora_alpha": 8}, learning_rate=1e-2, max_num_checkpoints=2)
+    settings.update(keys)
+    return TrainConfig(**settings)
+
+
+# --- each answer's log-probability --------------------------------------------------------------------------------
+
+
+def test_answer_logps_are_the_same_padded_and_end_to_end_and_equal_the_logits(tiny_llama_dir, smol_tokenizer,
+                                                                               pair_data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.models.preference import PreferenceObjective
+    from tuneforge.models.preference_losses import PreferenceLossSettings
+    from tuneforge.tasks import get_task
+    from tuneforge.train.preflight import prepare_run
+
+    prepared = prepare_run(preference_config(tmp_path, tiny_llama_dir, pair_data))
+    pairs = prepared.data.train[:3]
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), dtype=torch.float32)
+    objective = PreferenceObjective(model, PreferenceLossSettings())
+    task = get_task("preference")
+    padded = task.collate(pairs, smol_tokenizer.pad_token_id, padding="longest", context_length=256, multiple_of=None)
+    free = task.collate(pairs, smol_tokenizer.pad_token_id, padding="free", context_length=256, multiple_of=None)
+    with torch.no_grad():
+        from_padded = objective.reference_logps(padded)
+        from_free = objective.reference_logps(free)
+        for row, pair in enumerate(pairs):
+            for column, answer in enumerate((pair.chosen, pair.rejected)):
+                ids = torch.tensor(answer.input_ids)[None]
+                logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+                targets = torch.tensor(answer.input_ids[1:])
+                wanted = torch.tensor(answer.target_mask[1:], dtype=torch.bool)
+                expected = logprobs[torch.arange(len(targets)), targets][wanted].sum()
+                assert from_padded[row, column] == pytest.approx(float(expected), abs=1e-4)
+    assert torch.allclose(from_padded, from_free, atol=1e-4)
+    assert objective.target_count(padded) == objective.target_count(free) == 3
+
+
+# --- training from an SFT run ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dpo_run(ray_session, tiny_llama_dir, tiny_lora_run, pair_data, tmp_path_factory):
+    from tuneforge.train import train
+
+    folder = tmp_path_factory.mktemp("dpo")
+    events = []
+
+    class Recorder:
+        def phase(self, message):
+            pass
+
+        def note(self, message):
+            events.append({"type": "note", "message": message})
+
+        def event(self, event):
+            events.append(event)
+
+    config = preference_config(folder, tiny_llama_dir, pair_data, init_from=str(tiny_lora_run), num_epochs=3,
+                               run_name="dpo", beta=0.5)
+    result = train(config, run_dir=folder / "runs" / "dpo", reporter=Recorder())
+    return result, events, config, Recorder
+
+
+def test_dpo_from_an_sft_run_learns_the_preference(dpo_run):
+    from tuneforge.rundir import RunDir
+
+    result, events, _, _ = dpo_run
+    evals = [row for row in RunDir(result.run_dir).metrics() if row.get("type") == "eval"]
+    last = evals[-1]
+    assert last["eval_rewards_accuracy"] > 0.5
+    assert last["eval_rewards_margin"] > 0
+    assert last["eval_rewards_chosen"] > last["eval_rewards_rejected"]
+    for key in ("eval_loss", "eval_logps_chosen", "eval_logps_rejected"):
+        assert math.isfinite(last[key])
+    assert last["eval_loss"] < math.log(2)  # below the loss of a policy equal to its reference
+    assert sum(1 for event in events if event.get("type") == "reference") == 1
+
+
+def test_the_reference_is_the_sft_run_it_started_from(dpo_run, tiny_lora_run, smol_tokenizer):
+    """init_from an SFT run: the cached reference log-probs are that run's model's, not the raw base's."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.models.preference import PreferenceObjective
+    from tuneforge.models.preference_losses import PreferenceLossSettings
+    from tuneforge.rundir import CheckpointMeta, RunDir, resolve_checkpoint
+    from tuneforge.tasks import get_task
+    from tuneforge.train.preflight import prepare_run
+    from tuneforge.train.reference import ReferenceTable
+
+    result, _, config, _ = dpo_run
+    table = ReferenceTable.load(RunDir(result.run_dir).reference_file)
+    assert table is not None and table.train.shape == (16, 2)
+    best = RunDir(result.run_dir).best_dir
+    assert ReferenceTable.load(best / "reference_logps.safetensors").key == table.key  # checkpoints carry it too
+    sft = resolve_checkpoint(tiny_lora_run)
+    base = AutoModelForCausalLM.from_pretrained(CheckpointMeta.read(sft).model_source, dtype=torch.float32)
+    sft_model = PeftModel.from_pretrained(base, str(sft))
+    valid = prepare_run(config).data.valid
+    batch = get_task("preference").collate(valid, smol_tokenizer.pad_token_id, padding="longest",
+                                            context_length=256, multiple_of=None)
+    objective = PreferenceObjective(sft_model, PreferenceLossSettings())
+    expected = objective.reference_logps(batch)
+    assert torch.allclose(torch.from_numpy(table.valid), expected, atol=1e-4)
+    with sft_model.disable_adapter():
+        raw_base = objective.reference_logps(batch)
+    assert not torch.allclose(raw_base, expected, atol=1e-2)
+
+
+def test_the_reference_is_reused_by_the_next_run_and_changes_with_the_adapter(dpo_run, tiny_lora_run, tmp_path):
+    import shutil
+
+    from tuneforge.rundir import resolve_checkpoint
+    from tuneforge.train import train
+    from tuneforge.train.preflight import prepare_run
+    from tuneforge.train.reference import reference_key
+
+    result, _, config, recorder_class = dpo_run
+    events = []
+    recorder = recorder_class()
+    recorder.event = events.append
+    recorder.note = lambda message: events.append({"type": "note", "message": message})
+    again = config.model_copy(update={"max_steps": 1, "run_name": "again", "output_dir": str(tmp_path)})
+    train(again, run_dir=tmp_path / "again", reporter=recorder)
+    assert not any(event.get("type") == "reference" for event in events)
+    assert any("reusing" in event.get("message", "") for event in events)
+
+    changed = tmp_path / "changed-sft"
+    shutil.copytree(resolve_checkpoint(tiny_lora_run), changed)
+    adapter = changed / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes())  # same weights, rewritten: the key follows the file
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(adapter)
+    save_file({name: tensor * 1.5 for name, tensor in weights.items()}, adapter)
+    key_before = reference_key(prepare_run(config))
+    key_after = reference_key(prepare_run(config.model_copy(update={"init_from": str(changed)})))
+    assert key_before != key_after
+
+
+# --- the config's checks, one line each ---------------------------------------------------------------------------
+
+
+def load(tmp_path, text: str):
+    return load_config(write_config(tmp_path / "run.yaml", "model_id: m\ntrain_path: t.jsonl\n" + text))
+
+
+def test_preference_keys_belong_to_the_preference_task(tmp_path):
+    with pytest.raises(ConfigError, match=r"run\.yaml:3: beta: a setting of preference tuning; add task: preference"):
+        load(tmp_path, "beta: 0.2\n")
+
+
+def test_reference_free_losses_refuse_a_reference(tmp_path):
+    with pytest.raises(ConfigError, match=r"run\.yaml:5: reference: orpo needs no reference model"):
+        load(tmp_path, "task: preference\nloss_type: orpo\nreference: base\n")
+
+
+def test_unknown_loss_type_suggests(tmp_path):
+    with pytest.raises(ConfigError, match=r"run\.yaml:4: .*loss_type"):
+        load(tmp_path, "task: preference\nloss_type: dpoo\n")
+
+
+def test_init_from_must_be_a_run_of_the_same_base(tmp_path, tiny_llama_dir, tiny_lora_run, pair_data):
+    from tuneforge.train.preflight import prepare_run
+
+    with pytest.raises(ConfigError, match=r"init_from: .*not a tuneforge"):
+        prepare_run(preference_config(tmp_path, tiny_llama_dir, pair_data, init_from=str(tmp_path)))
+    other = tmp_path / "other-base"
+    import shutil
+
+    shutil.copytree(tiny_llama_dir, other)
+    with pytest.raises(ConfigError, match=r"init_from: .* holds an adapter of .*set model_id"):
+        prepare_run(preference_config(tmp_path, other, pair_data, init_from=str(tiny_lora_run)))
+    with pytest.raises(ConfigError, match=r"init_from: .* holds a LoRA adapter; add lora_config"):
+        prepare_run(preference_config(tmp_path, tiny_llama_dir, pair_data, init_from=str(tiny_lora_run),
+                                      lora_config=None))
+
+
+def test_resolved_config_spells_out_the_loss_defaults(tmp_path, tiny_llama_dir, pair_data):
+    from tuneforge.train.preflight import prepare_run
+
+    config = prepare_run(preference_config(tmp_path, tiny_llama_dir, pair_data)).config
+    assert (config.loss_type, config.beta, config.reference) == ("dpo", 0.1, "init")
+    orpo = prepare_run(preference_config(tmp_path, tiny_llama_dir, pair_data, loss_type="orpo")).config
+    assert orpo.reference is None
