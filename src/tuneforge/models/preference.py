@@ -74,7 +74,7 @@ class PreferenceObjective(nn.Module):
                             "correct": torch.cat([chosen > 0, rejected < 0])}
         scored = pair_losses(self.settings, first, second, first_tokens, second_tokens,
                              self.reference_of(extra, "ref_chosen_logps"),
-                             self.reference_of(extra, "ref_rejected_logps"), chosen_nll=-first)
+                             self.reference_of(extra, "ref_rejected_logps"))
         return scored.losses, {"rewards_chosen": scored.chosen_rewards, "rewards_rejected": scored.rejected_rewards,
                                "logps_chosen": first.detach(), "logps_rejected": second.detach(),
                                "correct": scored.chosen_rewards > scored.rejected_rewards}

@@ -32,9 +32,14 @@ class Preference(CausalLM):
     def resolved_keys(self, config: Any) -> dict[str, Any]:
         import dataclasses
 
+        from tuneforge.errors import ConfigError
         from tuneforge.models.preference import loss_settings
 
-        resolved = dataclasses.asdict(loss_settings(config))
+        try:
+            resolved = dataclasses.asdict(loss_settings(config))
+        except ValueError as exc:  # a combination of keys the loss does not take (label_smoothing with ipo, ...)
+            key = next((name for name in resolved_names() if name in str(exc)), "loss_type")
+            raise ConfigError(f"{config.source_of(key)}: {exc}") from None
         resolved["reference"] = (config.reference or "init") if self.needs_reference(config) else None
         return resolved
 
@@ -42,3 +47,7 @@ class Preference(CausalLM):
         from tuneforge.models.preference import PreferenceObjective, loss_settings
 
         return PreferenceObjective(model, loss_settings(config), config.reference)
+
+
+def resolved_names() -> tuple[str, ...]:
+    return ("label_smoothing", "simpo_gamma", "desirable_weight", "undesirable_weight", "beta", "loss_type")
