@@ -73,7 +73,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
 
 
-def main() -> None:
+def training_rows() -> tuple[list[tuple[str, str]], set[str]]:
+    """The distinct (request, answer) rows the training-side files are cut from, and their requests."""
     rng = random.Random(2026)
     seen: set[str] = set()
     rows = []
@@ -82,6 +83,11 @@ def main() -> None:
         if request not in seen:
             seen.add(request)
             rows.append((request, answer))
+    return rows, seen
+
+
+def main() -> None:
+    rows, seen = training_rows()
     out = Path("data/demo")
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "meetings_train.jsonl", [chat(q, a) for q, a in rows[:240]])
