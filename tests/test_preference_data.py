@@ -111,7 +111,7 @@ def test_kto_rows_load_from_jsonl_and_from_csv_with_text_labels(smol_tokenizer, 
     csv_path.write_text("prompt,completion,label\nQ1:, yes,1\nQ2:, no,FALSE\n", encoding="utf-8")
     config = TrainConfig(model_id="m", train_path=str(csv_path), valid_split=0)
     from_csv = prepare_preference(config, smol_tokenizer, 8192, unpaired=True)
-    assert jsonl.shape == from_csv.shape == "kto"
+    assert jsonl.shape == from_csv.shape == "prompt_completion"  # how the run renders prompts when it generates
     assert [e.desirable for e in jsonl.train] == [e.desirable for e in from_csv.train] == [True, False]
     assert all(same_tokens(a.completion, b.completion) for a, b in zip(jsonl.train, from_csv.train, strict=True))
 
@@ -225,7 +225,7 @@ def test_stats_valid_rows_system_prompt_and_answer_schema_follow_sft(smol_tokeni
     rows = [pair(f"meeting {i}", json.dumps({"day": f"d{i}"}), json.dumps({"day": f"d{i}"}) + " and more")
             for i in range(10)]
     data = prepared(tmp_path, smol_tokenizer, rows, valid_split=0.2, seed=1)
-    assert data.shape == "preference" and len(data.train) == 8 and len(data.valid) == 2
+    assert data.shape == "chat" and len(data.train) == 8 and len(data.valid) == 2
     assert set(data.stats) == {"train", "valid", "prompt", "chosen", "rejected"}
     assert data.stats["chosen"].rows == 8 and data.stats["prompt"].max == data.train[0].prompt_tokens
     valid_lines = [int(item.line.rsplit(":", 1)[1]) for item in data.valid]
@@ -270,7 +270,7 @@ def test_kto_kl_rotation_is_over_the_training_rows_after_the_split(smol_tokenize
 def test_unpairing_turns_each_pair_into_a_desirable_and_an_undesirable_row(smol_tokenizer, tmp_path):
     rows = [pair(f"question {i}", f"good {i}", f"bad {i}") for i in range(3)]
     data = prepared(tmp_path, smol_tokenizer, rows, unpaired=True)
-    assert data.shape == "kto"
+    assert data.shape == "chat"
     assert [(e.desirable, targets(e.completion, smol_tokenizer)) for e in data.train] == [
         (True, "good 0<|im_end|>"), (True, "good 1<|im_end|>"), (True, "good 2<|im_end|>"),
         (False, "bad 0<|im_end|>"), (False, "bad 1<|im_end|>"), (False, "bad 2<|im_end|>")]

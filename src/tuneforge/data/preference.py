@@ -52,6 +52,12 @@ class PreferencePair:
     def __len__(self) -> int:
         return len(self.chosen) + len(self.rejected)  # tokens the pair costs in one forward
 
+    def sequences(self) -> tuple[causal.Example, causal.Example]:
+        return self.chosen, self.rejected
+
+    def set_reference(self, chosen: float, rejected: float) -> None:
+        self.ref_chosen, self.ref_rejected = chosen, rejected
+
 
 @dataclass
 class UnpairedExample:
@@ -71,6 +77,12 @@ class UnpairedExample:
 
     def __len__(self) -> int:
         return len(self.completion) + len(self.kl)
+
+    def sequences(self) -> tuple[causal.Example, causal.Example]:
+        return self.completion, self.kl
+
+    def set_reference(self, completion: float, kl: float) -> None:
+        self.ref, self.ref_kl = completion, kl
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -318,7 +330,8 @@ def make_unpaired(rows: list[Row], tokenizer: Any) -> list[UnpairedExample]:
 
 def prepare_preference(config: TrainConfig, tokenizer: Any, model_max_length: int | None, *,
                        unpaired: bool) -> PreparedData:
-    """Pairs (shape "preference") or, `unpaired`, KTO rows (shape "kto"), pair rows unpaired into both kinds."""
+    """Pairs or, `unpaired`, KTO rows (pair rows unpaired into both kinds). The shape is the SFT shape the rows
+    render as (chat or prompt_completion): how a trained run renders prompts when it generates."""
     train_rows, valid_rows = read_rows(config, unpaired)
     build = make_unpaired if unpaired else make_pairs
     train, valid = build(train_rows, tokenizer), build(valid_rows, tokenizer)
@@ -334,7 +347,8 @@ def prepare_preference(config: TrainConfig, tokenizer: Any, model_max_length: in
     stats |= answer_stats(train, kept["train"], context_length, ("completion",) if unpaired else ("chosen", "rejected"))
     sft_train = sft_rows(train_rows)
     inferred = infer_answer_schema([causal.answer_target(row) for row in sft_train])
-    return PreparedData("kto" if unpaired else "preference", kept["train"], kept["valid"], context_length, stats,
+    shape = "chat" if train_rows[0].chat else "prompt_completion"
+    return PreparedData(shape, kept["train"], kept["valid"], context_length, stats,
                         notes=notes + inferred.notes,
                         valid_rows=sft_rows(valid_rows or train_rows)[:prepare.rows_kept(config)],
                         system_prompt=causal.shared_system_prompt(sft_train), answer_schema=inferred.schema)
