@@ -44,7 +44,30 @@ def show_run_summary(result: Any, hint: str | None = None, dashboard: str | None
 
 def show_plan(prepared: Any) -> None:
     console.print(key_value_table("data", data_rows(prepared)))
+    if prepared.task.spec.learns_preferences:
+        console.print(key_value_table("preference", preference_rows(prepared)))
     console.print(key_value_table("schedule", schedule_rows(prepared)))
+
+
+def preference_rows(prepared: Any) -> list[tuple[str, Any]]:
+    """The loss, where the run starts and what it is compared with."""
+    config, start = prepared.config, prepared.start
+    rows: list[tuple[str, Any]] = [("loss", config.loss_type), ("beta", config.beta)]
+    if config.loss_type == "simpo":
+        rows.append(("simpo_gamma", config.simpo_gamma))
+    if config.label_smoothing:
+        rows.append(("label_smoothing", config.label_smoothing))
+    if start.init_dir or start.base_dir:
+        what = "its LoRA adapter keeps training" if start.init_dir else "its fully fine-tuned weights as the base"
+        rows.append(("starts from", f"{start.init_dir or start.base_dir} ({what})"))
+    if config.reference is None:
+        rows.append(("reference model", f"none ({config.loss_type} needs none)"))
+        return rows
+    reference = {"init": "the model the run starts from", "base": "the base model, adapter off"}
+    rows.append(("reference model", reference.get(config.reference, f"the adapter of {start.reference_dir}")))
+    rows.append(("reference log-probs", f"computed once before step 1 for {len(prepared.data.train) + len(prepared.data.valid)} "
+                 "rows, kept with the run (reused by --resume, trials and reruns)"))
+    return rows
 
 
 def data_rows(prepared: Any) -> list[tuple[str, Any]]:
