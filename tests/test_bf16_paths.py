@@ -164,3 +164,28 @@ def test_a_small_adapter_update_survives_the_fused_layer_but_not_autocasts_bf16_
             fused_delta = fused_layer(x).float() - base
     assert distance(fused_delta, exact_delta) < 0.05  # the adapter's contribution, to bf16 input rounding
     assert distance(peft_delta, exact_delta) > 0.5  # mostly rounded away
+
+
+def test_a_fresh_adapters_reference_pass_equals_its_policy_under_bf16(tiny_llama_dir):
+    """Preference tuning with reference: base — the adapter switched off — must see the very model the policy is
+    at step 0 (a fresh adapter adds nothing): then DPO starts at ln 2. The fused layer returns fp32 under autocast,
+    so its switched-off path must too, or the rest of the model runs in another precision and every reward starts
+    biased."""
+    from tuneforge.models.preference import PreferenceObjective
+    from tuneforge.models.preference_losses import PreferenceLossSettings, pair_losses
+
+    model = peft_model(tiny_llama_dir, init_scale=0.0)  # lora_B = 0: the adapter adds nothing yet
+    freeze_linears_in_bf16(model)
+    fuse_lora(model)
+    examples = rows([12, 20, 9, 16])
+    batch = collate_causal(examples, 0, context_length=64)  # two pairs: chosen rows 0 and 1, rejected rows 2 and 3  # chosen rows, then rejected rows
+    objective = PreferenceObjective(model, PreferenceLossSettings(), reference="base")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        policy = objective.reference_logps(batch)
+        with objective.reference_model():
+            reference = objective.reference_logps(batch)
+    assert torch.equal(policy, reference)
+    count = torch.ones(len(policy))  # token counts matter to ipo, orpo and simpo only
+    loss = pair_losses(PreferenceLossSettings(), policy[:, 0], policy[:, 1], count, count, reference[:, 0],
+                       reference[:, 1]).losses
+    assert torch.allclose(loss, torch.full_like(loss, torch.log(torch.tensor(2.0)).item()), atol=1e-6)

@@ -108,7 +108,8 @@ def test_dpo_from_an_sft_run_learns_the_preference(dpo_run):
     for key in ("eval_loss", "eval_logps_chosen", "eval_logps_rejected"):
         assert math.isfinite(last[key])
     assert last["eval_loss"] < math.log(2)  # below the loss of a policy equal to its reference
-    assert sum(1 for event in events if event.get("type") == "reference") == 1
+    assert [event["source"] for event in events if event.get("type") == "reference"] == ["computed"]
+    assert RunDir(result.run_dir).state().reference_logps["source"] == "computed"
 
 
 def test_the_reference_is_the_sft_run_it_started_from(dpo_run, tiny_lora_run, smol_tokenizer):
@@ -157,8 +158,7 @@ def test_the_reference_is_reused_by_the_next_run_and_changes_with_the_adapter(dp
     recorder.note = lambda message: events.append({"type": "note", "message": message})
     again = config.model_copy(update={"max_steps": 1, "run_name": "again", "output_dir": str(tmp_path)})
     train(again, run_dir=tmp_path / "again", reporter=recorder)
-    assert not any(event.get("type") == "reference" for event in events)
-    assert any("reusing" in event.get("message", "") for event in events)
+    assert [event["source"] for event in events if event.get("type") == "reference"] == ["reused from the cache"]
 
     changed = tmp_path / "changed-sft"
     shutil.copytree(resolve_checkpoint(tiny_lora_run), changed)
@@ -218,3 +218,91 @@ def test_resolved_config_spells_out_the_loss_defaults(tmp_path, tiny_llama_dir, 
     assert (config.loss_type, config.beta, config.reference) == ("dpo", 0.1, "init")
     orpo = prepare_run(preference_config(tmp_path, tiny_llama_dir, pair_data, loss_type="orpo")).config
     assert orpo.reference is None
+
+
+def test_the_reference_key_follows_the_data(tmp_path, tiny_llama_dir, pair_data):
+    from tuneforge.train.preflight import prepare_run
+    from tuneforge.train.reference import reference_key
+
+    config = preference_config(tmp_path, tiny_llama_dir, pair_data)
+    rows = [pair_row(word, f"{word}, {word}!") for word in SAY_WORDS]
+    other = write_jsonl(tmp_path / "other.jsonl", rows)
+    assert reference_key(prepare_run(config)) != reference_key(prepare_run(config.model_copy(
+        update={"valid_path": str(other)})))
+    assert reference_key(prepare_run(config.model_copy(update={"loss_type": "simpo"}))) is None  # needs no reference
+
+
+# --- the other losses, in the same loop -------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # ~40 s; make test keeps DPO end to end and every loss's equality with TRL
+@pytest.mark.parametrize("loss_type", ["orpo", "kto"])
+def test_other_losses_train_in_the_same_loop(loss_type, ray_session, tiny_llama_dir, pair_data, tmp_path):
+    from tuneforge.rundir import RunDir
+    from tuneforge.train import train
+
+    config = preference_config(tmp_path, tiny_llama_dir, pair_data, loss_type=loss_type, num_epochs=3, beta=0.5,
+                               run_name=loss_type)
+    result = train(config, run_dir=tmp_path / loss_type)
+    run = RunDir(result.run_dir)
+    steps = [row for row in run.metrics() if row.get("type") == "step"]
+    evals = [row for row in run.metrics() if row.get("type") == "eval"]
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    assert all(math.isfinite(row[key]) for row in evals for key in ("eval_loss", "eval_rewards_margin"))
+    assert evals[-1]["eval_rewards_accuracy"] > 0.5
+    assert run.reference_file.is_file() == (loss_type == "kto")  # orpo compares with no reference model
+
+
+@pytest.mark.slow  # ~90 s
+def test_a_search_over_beta_needs_no_preference_code_and_computes_the_reference_once(ray_session, tiny_llama_dir,
+                                                                                    pair_data, tmp_path):
+    from tuneforge.config import TuneSettings
+    from tuneforge.rundir import RunDir
+    from tuneforge.tune import search
+
+    config = preference_config(tmp_path, tiny_llama_dir, pair_data, num_epochs=2, best_metric="eval_rewards_accuracy",
+                               search_space={"beta": {"grid": [0.1, 1.0]}},
+                               tune=TuneSettings(experiment_name="betas", max_concurrent_trials=1))
+    result = search(config)
+    trials = sorted((path for path in result.experiment_dir.iterdir() if RunDir(path).is_run()),
+                    key=lambda path: RunDir(path).state().started)
+    assert len(trials) == 2
+    states = [RunDir(path).state().reference_logps for path in trials]
+    assert len({state["key"] for state in states}) == 1  # one reference for every beta
+    assert states[1]["source"] == "reused from the cache"  # the second trial starts without the reference pass
+    assert sorted(load_config(RunDir(path).config_file).beta for path in trials) == [0.1, 1.0]
+
+
+# --- downstream: a preference run is used like an SFT run ---------------------------------------------------------
+
+
+def test_a_preference_run_generates_and_its_report_shows_the_rewards(dpo_run):
+    from tuneforge.generate import GenerationSettings, Generator
+    from tuneforge.rundir import RunDir
+
+    result, _, _, _ = dpo_run
+    generator = Generator.from_path(result.run_dir)
+    answers = generator.complete([[{"role": "user", "content": "Say cloud."}]], GenerationSettings(max_new_tokens=8))
+    assert answers[0].finish_reason in ("stop", "length") and answers[0].text
+    page = RunDir(result.run_dir).report_file.read_text(encoding="utf-8")
+    assert "validation rewards by step" in page and "reward accuracy by step" in page
+
+
+def test_resume_continues_with_the_reference_the_run_started_with(dpo_run):
+    """Last in this file: it trains the shared run further."""
+    from tuneforge.rundir import RunDir
+    from tuneforge.train import resume
+    from tuneforge.train.reference import ReferenceTable
+
+    result, _, _, recorder_class = dpo_run
+    before = ReferenceTable.load(RunDir(result.run_dir).reference_file)
+    events = []
+    recorder = recorder_class()
+    recorder.event = events.append
+    resume(result.run_dir, overrides=["num_epochs=4"], reporter=recorder)
+    # taken from the checkpoint, not recomputed from a model that has trained since
+    assert [event["source"] for event in events if event.get("type") == "reference"] == ["reused from the checkpoint"]
+    steps = [row["step"] for row in RunDir(result.run_dir).metrics() if row.get("type") == "step"]
+    assert steps[-1] == 16 and len(steps) == len(set(steps))
+    after = ReferenceTable.load(RunDir(result.run_dir).reference_file)
+    assert after.key == before.key and (after.train == before.train).all()

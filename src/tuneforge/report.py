@@ -237,7 +237,20 @@ def training_charts(run: RunDir, metrics: list[dict[str, Any]], results: dict[st
     speed = line_chart("real tokens/s by step",
                        {"tokens/s": [(row["step"], row["tokens_per_second"]) for row in steps
                                      if "tokens_per_second" in row]})
-    return loss + speed
+    return loss + speed + reward_charts(evals, best_step)
+
+
+def reward_charts(evals: list[dict[str, Any]], best_step: int | None) -> str:
+    """Preference runs: the implicit rewards of chosen and rejected answers, and how often chosen wins."""
+    def series(key: str) -> list[tuple[float, float]]:
+        return [(row["step"], row[key]) for row in evals if isinstance(row.get(key), (int, float))]
+
+    rewards = {name: series(f"eval_rewards_{name}") for name in ("chosen", "rejected", "margin")}
+    if not any(rewards.values()):
+        return ""
+    return (line_chart("validation rewards by step", rewards, best=best_step)
+            + line_chart("reward accuracy by step (chosen above rejected)",
+                         {"accuracy": series("eval_rewards_accuracy")}, best=best_step))
 
 
 def metrics_section(results: dict[str, Any], metrics: list[dict[str, Any]]) -> str:

@@ -91,9 +91,21 @@ def _fusable_adapter(layer: Any, args: tuple, kwargs: dict) -> str | None:
     return adapter
 
 
+def _summed_dtype(layer: Any, device_type: str) -> torch.dtype:
+    """The dtype the fused layer returns under autocast: the adapter's (fp32), or autocast's with the switch off."""
+    if not getattr(layer, "_sum_in_fp32", True) or not layer.active_adapters:
+        return torch.get_autocast_dtype(device_type)
+    return layer.lora_B[layer.active_adapters[0]].weight.dtype
+
+
 def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     adapter = _fusable_adapter(self, args, kwargs)
     if adapter is None:
+        if self.disable_adapters and not (args or kwargs) and torch.is_autocast_enabled(x.device.type):
+            # The base alone (a preference run's reference pass, adapter off) with the fused path's output dtype:
+            # the rest of the model then runs with the same numerics as the policy's forward, so a fresh adapter's
+            # policy and its reference agree (DPO's first loss is ln 2, not biased by fp32-vs-bf16 residuals).
+            return self._peft_forward(x).to(_summed_dtype(self, x.device.type))
         return self._peft_forward(x, *args, **kwargs)
     base, lora_a, lora_b = self.base_layer, self.lora_A[adapter].weight, self.lora_B[adapter].weight
     dropped = self.lora_dropout[adapter](x)
@@ -103,7 +115,7 @@ def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
         # fp32, where autocast (and PEFT) would round the sum to bf16 and lose the adapter's small early updates.
         with torch.autocast(device_type, enabled=False):
             compute = torch.get_autocast_dtype(device_type)
-            summed = lora_b.dtype if getattr(self, "_sum_in_fp32", True) else compute
+            summed = _summed_dtype(self, device_type)
             return _LoRALinear.apply(x, dropped, base.weight, base.bias, lora_a, lora_b, self.scaling[adapter],
                                      compute, summed)
     if any(t is not None and t.dtype != x.dtype for t in (base.weight, base.bias, lora_a, lora_b, dropped)):

@@ -99,6 +99,9 @@ class RunState(BaseModel):
     # the step it started from and its rank-0 worker's pid and node.
     attempts: list[dict[str, Any]] = Field(default_factory=list)
     driver: dict[str, Any] | None = None  # {node, pid, started} of the process that runs it
+    # Preference runs: where this invocation's reference log-probabilities came from ("computed in N s", "reused
+    # from the cache", "from the checkpoint"), and their key (train/reference.py).
+    reference_logps: dict[str, Any] | None = None
 
 
 def now() -> str:

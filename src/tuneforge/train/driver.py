@@ -182,8 +182,6 @@ def execute(
     events = Queue(actor_options={"num_cpus": 0})
     reference_key = reference.reference_key(prepared)
     offered = reference.cached_reference(run.reference_file, reference_key)
-    if offered is not None:
-        reporter.note("reference log-probabilities: reusing the ones computed before for this model and data")
     inputs = WorkerInputs(
         config=prepared.config.model_dump(mode="json"),
         plan=prepared.plan.to_dict(),
@@ -227,7 +225,7 @@ def execute(
             run.update_state(startup=event["startup_seconds"])
         run.update_state(attempts=attempts)
 
-    keeper = reference.ReferenceKeeper(run.reference_file)
+    keeper = reference.ReferenceKeeper(run)
     pump = EventPump(events, [record_start, keeper.record, tracker.record, reporter.event])
     reporter.phase("training")
     try:

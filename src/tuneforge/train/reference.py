@@ -107,13 +107,19 @@ def cached_reference(run_reference_file: Path, key: str | None) -> ReferenceTabl
 
 
 class ReferenceKeeper:
-    """The driver's sink for the workers' "reference" event: the table into the run directory and the cache."""
+    """The driver's sink for the workers' "reference" event: the table into the run directory and the cache, and
+    where it came from into run.json."""
 
-    def __init__(self, run_reference_file: Path):
-        self.path = run_reference_file
+    def __init__(self, run: Any):
+        self.run = run
+        self.path = run.reference_file
 
     def record(self, event: dict[str, Any]) -> None:
-        if event.get("type") != "reference" or "train" not in event:
+        if event.get("type") != "reference":
+            return
+        self.run.update_state(reference_logps={key: event[key] for key in ("source", "key", "rows", "seconds")
+                                               if key in event})
+        if "train" not in event:
             return
         table = ReferenceTable(event["key"], event["precision"], np.asarray(event["train"], dtype=np.float32),
                                np.asarray(event["valid"], dtype=np.float32))
@@ -137,15 +143,19 @@ def prepare_reference(loop: Any, resume_dir: Path | None, offered: ReferenceTabl
     objective = loop.objective
     if not getattr(objective, "needs_reference", False):
         return None
-    table = ReferenceTable.load(resume_dir / REFERENCE_FILE) if resume_dir and (resume_dir / REFERENCE_FILE).is_file() \
-        else None
+    table, source = None, "the checkpoint"
+    if resume_dir and (resume_dir / REFERENCE_FILE).is_file():
+        table = ReferenceTable.load(resume_dir / REFERENCE_FILE)
     if table is None and offered is not None and offered.precision == loop.precision:
-        table = offered
-    if table is None:
-        if loop.start_step > 0 and objective.reference == "init":
-            raise TuneforgeError(
-                f"the checkpoint of step {loop.start_step} holds no reference log-probabilities, and the model the "
-                "run started from is gone (it has trained since); start the run again, or set reference: base")
+        table, source = offered, "the cache"
+    if table is not None:
+        loop.emit({"type": "reference", "source": f"reused from {source}", "key": table.key,
+                   "rows": len(table.train) + len(table.valid)})
+    elif loop.start_step > 0 and objective.reference == "init":
+        raise TuneforgeError(
+            f"the checkpoint of step {loop.start_step} holds no reference log-probabilities, and the model the run "
+            "started from is gone (it has trained since); start the run again, or set reference: base")
+    else:
         table = compute_reference(loop, key or "uncached")
     attach(loop.data.train, table.train)
     attach(loop.data.valid, table.valid)
@@ -171,7 +181,8 @@ def compute_reference(loop: Any, key: str) -> ReferenceTable:
             splits[name] = assemble(gather_objects((mine, values)), len(examples))
     objective.train()
     table = ReferenceTable(key, loop.precision, splits["train"], splits["valid"])
-    loop.emit({"type": "reference", "key": key, "precision": loop.precision, "train": table.train.tolist(),
+    loop.emit({"type": "reference", "source": "computed", "key": key, "precision": loop.precision,
+               "train": table.train.tolist(),
                "valid": table.valid.tolist(), "rows": len(table.train) + len(table.valid),
                "seconds": round(time.perf_counter() - started, 2)})
     return table

@@ -67,8 +67,9 @@ class RichReporter:
         elif kind == "eval":
             self.evaluation(event)
         elif kind == "reference":
-            console.print(f"[dim]· reference log-probabilities of {event['rows']:,} rows computed in "
-                          f"{event['seconds']:.1f} s, once: kept with the run and its checkpoints[/dim]")
+            done = f"computed in {event['seconds']:.1f} s, once" if "seconds" in event else event["source"]
+            console.print(f"[dim]· reference log-probabilities of {event['rows']:,} rows: {done} (kept with the run "
+                          "and its checkpoints)[/dim]")
 
     def preparation(self, event: dict[str, Any]) -> None:
         """Ray Data tokenizing streamed data: chunks done of all, rows so far."""
