@@ -288,6 +288,22 @@ def test_a_preference_run_generates_and_its_report_shows_the_rewards(dpo_run):
     assert "validation rewards by step" in page and "reward accuracy by step" in page
 
 
+def test_a_preference_run_is_served_like_an_sft_run(dpo_run):
+    from tests.helpers import LoopbackServer, http
+    from tuneforge.serve import Limits, build_app, load_engines
+
+    result, _, _, _ = dpo_run
+    engines = load_engines([result.run_dir])
+    with LoopbackServer(build_app(engines, limits=Limits(max_tokens=16))) as server:
+        models = http("GET", f"{server.url}/v1/models").json()
+        assert {model["id"] for model in models["data"]} == {result.run_dir.name, "base"}
+        reply = http("POST", f"{server.url}/v1/chat/completions", json_body={
+            "model": result.run_dir.name, "messages": [{"role": "user", "content": "Say stone."}], "max_tokens": 8})
+        assert reply.status_code == 200
+        choice = reply.json()["choices"][0]
+        assert choice["finish_reason"] in ("stop", "length") and choice["message"]["content"]
+
+
 def test_resume_continues_with_the_reference_the_run_started_with(dpo_run):
     """Last in this file: it trains the shared run further."""
     from tuneforge.rundir import RunDir
@@ -306,3 +322,34 @@ def test_resume_continues_with_the_reference_the_run_started_with(dpo_run):
     assert steps[-1] == 16 and len(steps) == len(set(steps))
     after = ReferenceTable.load(RunDir(result.run_dir).reference_file)
     assert after.key == before.key and (after.train == before.train).all()
+
+
+def test_tune_autos_probe_times_a_preference_step(tmp_path, tiny_llama_dir, pair_data):
+    """tune --auto plans on a probe of the run's own step: for DPO that step needs reference log-probs, which a run
+    computes once before training and the probe computes for its own batches."""
+    from tuneforge.train.preflight import prepare_run
+    from tuneforge.tune.probe import measure_speed
+
+    config = preference_config(tmp_path, tiny_llama_dir, pair_data)
+    prepared = prepare_run(config)
+    speed = measure_speed(prepared.config, prepared, threads=1)
+    assert speed.seconds_per_step > 0
+    assert all(math.isnan(pair.ref_chosen) for pair in prepared.data.train)  # the run's rows are left as they were
+
+
+def test_plan_shows_the_pairs_the_loss_and_what_the_run_is_compared_with(tmp_path, tiny_llama_dir, tiny_lora_run,
+                                                                          pair_data, wide_terminal):
+    from tests.helpers import table_rows
+    from tests.test_cli import tuneforge_here
+
+    config = write_config(tmp_path / "prefer.yaml", (
+        f"task: preference\nmodel_id: {tiny_llama_dir}\ninit_from: {tiny_lora_run}\ntrain_path: {pair_data['train']}\n"
+        f"valid_path: {pair_data['valid']}\nlora_config: {{r: 4, lora_alpha: 8}}\noutput_dir: {tmp_path / 'runs'}\n"))
+    result = tuneforge_here("plan", str(config))
+    assert result.returncode == 0, result.stdout
+    rows = table_rows(result.stdout)
+    assert rows["train pairs"] == "16" and rows["valid pairs"] == "4"
+    assert rows["chosen tokens p50 / p95 / max"] and rows["rejected truncated by context_length"] == "0"
+    assert rows["loss"] == "dpo" and rows["beta"] == "0.1"
+    assert rows["reference model"] == "the model the run starts from"
+    assert rows["starts from"].startswith(str(tiny_lora_run))

@@ -4,6 +4,7 @@ own model, data and precision, in this process before Ray starts, and what a tri
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -67,9 +68,17 @@ def measure_speed(config: TrainConfig, prepared: Any, threads: int | None = None
         for step in range(PROBE_STEPS + 1):
             batch = [examples[(step * batch_rows + i) % len(examples)] for i in range(batch_rows)]
             started = time.perf_counter()
-            collated = task.collate(batch, prepared.tokenizer.pad_token_id or 0,
+
+            def collate(rows: list[Any]) -> dict[str, Any]:
+                return task.collate(rows, prepared.tokenizer.pad_token_id or 0,
                                     padding="free" if prepared.config.padding_free else config.padding,
                                     context_length=data.context_length, multiple_of=config.pad_to_multiple_of)
+
+            if getattr(objective, "needs_reference", False):  # a run computes these once; untimed, as there
+                batch = with_reference(objective, [copy.copy(row) for row in batch], collate, prepared, precision,
+                                       device)
+                started = time.perf_counter()
+            collated = collate(batch)
             with autocast_context(precision, device):
                 loss_sum, count = objective(**{k: v.to(device) for k, v in collated.items() if hasattr(v, "to")})
             (loss_sum / max(1, int(count))).backward()
@@ -83,6 +92,21 @@ def measure_speed(config: TrainConfig, prepared: Any, threads: int | None = None
     return Speed(seconds_per_step=seconds_per_step, event_seconds=event, steps_per_epoch=plan.steps_per_epoch,
                  device=str(device), threads=threads, model_parameters=sum(p.numel() for p in model.parameters()),
                  memory_bytes=device_memory(device))
+
+
+def with_reference(objective: Any, rows: list[Any], collate: Any, prepared: Any, precision: str,
+                   device: Any) -> list[Any]:
+    """Rows carrying the reference log-probabilities their loss compares with (preference losses)."""
+    import torch
+
+    from tuneforge.hardware import autocast_context
+
+    reference_dir = prepared.start.reference_dir
+    with torch.no_grad(), autocast_context(precision, device), objective.reference_model(reference_dir):
+        values = objective.reference_logps({k: v.to(device) for k, v in collate(rows).items() if hasattr(v, "to")})
+    for row, (first, second) in zip(rows, values.tolist(), strict=True):
+        row.set_reference(first, second)
+    return rows
 
 
 def device_memory(device: Any) -> int:

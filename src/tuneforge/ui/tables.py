@@ -73,8 +73,9 @@ def preference_rows(prepared: Any) -> list[tuple[str, Any]]:
 def data_rows(prepared: Any) -> list[tuple[str, Any]]:
     data = prepared.data
     rows: list[tuple[str, Any]] = [("shape", data.shape), ("context_length", data.context_length)]
+    pairs = prepared.task.spec.learns_preferences and prepared.config.loss_type != "kto"
     for name, stats in data.stats.items():
-        rows.append((f"{name} rows", stats.rows))
+        rows.append((f"{name} {'pairs' if pairs and name in ('train', 'valid') else 'rows'}", stats.rows))
         rows.append((f"{name} tokens p50 / p95 / max", f"{stats.p50} / {stats.p95} / {stats.max}"))
         rows.append((f"{name} {data.long_rows}", stats.truncated))
     if data.labels:
