@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -271,6 +272,29 @@ def test_a_search_over_beta_needs_no_preference_code_and_computes_the_reference_
     assert len({state["key"] for state in states}) == 1  # one reference for every beta
     assert states[1]["source"] == "reused from the cache"  # the second trial starts without the reference pass
     assert sorted(load_config(RunDir(path).config_file).beta for path in trials) == [0.1, 1.0]
+
+
+@pytest.mark.slow  # ~60 s
+def test_two_workers_share_the_reference_pass_and_match_one_worker(ray_session, tiny_llama_dir, pair_data, tmp_path,
+                                                                   monkeypatch):
+    """Each worker computes the reference for its share of the rows; the gathered table equals one worker's, and the
+    two runs (same global batch of pairs) train alike."""
+    from tuneforge.rundir import RunDir
+    from tuneforge.train import train
+    from tuneforge.train.reference import ReferenceTable
+
+    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))  # no cached table: both runs compute theirs
+    common = dict(num_epochs=2, loss_type="dpo", beta=0.5)
+    one = train(preference_config(tmp_path / "one", tiny_llama_dir, pair_data, run_name="one", **common),
+                run_dir=tmp_path / "one" / "runs" / "one")
+    two = train(preference_config(tmp_path / "two", tiny_llama_dir, pair_data, run_name="two", num_devices=2,
+                                  train_batch_size_per_device=2, worker_resources={"CPU": 1}, **common),
+                run_dir=tmp_path / "two" / "runs" / "two")
+    tables = [ReferenceTable.load(RunDir(result.run_dir).reference_file) for result in (one, two)]
+    assert RunDir(two.run_dir).state().reference_logps["source"] == "computed"
+    assert np.allclose(tables[0].train, tables[1].train, atol=1e-4) and np.allclose(tables[0].valid, tables[1].valid,
+                                                                                     atol=1e-4)
+    assert two.best_metrics["eval_loss"] == pytest.approx(one.best_metrics["eval_loss"], rel=5e-3)
 
 
 # --- downstream: a preference run is used like an SFT run ---------------------------------------------------------
