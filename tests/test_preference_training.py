@@ -283,10 +283,11 @@ def test_two_workers_share_the_reference_pass_and_match_one_worker(ray_session, 
     from tuneforge.train import train
     from tuneforge.train.reference import ReferenceTable
 
-    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))  # no cached table: both runs compute theirs
     common = dict(num_epochs=2, loss_type="dpo", beta=0.5)
+    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home-one"))  # a cache each: both runs compute their table
     one = train(preference_config(tmp_path / "one", tiny_llama_dir, pair_data, run_name="one", **common),
                 run_dir=tmp_path / "one" / "runs" / "one")
+    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home-two"))
     two = train(preference_config(tmp_path / "two", tiny_llama_dir, pair_data, run_name="two", num_devices=2,
                                   train_batch_size_per_device=2, worker_resources={"CPU": 1}, **common),
                 run_dir=tmp_path / "two" / "runs" / "two")
