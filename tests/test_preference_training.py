@@ -196,6 +196,13 @@ def test_unknown_loss_type_suggests(tmp_path):
         load(tmp_path, "task: preference\nloss_type: dpoo\n")
 
 
+def test_a_key_the_loss_does_not_take_is_one_line_naming_it(tmp_path, tiny_llama_dir, pair_data):
+    from tuneforge.train.preflight import prepare_run
+
+    with pytest.raises(ConfigError, match=r"label_smoothing applies to dpo and simpo only, not loss_type 'ipo'"):
+        prepare_run(preference_config(tmp_path, tiny_llama_dir, pair_data, loss_type="ipo", label_smoothing=0.1))
+
+
 def test_init_from_must_be_a_run_of_the_same_base(tmp_path, tiny_llama_dir, tiny_lora_run, pair_data):
     from tuneforge.train.preflight import prepare_run
 

@@ -8,6 +8,9 @@ from typing import Any
 from tuneforge.tasks.causal_lm import CausalLM
 from tuneforge.taskspec import PREFERENCE
 
+# The loss's keys, the most specific first: the one an error message names is the line it points at.
+LOSS_KEYS = ("label_smoothing", "simpo_gamma", "desirable_weight", "undesirable_weight", "beta", "loss_type")
+
 
 class Preference(CausalLM):
     spec = PREFERENCE
@@ -38,7 +41,7 @@ class Preference(CausalLM):
         try:
             resolved = dataclasses.asdict(loss_settings(config))
         except ValueError as exc:  # a combination of keys the loss does not take (label_smoothing with ipo, ...)
-            key = next((name for name in resolved_names() if name in str(exc)), "loss_type")
+            key = next((name for name in LOSS_KEYS if name in str(exc)), "loss_type")
             raise ConfigError(f"{config.source_of(key)}: {exc}") from None
         resolved["reference"] = (config.reference or "init") if self.needs_reference(config) else None
         return resolved
@@ -47,7 +50,3 @@ class Preference(CausalLM):
         from tuneforge.models.preference import PreferenceObjective, loss_settings
 
         return PreferenceObjective(model, loss_settings(config), config.reference)
-
-
-def resolved_names() -> tuple[str, ...]:
-    return ("label_smoothing", "simpo_gamma", "desirable_weight", "undesirable_weight", "beta", "loss_type")
