@@ -55,6 +55,9 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from train_vs_hf import tree_memory  # noqa: E402 - the same memory reading on both benches
+
 MODEL = "smollm2-135m-instruct"
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_PAIRS, VALID_PAIRS = ROOT / "data/demo/prefer_train.jsonl", ROOT / "data/demo/prefer_valid.jsonl"
@@ -228,20 +231,6 @@ def run_side(side: str, steps: int, seed: int, workdir: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Measuring each side the same way
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def tree_memory(root) -> tuple[int, int]:
-    """(RSS summed, PSS summed) in bytes over a process and all its descendants; processes that end meanwhile
-    count as nothing. Read from /proc/PID/smaps_rollup (cheap: psutil's memory_full_info parses all of smaps)."""
-    rss = pss = 0
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            rollup = Path(f"/proc/{process.pid}/smaps_rollup").read_text(encoding="ascii").splitlines()
-        except OSError:
-            continue
-        fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in rollup[1:] if line.endswith("kB")}
-        rss, pss = rss + fields.get("Rss", 0), pss + fields.get("Pss", 0)
-    return rss, pss
 
 
 def sample_peak(pid: int, done: threading.Event, peak: dict) -> None:

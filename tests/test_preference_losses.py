@@ -178,11 +178,15 @@ def test_orpo_equals_trl_for_equally_long_answers(seed, beta):
     trl_loss, metrics = ORPOStub(beta, (chosen_avg, rejected_avg, no_logits, no_logits, nll)).get_batch_loss_metrics(
         model=None, batch={})
     trl_loss.backward()
+    matches_trls_batch(PreferenceLossSettings(loss_type="orpo", beta=beta), batch, trl_tokens, trl_loss, metrics)
 
+
+def matches_trls_batch(settings, batch, trl_tokens, trl_loss, metrics) -> None:
+    """Our mean loss over the batch, its gradient per token log-prob and the mean rewards equal what TRL's
+    get_batch_loss_metrics gave (trl_tokens.grad holds TRL's gradient)."""
     our_tokens = leaf(batch)
-    ours = pair_losses(PreferenceLossSettings(loss_type="orpo", beta=beta), *paired(our_tokens, batch))
+    ours = pair_losses(settings, *paired(our_tokens, batch))
     ours.losses.mean().backward()
-
     close(ours.losses.mean(), trl_loss)
     close(our_tokens.grad, trl_tokens.grad)
     close(ours.chosen_rewards.mean(), metrics["rewards/chosen"])
@@ -264,15 +268,7 @@ def test_simpo_equals_trl(seed, label_smoothing, beta, simpo_gamma):
     forward_output = (*averaged(trl_tokens, batch), no_logits, no_logits, torch.tensor(0.0))
     trl_loss, metrics = CPOStub(settings, forward_output).get_batch_loss_metrics(model=None, batch={})
     trl_loss.backward()
-
-    our_tokens = leaf(batch)
-    ours = pair_losses(settings, *paired(our_tokens, batch))
-    ours.losses.mean().backward()
-
-    close(ours.losses.mean(), trl_loss)
-    close(our_tokens.grad, trl_tokens.grad)
-    close(ours.chosen_rewards.mean(), metrics["rewards/chosen"])
-    close(ours.rejected_rewards.mean(), metrics["rewards/rejected"])
+    matches_trls_batch(settings, batch, trl_tokens, trl_loss, metrics)
 
 
 # ---- KTO: KTOTrainer._compute_loss --------------------------------------------------------------------------------

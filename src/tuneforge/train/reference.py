@@ -112,7 +112,6 @@ class ReferenceKeeper:
 
     def __init__(self, run: Any):
         self.run = run
-        self.path = run.reference_file
 
     def record(self, event: dict[str, Any]) -> None:
         if event.get("type") != "reference":
@@ -123,7 +122,7 @@ class ReferenceKeeper:
             return
         table = ReferenceTable(event["key"], event["precision"], np.asarray(event["train"], dtype=np.float32),
                                np.asarray(event["valid"], dtype=np.float32))
-        table.save(self.path)
+        table.save(self.run.reference_file)
         try:
             cache_file(table.key).parent.mkdir(parents=True, exist_ok=True)
             table.save(cache_file(table.key))

@@ -65,15 +65,15 @@ def measure_speed(config: TrainConfig, prepared: Any, threads: int | None = None
         batch_rows = config.train_batch_size_per_device
         examples = list(data.train)
         times = []
+
+        def collate(rows: list[Any]) -> dict[str, Any]:
+            return task.collate(rows, prepared.tokenizer.pad_token_id or 0,
+                                padding="free" if prepared.config.padding_free else config.padding,
+                                context_length=data.context_length, multiple_of=config.pad_to_multiple_of)
+
         for step in range(PROBE_STEPS + 1):
             batch = [examples[(step * batch_rows + i) % len(examples)] for i in range(batch_rows)]
             started = time.perf_counter()
-
-            def collate(rows: list[Any]) -> dict[str, Any]:
-                return task.collate(rows, prepared.tokenizer.pad_token_id or 0,
-                                    padding="free" if prepared.config.padding_free else config.padding,
-                                    context_length=data.context_length, multiple_of=config.pad_to_multiple_of)
-
             if getattr(objective, "needs_reference", False):  # a run computes these once; untimed, as there
                 batch = with_reference(objective, [copy.copy(row) for row in batch], collate, prepared, precision,
                                        device)
