@@ -65,6 +65,32 @@ def test_fused_lora_follows_autocast_like_peft(tiny_llama_dir):
     assert all(g is not None and g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads)
 
 
+def test_layers_reading_one_input_cast_it_once_under_autocast(tiny_llama_dir, monkeypatch):
+    """q/k/v share their input, gate/up theirs: one bf16 cast per input per block, not one per layer; a tensor
+    written in place after its cast is cast again."""
+    from tuneforge.models import fused_lora
+
+    casts = []
+    real_cast = fused_lora._RecentCasts.cast
+    monkeypatch.setattr(fused_lora._RecentCasts, "cast",
+                        staticmethod(lambda t, d: (casts.append(t.shape), real_cast(t, d))[1]))
+    monkeypatch.setattr(fused_lora, "_LAST_CASTS", fused_lora._RecentCasts())
+    _, fused_model = lora_pair(tiny_llama_dir, 0.1)
+    fuse_lora(fused_model)
+    blocks = fused_model.config.num_hidden_layers
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused_model(input_ids=torch.randint(0, 1000, (2, 9)))
+    # per block: the input and its dropped copy for q/k/v, o_proj, gate/up and down_proj: 8 casts, not 14
+    assert len(casts) == 8 * blocks
+
+    recent = fused_lora._RecentCasts()
+    x = torch.randn(3, 8)
+    first = recent.rows(x, torch.bfloat16)
+    assert recent.rows(x, torch.bfloat16) is first
+    x.mul_(2)
+    assert torch.equal(recent.rows(x, torch.bfloat16).float(), first.float() * 2)
+
+
 def test_fused_lora_hands_what_it_cannot_do_back_to_peft(tiny_llama_dir):
     peft_model, fused_model = lora_pair(tiny_llama_dir, 0.0)
     fuse_lora(fused_model)

@@ -50,13 +50,18 @@ def loss_and_grads(model, batch) -> tuple[float, float, dict[str, torch.Tensor]]
     return float(loss_sum.detach()), float(count), grads
 
 
-def test_a_padding_free_batch_gives_the_padded_batchs_loss_and_gradients(tiny_llama_dir):
+@pytest.mark.parametrize(("lengths", "one_call"), [([9, 23, 5, 16], False), ([21, 23, 18, 22], True)],
+                         ids=["row-by-row", "one-padded-call"])
+def test_a_padding_free_batch_gives_the_padded_batchs_loss_and_gradients(tiny_llama_dir, lengths, one_call):
+    from tuneforge.models.padding_free import padded_attention_pays
+
+    assert padded_attention_pays(lengths) == one_call  # both ways rows attend are checked
     model = lora_model(tiny_llama_dir)
-    examples = rows([9, 23, 5, 16])
+    examples = rows(lengths)
     padded = collate_causal(examples, 0, context_length=64)
     packed = collate_causal_padding_free(examples)
-    assert packed["input_ids"].shape == (1, 53) and padded["input_ids"].shape == (4, 23)
-    assert packed["position_ids"][0, :12].tolist() == list(range(9)) + [0, 1, 2]
+    assert packed["input_ids"].shape == (1, sum(lengths)) and padded["input_ids"].shape == (4, max(lengths))
+    assert packed["position_ids"][0, :lengths[0] + 3].tolist() == list(range(lengths[0])) + [0, 1, 2]
 
     padded_loss, padded_count, padded_grads = loss_and_grads(model, padded)
     packed_loss, packed_count, packed_grads = loss_and_grads(model, packed)
@@ -67,12 +72,15 @@ def test_a_padding_free_batch_gives_the_padded_batchs_loss_and_gradients(tiny_ll
         torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_no_row_sees_another_in_a_padding_free_batch(tiny_llama_dir):
+@pytest.mark.parametrize("lengths", [[7, 11, 4], [7, 8, 6]], ids=["row-by-row", "one-padded-call"])
+def test_no_row_sees_another_in_a_padding_free_batch(tiny_llama_dir, lengths):
     """Changing one row's tokens changes no other row's loss (no attention across rows, no shared positions)."""
-    from tuneforge.models.padding_free import rows_attend_within_themselves
+    from tuneforge.models.padding_free import padded_attention_pays, rows_attend_within_themselves
 
+    assert padded_attention_pays(lengths) == (lengths[1] == 8)
     model = lora_model(tiny_llama_dir).eval()
-    examples = rows([7, 11, 6])
+    examples = rows(lengths)
+    first, middle = lengths[0], lengths[0] + lengths[1]
     changed = [examples[0], Row(np.array(examples[1].input_ids[::-1]), examples[1].target_mask), examples[2]]
 
     def hidden(batch):
@@ -81,9 +89,9 @@ def test_no_row_sees_another_in_a_padding_free_batch(tiny_llama_dir):
                                                 row_lengths=batch["row_lengths"].tolist())[0][0]
 
     before, after = hidden(collate_causal_padding_free(examples)), hidden(collate_causal_padding_free(changed))
-    torch.testing.assert_close(after[:7], before[:7])
-    torch.testing.assert_close(after[18:], before[18:])
-    assert not torch.allclose(after[7:18], before[7:18])
+    torch.testing.assert_close(after[:first], before[:first])
+    torch.testing.assert_close(after[middle:], before[middle:])
+    assert not torch.allclose(after[first:middle], before[first:middle])
     assert model.config._attn_implementation != "tuneforge_rows"  # switched back after the block
 
 

@@ -10,6 +10,8 @@ gives each plain LoRA linear layer a forward that
 - computes lora_B's gradient as `(h.T @ grad_out).T`, reading grad_out row by row,
 - folds the adapter's input gradient into the base layer's (`addmm_`) when there is no dropout between them,
 - skips the input gradient entirely where nothing upstream needs it (the first block's q/k/v).
+- under autocast, casts an input to bf16 once for all the layers that read it (q/k/v, gate/up): +4-10 % per
+  step on an AMX CPU (A/B in one process, short and long shapes of bench/train_vs_hf.py).
 
 In fp32 the result equals PEFT's to rounding: same weights, same dropout draw, same gradients
 (tests/test_fused_lora.py). Under bf16 autocast it is more accurate than PEFT: the base matmul runs in bf16 as
@@ -34,6 +36,32 @@ import torch
 from torch import nn
 
 
+class _RecentCasts:
+    """The last two inputs cast to the compute dtype, kept until the next ones. q/k/v read one input, gate/up
+    another (and with shared dropout, one dropped copy each): cast once instead of per layer. A tensor written in
+    place since (its version moved) is cast again."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[torch.Tensor, int, torch.dtype, torch.Tensor]] = []
+
+    def rows(self, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if tensor.is_inference():  # no version counter to trust (generation under inference_mode)
+            return self.cast(tensor, dtype)
+        for source, version, cast_dtype, cast in self.entries:
+            if source is tensor and version == tensor._version and cast_dtype == dtype:
+                return cast
+        cast = self.cast(tensor, dtype)
+        self.entries = [(tensor, tensor._version, dtype, cast), *self.entries[:1]]
+        return cast
+
+    @staticmethod
+    def cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return tensor.reshape(-1, tensor.shape[-1]).to(dtype)
+
+
+_LAST_CASTS = _RecentCasts()
+
+
 class _LoRALinear(torch.autograd.Function):
     """`base(x) + scaling * B(A(dropped))`: the base matmul in the `compute` dtype (bf16 under bf16 autocast), the
     adapter and the sum in the adapter's own dtype (fp32)."""
@@ -43,8 +71,8 @@ class _LoRALinear(torch.autograd.Function):
                 lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float, compute: torch.dtype,
                 summed: torch.dtype) -> torch.Tensor:
         leading = x.shape[:-1]
-        rows = x.reshape(-1, x.shape[-1]).to(compute)
-        dropped_rows = rows if dropped is x else dropped.reshape(-1, x.shape[-1]).to(compute)
+        rows = _LAST_CASTS.rows(x, compute)
+        dropped_rows = rows if dropped is x else _LAST_CASTS.rows(dropped, compute)
         weight = weight.to(compute)
         out = rows @ weight.t() if bias is None else torch.addmm(bias.to(compute), rows, weight.t())
         out = out.to(summed)
