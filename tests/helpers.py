@@ -100,25 +100,27 @@ def train_tiny_causal(model_dir: Path, data: dict[str, Path], run_dir: Path, *, 
 
 
 class Reply:
-    def __init__(self, status_code: int, body: bytes):
+    def __init__(self, status_code: int, body: bytes, headers: dict[str, str] | None = None):
         self.status_code, self.body = status_code, body
+        self.headers = {k.lower(): v for k, v in (headers or {}).items()}
 
     def json(self):
         return json.loads(self.body)
 
 
-def http(method: str, url: str, *, json_body=None, content: bytes | None = None) -> Reply:
-    """A raw request (the openai client refuses to send malformed bodies)."""
+def http(method: str, url: str, *, json_body=None, content: bytes | None = None, key: str | None = None) -> Reply:
+    """A raw request (the openai client refuses to send malformed bodies); `key`: sent as the bearer API key."""
     import urllib.error
     import urllib.request
 
     data = content if content is not None else (None if json_body is None else json.dumps(json_body).encode())
-    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json", **({"authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return Reply(response.status, response.read())
+            return Reply(response.status, response.read(), dict(response.headers))
     except urllib.error.HTTPError as exc:
-        return Reply(exc.code, exc.read())
+        return Reply(exc.code, exc.read(), dict(exc.headers))
 
 
 def free_port() -> int:

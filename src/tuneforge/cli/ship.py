@@ -30,8 +30,10 @@ def serve(
     max_tokens: int = typer.Option(1024, "--max-tokens-limit", min=1, help="largest max_tokens a request may ask"),
     max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="concurrent requests generated together"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)"),
+    no_ui: bool = typer.Option(False, "--no-ui", help="no playground page at / (the API only)"),
 ) -> None:
-    """Serve fine-tuned models over HTTP in OpenAI's API shape (chat, completions, classify) on Ray Serve."""
+    """Serve fine-tuned models over HTTP in OpenAI's API shape (chat, completions, classify) on Ray Serve, with a
+    playground page at / to try them side by side in a browser."""
     import signal
     import time
 
@@ -40,11 +42,11 @@ def serve(
 
     options = ServeOptions(host=host, port=port, replicas=replicas, autoscale=parse_autoscale(autoscale),
                            api_key=api_key_from_env(api_key_env), address=address, gguf_lora=lora,
-                           limits=Limits(max_tokens=max_tokens), max_batch_size=max_batch_size)
+                           limits=Limits(max_tokens=max_tokens), max_batch_size=max_batch_size, ui=not no_ui)
     with ui.busy(f"starting {len(runs)} model(s) on Ray Serve"):
         served = start(runs, options)
     ui.show_serving(served.url, served.model_ids, api_key=options.api_key is not None,
-                    exposed=host not in ("127.0.0.1", "localhost", "::1"))
+                    exposed=host not in ("127.0.0.1", "localhost", "::1"), playground=not no_ui)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop: the same clean stop
     try:
         while True:

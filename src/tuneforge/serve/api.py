@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 from tuneforge.data.causal import ROLES
 from tuneforge.native import NativeCrash
 from tuneforge.serve.engines import CausalModel, Engines, Job
+from tuneforge.serve.playground import add_playground, is_page_file
 
 BEARER = HTTPBearer(auto_error=False)  # reads the key; `guard` refuses a bad one in OpenAI's error shape, first
 
@@ -104,9 +105,10 @@ class ApiError(Exception):
 
 
 def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | None = None,
-              batched: Any = None, metrics: RequestMetrics | None = None) -> FastAPI:
+              batched: Any = None, metrics: RequestMetrics | None = None, ui: bool = True) -> FastAPI:
     """`batched`: an async function from one Job to its Completion that gathers concurrent requests into batches
-    (Ray Serve's `serve.batch` on a replica); without it each request generates alone."""
+    (Ray Serve's `serve.batch` on a replica); without it each request generates alone. `ui`: the playground page
+    at `/` (tuneforge.serve.playground)."""
     metrics = metrics or RequestMetrics()
     app = FastAPI(title="tuneforge", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -142,7 +144,8 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
         started = time.perf_counter()
         route = request.url.path if request.url.path in ROUTES else "other"
         size = request.headers.get("content-length")
-        if request.url.path != "/health" and not await authorized(request):  # the key first: nothing else is told
+        open_path = request.url.path == "/health" or (ui and is_page_file(request.url.path))
+        if not open_path and not await authorized(request):  # the key first: nothing else is told
             response: Any = JSONResponse(UNAUTHORIZED.body(), status_code=401)  # to a caller without it
         # The documented body limit (Limits.max_body_bytes), refused from Content-Length before the body is read.
         elif size and size.isdigit() and int(size) > limits.max_body_bytes:
@@ -216,6 +219,8 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
                 "data": [{"index": i, **p.to_dict()} for i, p in enumerate(predictions)]}
 
     app.include_router(v1)
+    if ui:
+        add_playground(app, engines.samples)
     return app
 
 

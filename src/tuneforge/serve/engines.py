@@ -59,6 +59,7 @@ class Engines:
 
     causal: dict[str, CausalModel] = field(default_factory=dict)
     classifiers: dict[str, Classifier] = field(default_factory=dict)
+    samples: dict[str, Path] = field(default_factory=dict)  # model id -> its run's validation_samples.jsonl
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ids(self) -> list[str]:
@@ -151,11 +152,20 @@ def load_engines(paths: list[str | Path], *, gguf_lora: str | Path | None = None
             engines.causal[item.model_id] = load_causal(item.path, item.model_id, item.meta, shared, item.task.load)
         else:
             engines.classifiers[item.model_id] = Classifier(item.model_id, item.task.load(item.path))
+        samples = validation_samples_of(item.path) if item.meta is not None else None
+        if samples is not None:
+            engines.samples[item.model_id] = samples
     first_lora = next(iter(shared.values()), None)
     if first_lora is not None:
         engines.causal[BASE_ID] = TorchModel(BASE_ID, first_lora.generator, use_base=True,
                                              context_length=first_lora.context_length)
     return engines
+
+
+def validation_samples_of(path: Path) -> Path | None:
+    """The validation rows kept with the run a served path is (or is a checkpoint of), if it has them."""
+    run = RunDir(path) if RunDir(path).is_run() else RunDir.holding(path.resolve())
+    return run.samples_file if run is not None and run.samples_file.is_file() else None
 
 
 def servable_task(path: str | Path, meta: CheckpointMeta) -> Any:

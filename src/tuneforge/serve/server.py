@@ -30,6 +30,7 @@ class ServeOptions:
     api_key: str | None = None
     address: str | None = None
     gguf_lora: Path | None = None  # a GGUF LoRA adapter for the one GGUF file served
+    ui: bool = True  # the playground page at / (tuneforge.serve.playground)
     limits: Limits = field(default_factory=Limits)
 
 
@@ -44,7 +45,7 @@ class ModelServer:
     and answers the requests the gateway forwards through the FastAPI app."""
 
     def __init__(self, paths: list[str], gguf_lora: str | None, limits: Limits, api_key: str | None, threads: int,
-                 max_batch_size: int):
+                 max_batch_size: int, ui: bool = True):
         import torch
         from ray import serve
         from starlette.concurrency import run_in_threadpool
@@ -62,7 +63,8 @@ class ModelServer:
         async def batched(jobs: list[Any]) -> list[Any]:
             return await run_in_threadpool(engines.complete_many, jobs)
 
-        self.app = build_app(engines, limits=limits, api_key=api_key, batched=batched, metrics=PrometheusMetrics())
+        self.app = build_app(engines, limits=limits, api_key=api_key, batched=batched, metrics=PrometheusMetrics(),
+                             ui=ui)
 
     async def forward(self, call: dict[str, Any], body: bytes) -> Any:
         """(status, headers), then the body's chunks (a stream's events as they come)."""
@@ -133,7 +135,8 @@ def start(paths: list[str | Path], options: ServeOptions) -> Served:
     serve.start(http_options={"host": options.host, "port": options.port})
     served_paths = [str(Path(p).resolve()) for p in paths]
     gguf_lora = str(Path(options.gguf_lora).resolve()) if options.gguf_lora else None
-    bound = models.bind(served_paths, gguf_lora, options.limits, options.api_key, int(cpus), options.max_batch_size)
+    bound = models.bind(served_paths, gguf_lora, options.limits, options.api_key, int(cpus), options.max_batch_size,
+                        options.ui)
     serve.run(gateway.bind(bound), name=APP_NAME, route_prefix="/", blocking=False)
     return Served(url=f"http://{options.host}:{options.port}", model_ids=model_ids)
 

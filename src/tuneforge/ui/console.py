@@ -110,12 +110,14 @@ def show_monitor(monitor: Any) -> None:
         show_note(note)
 
 
-def show_serving(url: str, model_ids: list[str], *, api_key: bool, exposed: bool) -> None:
-    """Where the API listens, what it serves, and a request to paste."""
+def show_serving(url: str, model_ids: list[str], *, api_key: bool, exposed: bool, playground: bool = True) -> None:
+    """Where the API listens, what it serves, where the playground page is, and a request to paste."""
     if exposed and not api_key:
         show_note("the server listens beyond this machine with no API key: anyone who can reach it can use it "
                   "(set one with --api-key-env VAR)")
     console.print(f"serving [bold]{', '.join(model_ids)}[/bold] at [bold]{url}/v1[/bold]  (Ctrl-C stops)")
+    if playground:
+        console.print(f"  playground: [bold]{url}/[/bold] in a browser" + ("  (it asks for the API key)" if api_key else ""))
     header = ' -H "Authorization: Bearer $KEY"' if api_key else ""
     body = json.dumps({"model": model_ids[0], "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 64})
     console.print(f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{header} -d '{body}'",
