@@ -31,7 +31,7 @@ def serve(
     max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="concurrent requests generated together"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)"),
 ) -> None:
-    """Serve fine-tuned models over HTTP in OpenAI's API shape (chat, completions, classify) on Ray Serve."""
+    """Serve fine-tuned models over HTTP in OpenAI's API shape (chat, completions, classify, tag) on Ray Serve."""
     import signal
     import time
 
