@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import LoopbackServer, http
-from tests.test_serve import SCHEMA, zeroed_adapter_copy
+from tests.test_serve import (SCHEMA, SYSTEM_PROMPT, classifier, prompted_copy, tagger_checkpoint,  # noqa: F401 - fixtures
+                              zeroed_adapter_copy)
 
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium")
@@ -25,28 +26,17 @@ KEY = "s3cret-key"
 HTTP_ERROR_LOG = "Failed to load resource: the server responded with a status of"
 
 
-def with_answer_schema(run: Path, target: Path) -> Path:
-    """A copy of the run whose checkpoint says its answers follow SCHEMA (as a run trained on JSON answers does)."""
-    from tuneforge.rundir import META_FILE, resolve_checkpoint
-
-    shutil.copytree(run, target)
-    meta_path = resolve_checkpoint(target) / META_FILE
-    meta = json.loads(meta_path.read_text())
-    meta["answer_schema"] = SCHEMA
-    meta_path.write_text(json.dumps(meta))
-    return target
-
-
 @pytest.fixture(scope="module")
-def playground(tiny_lora_run, tmp_path_factory, tiny_classifier, tiny_tagger):
+def playground(tiny_lora_run, tmp_path_factory, classifier, tagger_checkpoint):
+    """json-run: a LoRA run with a system prompt and an answer schema; other: a second run over its base; base;
+    tickets: a classifier; places: a tagger (CITY, PERSON). The API wants KEY."""
     from tuneforge.serve import build_app, load_engines
 
     folder = tmp_path_factory.mktemp("playground")
-    schema_run = with_answer_schema(tiny_lora_run, folder / "json-run")
+    schema_run = prompted_copy(tiny_lora_run, folder / "json-run")
     other = zeroed_adapter_copy(tiny_lora_run, folder / "other")
-    engines = load_engines([schema_run, other])
-    engines.classifiers[tiny_classifier.model_id] = tiny_classifier
-    engines.taggers[tiny_tagger.model_id] = tiny_tagger
+    engines = load_engines([schema_run, other, tagger_checkpoint])
+    engines.classifiers[classifier.model_id] = classifier
     with LoopbackServer(build_app(engines, api_key=KEY)) as running:
         yield running
 
@@ -130,7 +120,7 @@ def test_a_wrong_key_shows_the_apis_error_line_and_the_right_one_lists_the_model
     page.wait_for_function("document.querySelector('#status').textContent.startsWith('missing or wrong API key')")
     use_key(page)
     shown = {box.get_attribute("value") for box in page.query_selector_all("#models input")}
-    assert shown == {"json-run", "other", "base", "tickets", "entities"}
+    assert shown == {"json-run", "other", "base", "tickets", "places"}
     assert "Traceback" not in page.content()
 
 
@@ -145,7 +135,8 @@ def test_two_models_stream_side_by_side_with_the_right_json_badge(page, playgrou
     page.wait_for_function("document.querySelectorAll('#answers [data-state=done]').length === 2", timeout=60_000)
     for model in ("json-run", "base"):
         card = page.locator(f"#answers [data-model='{model}']")
-        expected = chat_api(playground.url, model, messages=[{"role": "user", "content": "Say apple."}],
+        expected = chat_api(playground.url, model, messages=[{"role": "system", "content": SYSTEM_PROMPT},
+                                                             {"role": "user", "content": "Say apple."}],
                             max_tokens=4, response_format={"type": "json_object"})
         assert card.locator(".answer-text").inner_text() == expected
         assert card.locator("[data-json]").get_attribute("data-json") == "invalid"
@@ -159,7 +150,7 @@ def test_two_models_stream_side_by_side_with_the_right_json_badge(page, playgrou
 def test_the_runs_schema_constraint_gives_valid_json_to_every_model(page, playground):
     use_key(page)
     tick_only(page, "json-run", "base")
-    assert page.input_value("#system") == ""  # the tiny run trained without a system prompt
+    assert page.input_value("#system") == SYSTEM_PROMPT  # prefilled from the run, sent to every model
     page.fill("#prompt", "Say pear.")
     page.fill("#max-tokens", "40")
     page.select_option("#constrain", "run")
@@ -192,11 +183,11 @@ def test_a_taggers_highlighted_spans_are_those_of_v1_tag(page, playground):
     page.click("[data-mode=tag]")
     page.fill("#tag-text", text)
     page.click("#tag-form button")
-    card = page.locator("#tag-results [data-model=entities]")
+    card = page.locator("#tag-results [data-model=places]")
     card.wait_for()
     shown = [(int(m.get_attribute("data-start")), int(m.get_attribute("data-end")), m.get_attribute("data-label"))
              for m in card.locator("mark").all()]
-    tagged = http("POST", f"{playground.url}/v1/tag", json_body={"model": "entities", "input": text},
+    tagged = http("POST", f"{playground.url}/v1/tag", json_body={"model": "places", "input": text},
                   key=KEY).json()["data"][0]["entities"]
     assert shown == [(e["start"], e["end"], e["label"]) for e in tagged]
     assert shown, "the tiny tagger finds no entity: the test would check nothing"

@@ -21,6 +21,11 @@ openai = pytest.importorskip("openai")
 
 SCHEMA = {"type": "object", "properties": {"word": {"type": "string", "maxLength": 12}}, "required": ["word"],
           "additionalProperties": False}
+# Longer than SmolLM2's own default system prompt, so a prompt that carries it is the longer one.
+SYSTEM_PROMPT = "You are a careful assistant: answer with the single word the user asks you to say, and nothing else."
+TAGS = ["O", "B-CITY", "B-PERSON", "I-CITY", "I-PERSON"]
+TAGGER_CONTEXT = 24  # tokens: LONG_TEXT is tagged in several windows
+LONG_TEXT = " ".join(["Aiko met Ravi in Oslo, then in Kraków on Friday."] * 6)
 
 
 def zeroed_adapter_copy(run: Path, target: Path) -> Path:
@@ -34,6 +39,37 @@ def zeroed_adapter_copy(run: Path, target: Path) -> Path:
     weights = load_file(str(weights_path))
     save_file({k: torch.zeros_like(v) if "lora_B" in k else v for k, v in weights.items()}, str(weights_path))
     return target
+
+
+def prompted_copy(run: Path, target: Path) -> Path:
+    """A copy of a run whose checkpoint says it trained with a system prompt and inferred an answer schema."""
+    from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
+
+    shutil.copytree(run, target)
+    checkpoint = resolve_checkpoint(target)
+    meta = CheckpointMeta.read(checkpoint)
+    meta.model_copy(update={"system_prompt": SYSTEM_PROMPT, "answer_schema": SCHEMA}).write(checkpoint)
+    return target
+
+
+@pytest.fixture(scope="module")
+def tagger_checkpoint(tmp_path_factory) -> Path:
+    """A token classification checkpoint laid out as a merged export (weights, tokenizer, tuneforge.json), its head
+    untrained: serving it must give exactly the spans its Tagger finds."""
+    from transformers import AutoModelForTokenClassification
+
+    from tuneforge.models import load_tokenizer
+    from tuneforge.models.sources import resolve_model
+    from tuneforge.rundir import CheckpointMeta
+
+    source = resolve_model("minilm-l6")
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("serve") / "places"
+    AutoModelForTokenClassification.from_pretrained(source, num_labels=len(TAGS)).save_pretrained(folder)
+    load_tokenizer(source).save_pretrained(folder)
+    CheckpointMeta(task="token_classification", model_id="minilm-l6", labels=TAGS, tag_scheme="IOB2",
+                   context_length=TAGGER_CONTEXT).write(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +91,12 @@ def classifier(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_lora_run, tmp_path_factory, classifier):
+def server(tiny_lora_run, tmp_path_factory, classifier, tagger_checkpoint):
     from tuneforge.serve import Limits, build_app, load_engines
 
     other = zeroed_adapter_copy(tiny_lora_run, tmp_path_factory.mktemp("serve") / "other")
-    engines = load_engines([tiny_lora_run, other])
+    prompted = prompted_copy(tiny_lora_run, tmp_path_factory.mktemp("serve") / "prompted")
+    engines = load_engines([tiny_lora_run, other, prompted, tagger_checkpoint])
     engines.classifiers[classifier.model_id] = classifier
     with LoopbackServer(build_app(engines, limits=Limits(max_tokens=64, max_body_bytes=20_000))) as running:
         running.lora_id, running.engines = tiny_lora_run.name, engines
@@ -76,7 +113,33 @@ def say(word: str) -> list[dict]:
 
 
 def test_models_lists_every_run_and_the_base(client, server):
-    assert {m.id for m in client.models.list().data} == {server.lora_id, "other", "base", "tickets"}
+    assert {m.id for m in client.models.list().data} == {server.lora_id, "other", "prompted", "base", "tickets",
+                                                          "places"}
+
+
+def test_models_tell_each_models_kind_prompt_and_labels(client, server):
+    cards = {m.id: m.model_extra["tuneforge"] for m in client.models.list().data}  # the openai client keeps extras
+    context = server.engines.causal["base"].context_length
+    chat = {"kind": "chat", "engine": "torch", "labels": None, "context_length": context, "has_samples": True}
+    assert cards["prompted"] == {**chat, "system_prompt": SYSTEM_PROMPT, "answer_schema": SCHEMA}
+    assert cards[server.lora_id] == {**chat, "system_prompt": None, "answer_schema": None}
+    assert cards["base"] == {**chat, "system_prompt": None, "answer_schema": None, "has_samples": False}
+    assert cards["tickets"] == {"kind": "classify", "engine": "torch", "system_prompt": None, "answer_schema": None,
+                                "labels": ["billing", "bug", "praise"], "context_length": 64, "has_samples": False}
+    assert cards["places"] == {"kind": "tag", "engine": "torch", "system_prompt": None, "answer_schema": None,
+                               "labels": ["CITY", "PERSON"], "context_length": TAGGER_CONTEXT, "has_samples": False}
+
+
+def test_only_a_run_gets_its_system_prompt_not_the_base_served_from_it(client, server):
+    from tuneforge.serve.causal import TorchModel
+
+    def prompt_tokens(model: str) -> int:
+        return client.chat.completions.create(model=model, messages=say("apple"), max_tokens=1).usage.prompt_tokens
+
+    assert prompt_tokens("base") == prompt_tokens(server.lora_id) < prompt_tokens("prompted")
+    # The base is served from the first LoRA run's model, whichever loaded first: it takes none of their prompts.
+    prompted = server.engines.causal["prompted"].generator
+    assert TorchModel("base", prompted, use_base=True).system_prompt is None
 
 
 def test_chat_completion_answers_with_usage_and_finish_reason(client, server):
@@ -135,6 +198,7 @@ def test_a_stop_string_ends_the_answer_before_it(client, server):
     ({"max_tokens": 65}, "BadRequestError", "over this server's limit of 64"),
     ({"model": "nope"}, "NotFoundError", "no generation model 'nope'"),
     ({"model": "tickets"}, "BadRequestError", "is a classifier"),
+    ({"model": "places"}, "BadRequestError", "'places' is a tagger: send its texts to /v1/tag"),
     ({"messages": []}, "BadRequestError", "messages"),
     ({"n": 3}, "BadRequestError", "one choice per request"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}}},
@@ -175,6 +239,48 @@ def test_classify_gives_a_label_and_a_probability_per_class(server):
     assert wrong.status_code == 400 and "not one of the labels" in wrong.json()["error"]["message"]
 
 
+def tag(server, **body):
+    return http("POST", f"{server.url}/v1/tag", json_body={"model": "places", **body})
+
+
+@pytest.mark.parametrize("aggregation", ["first", "average", "max"])
+def test_tag_gives_the_spans_the_tagger_finds_one_entry_per_text(server, aggregation):
+    tagger = server.engines.taggers["places"].predictor
+    texts = ["Meet Aiko in Oslo on June 2.", LONG_TEXT]
+    assert len(tagger.tokenizer(LONG_TEXT)["input_ids"]) > TAGGER_CONTEXT  # tagged in windows
+    reply = tag(server, input=texts, aggregation=aggregation)
+    assert reply.status_code == 200
+    data = reply.json()["data"]
+    assert [row["index"] for row in data] == [0, 1]
+    assert [row["entities"] for row in data] == [[entity.to_dict() for entity in found]
+                                                 for found in tagger.predict(texts, aggregation)]
+    assert data[1]["entities"]  # the untrained head still tags something: the comparison is not of empty lists
+    assert all(text[e["start"]:e["end"]] == e["text"] for text, row in zip(texts, data, strict=True)
+               for e in row["entities"])
+
+
+def test_tag_takes_one_text_and_tags_with_first_subwords_by_default(server):
+    reply = tag(server, input=LONG_TEXT).json()
+    assert reply["object"] == "list" and reply["model"] == "places"
+    expected = server.engines.taggers["places"].predictor.predict([LONG_TEXT], "first")[0]
+    assert reply["data"] == [{"index": 0, "entities": [entity.to_dict() for entity in expected]}]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "fragment"), [
+    ("/v1/tag", {"aggregation": "mean"}, 400, "unknown aggregation 'mean'; use one of first, average, max"),
+    ("/v1/tag", {"model": "tickets"}, 400, "'tickets' is a classifier: send its texts to /v1/classify"),
+    ("/v1/tag", {"model": "base"}, 400, "'base' is a chat model: send it to /v1/chat/completions"),
+    ("/v1/tag", {"model": "nope"}, 404, "no tagging model 'nope' is served here (served: places)"),
+    ("/v1/tag", {"input": ["x"] * 257}, 400, "input holds 257 texts; send 1 to 256"),
+    ("/v1/tag", {"threshold": 0.5}, 400, "threshold: Extra inputs are not permitted"),
+    ("/v1/classify", {"model": "places"}, 400, "'places' is a tagger: send its texts to /v1/tag"),
+])
+def test_bad_tag_requests_get_one_line_errors(server, path, body, status, fragment):
+    reply = http("POST", f"{server.url}{path}", json_body={"model": "places", "input": "Oslo", **body})
+    message = reply.json()["error"]["message"]
+    assert reply.status_code == status and fragment in message and "\n" not in message
+
+
 def test_an_api_key_is_required_when_set(tiny_lora_run):
     from tuneforge.serve import build_app
     from tuneforge.serve.engines import Engines
@@ -186,7 +292,7 @@ def test_an_api_key_is_required_when_set(tiny_lora_run):
         assert http("GET", f"{running.url}/health").status_code == 200  # probes need no key
         # without the key nothing else is told: not which paths exist, not what is wrong with the body
         for method, path, content in (("GET", "/v1/nowhere", None), ("POST", "/v1/chat/completions", b"{not json"),
-                                      ("POST", "/v1/classify", b"[]")):
+                                      ("POST", "/v1/classify", b"[]"), ("POST", "/v1/tag", b"[]")):
             refused = http(method, f"{running.url}{path}", content=content)
             assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key", path
 

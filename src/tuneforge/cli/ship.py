@@ -32,8 +32,8 @@ def serve(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)"),
     no_ui: bool = typer.Option(False, "--no-ui", help="no playground page at / (the API only)"),
 ) -> None:
-    """Serve fine-tuned models over HTTP in OpenAI's API shape (chat, completions, classify) on Ray Serve, with a
-    playground page at / to try them side by side in a browser."""
+    """Serve fine-tuned models over HTTP in OpenAI's API shape (chat, completions, classify, tag) on Ray Serve,
+    with a playground page at / to try them side by side in a browser."""
     import signal
     import time
 

@@ -1,4 +1,5 @@
-"""The HTTP API in OpenAI's shape: /v1/models, /v1/chat/completions, /v1/completions, plus /v1/classify and /health.
+"""The HTTP API in OpenAI's shape: /v1/models, /v1/chat/completions, /v1/completions, plus /v1/classify, /v1/tag and
+/health.
 
 A plain FastAPI app over `Engines`: Ray Serve runs it on each replica (tuneforge.serve.server), and tests can run it
 alone. Every failure a client can cause is an OpenAI-style JSON error with a 4xx status; nothing a request does
@@ -23,7 +24,7 @@ from starlette.exceptions import HTTPException
 
 from tuneforge.data.causal import ROLES
 from tuneforge.native import NativeCrash
-from tuneforge.serve.engines import CausalModel, Engines, Job
+from tuneforge.serve.engines import CausalModel, Engines, Job, Labeller
 from tuneforge.serve.playground import add_playground, is_page_file
 
 BEARER = HTTPBearer(auto_error=False)  # reads the key; `guard` refuses a bad one in OpenAI's error shape, first
@@ -35,7 +36,7 @@ class Limits:
     max_tokens: int = 1024  # cap on a request's max_tokens
     default_max_tokens: int = 256
     max_messages: int = 64
-    max_inputs: int = 256  # texts per classify request
+    max_inputs: int = 256  # texts per classify or tag request
 
 
 class Message(BaseModel):
@@ -80,7 +81,14 @@ class ClassifyRequest(BaseModel):
     fallback: str | None = None
 
 
-ROUTES = ("/health", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/classify")
+class TagRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    input: str | list[str]
+    aggregation: str = "first"  # checked against predict_tokens.AGGREGATIONS, the tagger's own list
+
+
+ROUTES = ("/health", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/classify", "/v1/tag")
 
 
 class RequestMetrics:
@@ -175,12 +183,13 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
     @v1.get("/models")
     async def models() -> dict[str, Any]:
         created = int(time.time())
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "tuneforge"}
-                                           for name in engines.ids()]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "tuneforge",
+                                            "tuneforge": model_card(served, has_samples=name in engines.samples)}
+                                           for name, served in engines.served().items()]}
 
     @v1.post("/chat/completions")
     async def chat(body: ChatRequest) -> Any:
-        served = causal_model(engines, body.model)
+        served = served_model(engines, body.model, "chat")
         if len(body.messages) > limits.max_messages:
             raise ApiError(400, f"{len(body.messages)} messages; the limit is {limits.max_messages}", param="messages")
         bad = next((m.role for m in body.messages if m.role not in ROLES), None)
@@ -194,7 +203,7 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
 
     @v1.post("/completions")
     async def completions(body: CompletionRequest) -> Any:
-        served = causal_model(engines, body.model)
+        served = served_model(engines, body.model, "chat")
         return await respond(engines, served, body, body.prompt, limits, chat=False, batched=batched,
                              metrics=metrics)
 
@@ -204,12 +213,8 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
 
         from tuneforge.predict import apply_threshold
 
-        classifier = engines.classifiers.get(body.model)
-        if classifier is None:
-            raise unknown_model(engines, body.model, "classification")
-        texts = [body.input] if isinstance(body.input, str) else body.input
-        if not texts or len(texts) > limits.max_inputs:
-            raise ApiError(400, f"input holds {len(texts)} texts; send 1 to {limits.max_inputs}", param="input")
+        classifier = served_model(engines, body.model, "classify")
+        texts = input_texts(body.input, limits)
         if body.fallback is not None and body.fallback not in classifier.predictor.labels:
             raise ApiError(400, f"fallback {body.fallback!r} is not one of the labels "
                                 f"{', '.join(classifier.predictor.labels)}", param="fallback")
@@ -217,6 +222,22 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
         predictions = apply_threshold(predictions, body.threshold, body.fallback)
         return {"object": "list", "model": body.model,
                 "data": [{"index": i, **p.to_dict()} for i, p in enumerate(predictions)]}
+
+    @v1.post("/tag")
+    async def tag(body: TagRequest) -> dict[str, Any]:
+        from starlette.concurrency import run_in_threadpool
+
+        from tuneforge.predict_tokens import AGGREGATIONS
+
+        tagger = served_model(engines, body.model, "tag")
+        texts = input_texts(body.input, limits)
+        if body.aggregation not in AGGREGATIONS:
+            raise ApiError(400, f"unknown aggregation {body.aggregation!r}; use one of {', '.join(AGGREGATIONS)}",
+                           param="aggregation")
+        found = await run_in_threadpool(tagger.predictor.predict, texts, body.aggregation)
+        return {"object": "list", "model": body.model,
+                "data": [{"index": i, "entities": [entity.to_dict() for entity in entities]}
+                         for i, entities in enumerate(found)]}
 
     app.include_router(v1)
     if ui:
@@ -247,19 +268,47 @@ def invalid_body(exc: RequestValidationError) -> ApiError:
     return ApiError(400, f"{where or 'body'}: {first['msg']}", param=where)
 
 
-def unknown_model(engines: Engines, name: str, kind: str) -> ApiError:
-    served = ", ".join(engines.causal if kind == "generation" else engines.classifiers) or "none"
-    return ApiError(404, f"no {kind} model {name!r} is served here (served: {served})", param="model",
-                    code="model_not_found")
+def model_card(served: CausalModel | Labeller, *, has_samples: bool = False) -> dict[str, Any]:
+    """What a playground needs to know of a model, beyond OpenAI's fields of /v1/models (its clients ignore this
+    one): the endpoint that answers it (`kind`: chat, classify or tag), its engine (torch or llama.cpp), the system
+    prompt and answer schema a chat model applies, the labels a classifier gives or the entity types a tagger finds,
+    the longest input in tokens it takes at once, and whether its run's validation rows can be fetched
+    (`GET /ui/samples/{id}`)."""
+    chat = isinstance(served, CausalModel)
+    return {"kind": served.kind, "engine": served.engine,
+            "system_prompt": served.system_prompt if chat else None,
+            "answer_schema": served.answer_schema if chat else None,
+            "labels": None if chat else served.labels,
+            "context_length": served.context_length, "has_samples": has_samples}
 
 
-def causal_model(engines: Engines, name: str) -> CausalModel:
-    served = engines.causal.get(name)
+KIND_NOUNS = {"chat": "generation", "classify": "classification", "tag": "tagging"}
+# What a model of each kind is and where to send it, for a request that reached another endpoint.
+KIND_ENDPOINTS = {"chat": "a chat model: send it to /v1/chat/completions or /v1/completions",
+                  "classify": "a classifier: send its texts to /v1/classify",
+                  "tag": "a tagger: send its texts to /v1/tag"}
+
+
+def served_model(engines: Engines, name: str, kind: str) -> Any:
+    """The model `name` when it is of the `kind` this endpoint answers; a 400 naming its endpoint when it is
+    another's, a 404 listing this endpoint's models when nothing of that name is served."""
+    models = engines.served()
+    served = models.get(name)
     if served is None:
-        if name in engines.classifiers:
-            raise ApiError(400, f"{name!r} is a classifier: send its texts to /v1/classify", param="model")
-        raise unknown_model(engines, name, "generation")
+        ids = ", ".join(model_id for model_id, model in models.items() if model.kind == kind) or "none"
+        raise ApiError(404, f"no {KIND_NOUNS[kind]} model {name!r} is served here (served: {ids})", param="model",
+                       code="model_not_found")
+    if served.kind != kind:
+        raise ApiError(400, f"{name!r} is {KIND_ENDPOINTS[served.kind]}", param="model")
     return served
+
+
+def input_texts(given: str | list[str], limits: Limits) -> list[str]:
+    """The texts of a classify or tag request: one or a list, 1 to `limits.max_inputs` of them."""
+    texts = [given] if isinstance(given, str) else given
+    if not texts or len(texts) > limits.max_inputs:
+        raise ApiError(400, f"input holds {len(texts)} texts; send 1 to {limits.max_inputs}", param="input")
+    return texts
 
 
 async def respond(engines: Engines, served: CausalModel, body: GenerationRequest, prompt: Any, limits: Limits, *,

@@ -24,6 +24,8 @@ class CausalModel:
 
     model_id: str
     context_length: int
+    kind = "chat"  # the endpoints that answer it: /v1/chat/completions and /v1/completions
+    engine: str  # what generates: "torch" or "llama.cpp"
     batches = False  # whether requests may generate together as one batch
 
     @property
@@ -56,11 +58,13 @@ class TorchModel(CausalModel):
     adapter: str | None = None  # PEFT adapter name; None: a merged or full model
     use_base: bool = False  # the `base` id: adapters off
     context_length: int = 2048
+    engine = "torch"
     batches = True
 
     @property
     def system_prompt(self) -> str | None:
-        return self.generator.meta.system_prompt
+        # `base` is no run: the first LoRA run's prompt would make its answers depend on which run loaded first
+        return None if self.use_base else self.generator.meta.system_prompt
 
     @property
     def answer_schema(self) -> dict[str, Any] | None:

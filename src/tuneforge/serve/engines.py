@@ -1,6 +1,7 @@
 """What a serving replica holds: the models it answers for, by model id, loaded once, and the lock that keeps one
 generation at a time on its CPUs. Runs, checkpoints and merged exports generate in torch (tuneforge.serve.causal),
-GGUF files in llama.cpp (tuneforge.serve.gguf); classification runs answer /v1/classify.
+GGUF files in llama.cpp (tuneforge.serve.gguf); classification runs answer /v1/classify, token classification runs
+/v1/tag.
 """
 
 from __future__ import annotations
@@ -28,9 +29,45 @@ def model_id_of(path: str | Path) -> str:
 
 
 @dataclass
-class Classifier:
+class Labeller:
+    """An encoder run that labels texts instead of generating, in torch (a subclass's `kind` names its endpoint)."""
+
     model_id: str
-    predictor: Any  # tuneforge.predict.Predictor
+    predictor: Any  # tuneforge.predict.Predictor for a Classifier, tuneforge.predict_tokens.Tagger for a Tagger
+    engine = "torch"
+
+
+@dataclass
+class Classifier(Labeller):
+    """A classification run: a label per text."""
+
+    kind = "classify"
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.predictor.labels)
+
+    @property
+    def context_length(self) -> int:
+        return self.predictor.max_length
+
+
+@dataclass
+class Tagger(Labeller):
+    """A token classification run: entity spans in a text."""
+
+    kind = "tag"
+
+    @property
+    def labels(self) -> list[str]:
+        """The entity types it finds: its tags without their scheme's prefixes (B-, I-, ...), "O" left out."""
+        from tuneforge.data.tokens import check_tag
+
+        return sorted({check_tag(tag, self.predictor.scheme)[1] for tag in self.predictor.labels} - {""})
+
+    @property
+    def context_length(self) -> int:
+        return self.predictor.context_length  # a longer text is tagged in windows
 
 
 @dataclass
@@ -59,11 +96,16 @@ class Engines:
 
     causal: dict[str, CausalModel] = field(default_factory=dict)
     classifiers: dict[str, Classifier] = field(default_factory=dict)
+    taggers: dict[str, Tagger] = field(default_factory=dict)
     samples: dict[str, Path] = field(default_factory=dict)  # model id -> its run's validation_samples.jsonl
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def served(self) -> dict[str, CausalModel | Classifier | Tagger]:
+        """Every model by id, whichever endpoint answers it (its `kind`)."""
+        return {**self.causal, **self.classifiers, **self.taggers}
+
     def ids(self) -> list[str]:
-        return [*self.causal, *self.classifiers]
+        return list(self.served())
 
     # -- generation ---------------------------------------------------------------------------------------------
 
@@ -150,8 +192,10 @@ def load_engines(paths: list[str | Path], *, gguf_lora: str | Path | None = None
             engines.causal[item.model_id] = load_gguf(item.path, item.gguf_lora, threads)
         elif item.task.spec.generates:
             engines.causal[item.model_id] = load_causal(item.path, item.model_id, item.meta, shared, item.task.load)
-        else:
+        elif item.task.spec.classifies_texts:
             engines.classifiers[item.model_id] = Classifier(item.model_id, item.task.load(item.path))
+        else:
+            engines.taggers[item.model_id] = Tagger(item.model_id, item.task.load(item.path))
         samples = validation_samples_of(item.path) if item.meta is not None else None
         if samples is not None:
             engines.samples[item.model_id] = samples
@@ -172,7 +216,7 @@ def servable_task(path: str | Path, meta: CheckpointMeta) -> Any:
     from tuneforge.tasks import get_task
 
     task = get_task(meta.task)
-    if not (task.spec.generates or task.spec.classifies_texts):
-        raise TuneforgeError(f"{path}: serving a {meta.task} run is not supported (it neither generates nor "
-                             "classifies texts)")
+    if not task.spec.serves:
+        raise TuneforgeError(f"{path}: serving a {meta.task} run is not supported (it does not generate, classify "
+                             "texts or tag words)")
     return task

@@ -60,6 +60,7 @@ class GgufModel(CausalModel):
     context_length: int = 0
     system: str | None = None
     schema: dict[str, Any] | None = None
+    engine = "llama.cpp"
 
     def __post_init__(self) -> None:
         self.chat: gguf_chat.GgufChat | None = None
