@@ -32,7 +32,7 @@ def wait_ready(url: str, server: subprocess.Popen | None, timeout: float = 300) 
 
 
 def capture(url: str, run_id: str, out: Path) -> None:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=shutil.which("chromium"),
@@ -46,7 +46,7 @@ def capture(url: str, run_id: str, out: Path) -> None:
         tab.fill("#max-tokens", "64")
         tab.select_option("#constrain", "run")
         tab.click("#send")
-        tab.wait_for_function("document.querySelectorAll('#answers [data-state=done]').length === 2", timeout=300_000)
+        expect(tab.locator("#answers [data-state=done]")).to_have_count(2, timeout=300_000)
         out.parent.mkdir(parents=True, exist_ok=True)
         tab.screenshot(path=str(out), full_page=True)
         browser.close()

@@ -140,3 +140,45 @@ def tiny_full_run(resumed_full_run) -> Path:
     """The completed full fine-tune of `resumed_full_run`."""
     assert resumed_full_run.cli.returncode == 0, resumed_full_run.cli.stderr + resumed_full_run.cli.stdout
     return resumed_full_run.run
+
+
+@pytest.fixture(scope="session")
+def tagger_checkpoint(tmp_path_factory) -> Path:
+    """A token classification checkpoint laid out as a merged export (weights, tokenizer, tuneforge.json), its head
+    untrained: serving it must give exactly the spans its Tagger finds."""
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    from tests.helpers import TAGGER_CONTEXT, TAGS
+    from tuneforge.models import load_tokenizer
+    from tuneforge.models.sources import resolve_model
+    from tuneforge.rundir import CheckpointMeta
+
+    source = resolve_model("minilm-l6")
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("served") / "places"
+    AutoModelForTokenClassification.from_pretrained(source, num_labels=len(TAGS)).save_pretrained(folder)
+    load_tokenizer(source).save_pretrained(folder)
+    CheckpointMeta(task="token_classification", model_id="minilm-l6", labels=TAGS, tag_scheme="IOB2",
+                   context_length=TAGGER_CONTEXT).write(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def classifier(tmp_path_factory):
+    """A MiniLM classifier (billing, bug, praise; head untrained) as the server holds one, named `tickets`."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneforge.models import load_tokenizer
+    from tuneforge.models.sources import resolve_model
+    from tuneforge.predict import Predictor
+    from tuneforge.rundir import CheckpointMeta
+    from tuneforge.serve.engines import Classifier
+
+    source = resolve_model("minilm-l6")
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=3).eval()
+    meta = CheckpointMeta(task="classification", model_id="minilm-l6", shape="classification",
+                          labels=["billing", "bug", "praise"], text_fields=["text"], context_length=64)
+    return Classifier("tickets", Predictor(model, load_tokenizer(source), meta))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import threading
 import time
@@ -154,3 +155,38 @@ class LoopbackServer:
     def __exit__(self, *_exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+# -- models served in the API and playground tests ----------------------------------------------------------
+
+SCHEMA = {"type": "object", "properties": {"word": {"type": "string", "maxLength": 12}}, "required": ["word"],
+          "additionalProperties": False}
+# Longer than SmolLM2's own default system prompt, so a prompt that carries it is the longer one.
+SYSTEM_PROMPT = "You are a careful assistant: answer with the single word the user asks you to say, and nothing else."
+TAGS = ["O", "B-CITY", "B-PERSON", "I-CITY", "I-PERSON"]
+TAGGER_CONTEXT = 24  # tokens: a long text is tagged in several windows
+
+
+def zeroed_adapter_copy(run: Path, target: Path) -> Path:
+    """A second run over the same base whose adapter changes nothing (lora_B = 0): it must answer like the base."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tuneforge.rundir import resolve_checkpoint
+
+    shutil.copytree(run, target)
+    weights_path = resolve_checkpoint(target) / "adapter_model.safetensors"
+    weights = load_file(str(weights_path))
+    save_file({k: torch.zeros_like(v) if "lora_B" in k else v for k, v in weights.items()}, str(weights_path))
+    return target
+
+
+def prompted_copy(run: Path, target: Path) -> Path:
+    """A copy of a run whose checkpoint says it trained with a system prompt and inferred an answer schema."""
+    from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
+
+    shutil.copytree(run, target)
+    checkpoint = resolve_checkpoint(target)
+    meta = CheckpointMeta.read(checkpoint)
+    meta.model_copy(update={"system_prompt": SYSTEM_PROMPT, "answer_schema": SCHEMA}).write(checkpoint)
+    return target

@@ -8,21 +8,20 @@ the server (the page must work with the network off).
 from __future__ import annotations
 
 import json
+import re
 import shutil
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import LoopbackServer, http
-from tests.test_serve import (SCHEMA, SYSTEM_PROMPT, classifier, prompted_copy, tagger_checkpoint,  # noqa: F401 - fixtures
-                              zeroed_adapter_copy)
+from tests.helpers import SCHEMA, SYSTEM_PROMPT, LoopbackServer, http, prompted_copy, zeroed_adapter_copy
 
 playwright = pytest.importorskip("playwright.sync_api")
+expect = playwright.expect  # polls from Playwright's own world: the page's CSP forbids the eval wait_for_function uses
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium (scripts/ensure_test_tools.sh installs it)")
 
 KEY = "s3cret-key"
-# What Chromium logs when a request answers 4xx: expected where a test provokes an API error on purpose.
+# What Chromium logs for a response with an error status: expected only where a test provokes an API error.
 HTTP_ERROR_LOG = "Failed to load resource: the server responded with a status of"
 
 
@@ -63,8 +62,8 @@ def page(browser, playground, request):
     tab.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
     tab.goto(playground.url)
     yield tab
-    expected = request.node.get_closest_marker("api_errors") is not None
-    assert [e for e in errors if not (expected and e.startswith(HTTP_ERROR_LOG))] == []
+    provoked = request.node.get_closest_marker("api_errors") is not None
+    assert [e for e in errors if not (provoked and e.startswith(HTTP_ERROR_LOG))] == []
     assert outside == []
     context.close()
 
@@ -100,7 +99,7 @@ def chat_api(url: str, model: str, **body) -> str:
 
 def test_the_page_is_open_but_the_api_behind_it_needs_the_key(playground):
     page = http("GET", f"{playground.url}/")
-    assert page.status_code == 200 and b"<title>tuneforge playground</title>" in page.content
+    assert page.status_code == 200 and b"<title>tuneforge playground</title>" in page.body
     script = http("GET", f"{playground.url}/ui/app.js")
     assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
     policy = page.headers["content-security-policy"]
@@ -113,11 +112,10 @@ def test_the_page_is_open_but_the_api_behind_it_needs_the_key(playground):
 
 @pytest.mark.api_errors
 def test_a_wrong_key_shows_the_apis_error_line_and_the_right_one_lists_the_models(page):
-    page.wait_for_selector("#status.error")
-    assert page.inner_text("#status") == "missing or wrong API key: send 'Authorization: Bearer <key>'"
+    assert page.inner_text("#status") == "this server wants its API key: enter it above"  # asked, not refused
     page.fill("#api-key", "wrong")
     page.click("#key-form button")
-    page.wait_for_function("document.querySelector('#status').textContent.startsWith('missing or wrong API key')")
+    expect(page.locator("#status")).to_have_text(re.compile("^missing or wrong API key"))
     use_key(page)
     shown = {box.get_attribute("value") for box in page.query_selector_all("#models input")}
     assert shown == {"json-run", "other", "base", "tickets", "places"}
@@ -129,16 +127,20 @@ def test_two_models_stream_side_by_side_with_the_right_json_badge(page, playgrou
     tick_only(page, "json-run", "base")
     page.fill("#prompt", "Say apple.")
     page.fill("#max-tokens", "4")
-    page.select_option("#constrain", "json")  # 4 tokens cut the JSON short: the badge must say invalid
+    page.select_option("#constrain", "pasted")  # 4 tokens cut {"word": ...} short: the badge must say invalid
+    page.fill("#schema", json.dumps(SCHEMA))
     count_text_updates(page)
     page.click("#send")
-    page.wait_for_function("document.querySelectorAll('#answers [data-state=done]').length === 2", timeout=60_000)
+    expect(page.locator("#answers [data-state=done]")).to_have_count(2, timeout=60_000)
     for model in ("json-run", "base"):
         card = page.locator(f"#answers [data-model='{model}']")
         expected = chat_api(playground.url, model, messages=[{"role": "system", "content": SYSTEM_PROMPT},
                                                              {"role": "user", "content": "Say apple."}],
-                            max_tokens=4, response_format={"type": "json_object"})
+                            max_tokens=4, response_format={"type": "json_schema",
+                                                           "json_schema": {"name": "pasted", "schema": SCHEMA}})
         assert card.locator(".answer-text").inner_text() == expected
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(expected)
         assert card.locator("[data-json]").get_attribute("data-json") == "invalid"
         assert card.locator("[data-stat=finish]").inner_text() == "finish: length"
         assert "ms" in card.locator("[data-stat=ttft]").inner_text()
@@ -155,7 +157,7 @@ def test_the_runs_schema_constraint_gives_valid_json_to_every_model(page, playgr
     page.fill("#max-tokens", "40")
     page.select_option("#constrain", "run")
     page.click("#send")
-    page.wait_for_function("document.querySelectorAll('#answers [data-state=done]').length === 2", timeout=60_000)
+    expect(page.locator("#answers [data-state=done]")).to_have_count(2, timeout=60_000)
     for model in ("json-run", "base"):
         card = page.locator(f"#answers [data-model='{model}']")
         assert card.locator("[data-json]").get_attribute("data-json") == "valid"
@@ -216,9 +218,9 @@ def test_held_out_rows_step_through_with_the_expected_answer_beside_each_models(
     page.click("[data-mode=rows]")
     tick_only(page, "json-run", "base")
     page.set_input_files("#rows-file", str(source))
-    page.wait_for_function("document.querySelector('#row-position').textContent === 'row 1 of 2'")
+    expect(page.locator("#row-position")).to_have_text("row 1 of 2")
     page.click("#row-run")
-    page.wait_for_function("document.querySelectorAll('#row-answers [data-match]').length === 2", timeout=60_000)
+    expect(page.locator("#row-answers [data-match]")).to_have_count(2, timeout=60_000)
     assert page.locator("#row-answers .expected .answer-text").inner_text() == "apple"
     for card in page.locator("#row-answers [data-model]").all():
         answer = card.locator(".answer-text").inner_text()
@@ -226,7 +228,7 @@ def test_held_out_rows_step_through_with_the_expected_answer_beside_each_models(
     page.click("#row-next")
     assert page.inner_text("#row-position") == "row 2 of 2"
     page.click("#row-run")
-    page.wait_for_function("document.querySelectorAll('#row-answers [data-match]').length === 2", timeout=60_000)
+    expect(page.locator("#row-answers [data-match]")).to_have_count(2, timeout=60_000)
     # a JSON reference is compared field by field: the `word` line is marked where it differs
     for card in page.locator("#row-answers [data-model]").all():
         if card.locator("[data-field]").count():
@@ -250,7 +252,7 @@ def test_the_runs_validation_samples_load_as_reference_rows(page, playground):
     page.click("[data-mode=rows]")
     tick_only(page, "json-run")
     page.click("#rows-samples")
-    page.wait_for_function("document.querySelector('#row-position').textContent.startsWith('row 1 of')")
+    expect(page.locator("#row-position")).to_have_text(re.compile("^row 1 of "))
     samples = http("GET", f"{playground.url}/ui/samples/json-run")  # keyless: refused
     assert samples.status_code == 401
     assert page.locator("#row-prompt .turn").count() >= 1

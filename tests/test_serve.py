@@ -8,86 +8,24 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import shutil
 import time
-from pathlib import Path
 
 import pytest
-import torch
 
-from tests.helpers import LoopbackServer, free_port, http
+from tests.helpers import (
+    SCHEMA,
+    SYSTEM_PROMPT,
+    TAGGER_CONTEXT,
+    LoopbackServer,
+    free_port,
+    http,
+    prompted_copy,
+    zeroed_adapter_copy,
+)
 
 openai = pytest.importorskip("openai")
 
-SCHEMA = {"type": "object", "properties": {"word": {"type": "string", "maxLength": 12}}, "required": ["word"],
-          "additionalProperties": False}
-# Longer than SmolLM2's own default system prompt, so a prompt that carries it is the longer one.
-SYSTEM_PROMPT = "You are a careful assistant: answer with the single word the user asks you to say, and nothing else."
-TAGS = ["O", "B-CITY", "B-PERSON", "I-CITY", "I-PERSON"]
-TAGGER_CONTEXT = 24  # tokens: LONG_TEXT is tagged in several windows
 LONG_TEXT = " ".join(["Aiko met Ravi in Oslo, then in Kraków on Friday."] * 6)
-
-
-def zeroed_adapter_copy(run: Path, target: Path) -> Path:
-    """A second run over the same base whose adapter changes nothing (lora_B = 0): it must answer like the base."""
-    from safetensors.torch import load_file, save_file
-
-    from tuneforge.rundir import resolve_checkpoint
-
-    shutil.copytree(run, target)
-    weights_path = resolve_checkpoint(target) / "adapter_model.safetensors"
-    weights = load_file(str(weights_path))
-    save_file({k: torch.zeros_like(v) if "lora_B" in k else v for k, v in weights.items()}, str(weights_path))
-    return target
-
-
-def prompted_copy(run: Path, target: Path) -> Path:
-    """A copy of a run whose checkpoint says it trained with a system prompt and inferred an answer schema."""
-    from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
-
-    shutil.copytree(run, target)
-    checkpoint = resolve_checkpoint(target)
-    meta = CheckpointMeta.read(checkpoint)
-    meta.model_copy(update={"system_prompt": SYSTEM_PROMPT, "answer_schema": SCHEMA}).write(checkpoint)
-    return target
-
-
-@pytest.fixture(scope="module")
-def tagger_checkpoint(tmp_path_factory) -> Path:
-    """A token classification checkpoint laid out as a merged export (weights, tokenizer, tuneforge.json), its head
-    untrained: serving it must give exactly the spans its Tagger finds."""
-    from transformers import AutoModelForTokenClassification
-
-    from tuneforge.models import load_tokenizer
-    from tuneforge.models.sources import resolve_model
-    from tuneforge.rundir import CheckpointMeta
-
-    source = resolve_model("minilm-l6")
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("serve") / "places"
-    AutoModelForTokenClassification.from_pretrained(source, num_labels=len(TAGS)).save_pretrained(folder)
-    load_tokenizer(source).save_pretrained(folder)
-    CheckpointMeta(task="token_classification", model_id="minilm-l6", labels=TAGS, tag_scheme="IOB2",
-                   context_length=TAGGER_CONTEXT).write(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-    from transformers import AutoModelForSequenceClassification
-
-    from tuneforge.models import load_tokenizer
-    from tuneforge.models.sources import resolve_model
-    from tuneforge.predict import Predictor
-    from tuneforge.rundir import CheckpointMeta
-    from tuneforge.serve.engines import Classifier
-
-    source = resolve_model("minilm-l6")
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=3).eval()
-    meta = CheckpointMeta(task="classification", model_id="minilm-l6", shape="classification",
-                          labels=["billing", "bug", "praise"], text_fields=["text"], context_length=64)
-    return Classifier("tickets", Predictor(model, load_tokenizer(source), meta))
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +96,18 @@ def test_streaming_sends_the_same_answer_piece_by_piece(client, server):
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert len(chunks) >= 3 and streamed.strip() == whole.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_a_stream_asked_for_usage_ends_with_the_token_counts(client, server):
+    whole = client.chat.completions.create(model=server.lora_id, messages=say("river"), max_tokens=8)
+    chunks = list(client.chat.completions.create(model=server.lora_id, messages=say("river"), max_tokens=8,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == whole.usage.model_dump()
+    assert all(c.usage is None for c in chunks[:-1])
+    assert chunks[-2].choices[0].finish_reason == whole.choices[0].finish_reason
+    plain = list(client.chat.completions.create(model=server.lora_id, messages=say("river"), max_tokens=8,
+                                                stream=True))
+    assert all(c.usage is None and c.choices for c in plain)  # not asked: no usage chunk
 
 
 def test_completions_endpoint_continues_a_prompt(client, server):

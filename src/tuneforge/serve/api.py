@@ -51,6 +51,11 @@ class ResponseFormat(BaseModel):
     json_schema: dict[str, Any] | None = None
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
 class GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (user, logprobs: null, ...)
     model: str
@@ -62,6 +67,7 @@ class GenerationRequest(BaseModel):
     seed: int | None = None
     n: int = Field(1, ge=1)
     stream: bool = False
+    stream_options: StreamOptions | None = None  # include_usage: a last chunk with the token counts, as OpenAI's
     response_format: ResponseFormat | None = None
 
 
@@ -241,7 +247,7 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
 
     app.include_router(v1)
     if ui:
-        add_playground(app, engines.samples)
+        add_playground(app, engines.samples, key_required=api_key is not None)
     return app
 
 
@@ -343,8 +349,10 @@ async def respond(engines: Engines, served: CausalModel, body: GenerationRequest
     if body.stream:
         outcome: list[Any] = []
         pieces = engines.stream(served, prompt, settings, seed=body.seed, constraint=constraint, outcome=outcome)
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
         events = sse_events(ident, served.model_id, pieces, outcome, stops, chat=chat,
-                            on_end=lambda tokens: metrics.tokens(served.model_id, prompt_tokens, tokens))
+                            on_end=lambda tokens: metrics.tokens(served.model_id, prompt_tokens, tokens),
+                            usage_prompt_tokens=prompt_tokens if include_usage else None)
         return StreamingResponse(iterate_in_threadpool(events), media_type="text/event-stream")
     job = Job(served, prompt, settings, seed=body.seed, constraint=constraint)
     if batched is not None:
@@ -403,9 +411,11 @@ def cut_at_stop(text: str, stops: list[str], finish: str) -> tuple[str, str]:
 
 
 def sse_events(ident: str, model_id: str, pieces: Any, outcome: list[Any], stops: list[str], *, chat: bool,
-               on_end: Any = None) -> Any:
+               on_end: Any = None, usage_prompt_tokens: int | None = None) -> Any:
     """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. Text is held back while it could
-    still be the start of a stop string, so a stop string never reaches the client."""
+    still be the start of a stop string, so a stop string never reaches the client. With `usage_prompt_tokens`
+    (the request's stream_options.include_usage), every chunk carries `"usage": null` and one last chunk with no
+    choices carries the token counts, as OpenAI streams them."""
     created = int(time.time())
     kind = "chat.completion.chunk" if chat else "text_completion"
 
@@ -418,6 +428,8 @@ def sse_events(ident: str, model_id: str, pieces: Any, outcome: list[Any], stops
         else:
             choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
         payload = {"id": ident, "object": kind, "created": created, "model": model_id, "choices": [choice]}
+        if usage_prompt_tokens is not None:
+            payload["usage"] = None
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
     def failure(exc: Exception) -> str:
@@ -454,9 +466,16 @@ def sse_events(ident: str, model_id: str, pieces: Any, outcome: list[Any], stops
                 close()  # releases the replica's lock when the client leaves early
         if held:
             yield chunk(held, None)
+        generated = outcome[0].new_tokens if outcome else received  # a stop string closes the stream early
         if on_end is not None:
-            on_end(outcome[0].new_tokens if outcome else received)  # a stop string closes the stream early
+            on_end(generated)
         yield chunk(None, finish)
+        if usage_prompt_tokens is not None:
+            usage = {"prompt_tokens": usage_prompt_tokens, "completion_tokens": generated,
+                     "total_tokens": usage_prompt_tokens + generated}
+            payload = {"id": ident, "object": kind, "created": created, "model": model_id, "choices": [],
+                       "usage": usage}
+            yield f"data: {json.dumps(payload)}\n\n"
         yield "data: [DONE]\n\n"
 
     return events()

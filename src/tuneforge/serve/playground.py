@@ -29,13 +29,15 @@ def is_page_file(path: str) -> bool:
     return path in PAGE_FILES
 
 
-def add_playground(app: Any, samples: dict[str, Path]) -> None:
+def add_playground(app: Any, samples: dict[str, Path], *, key_required: bool) -> None:
     """The page at `/` and `GET /ui/samples/{model}` (the kept validation rows of a served run, behind the key);
-    `samples`: model id -> its run's validation_samples.jsonl."""
+    `samples`: model id -> its run's validation_samples.jsonl. The page is told whether the API wants a key (not
+    the key), so it asks for one before its first call instead of drawing a refusal."""
     from fastapi import Response
 
     for route, name in PAGE_FILES.items():
         content, media_type = (UI_DIR / name).read_bytes(), MEDIA_TYPES[Path(name).suffix]
+        content = content.replace(b"{{api_key}}", b"required" if key_required else b"none")
 
         def page(content: bytes = content, media_type: str = media_type) -> Response:
             return Response(content, media_type=media_type, headers=PAGE_HEADERS)
@@ -44,13 +46,13 @@ def add_playground(app: Any, samples: dict[str, Path]) -> None:
 
     @app.get("/ui/samples/{model_id}", include_in_schema=False)
     def validation_samples(model_id: str) -> dict[str, Any]:
+        from starlette.exceptions import HTTPException
+
         from tuneforge.rundir import read_jsonl
-        from tuneforge.serve.api import ApiError
 
         path = samples.get(model_id)
-        if path is None:
+        if path is None:  # the app answers it in the API's error shape
             kept = ", ".join(samples) or "none"
-            raise ApiError(404, f"no validation samples are kept for {model_id!r} (models with samples: {kept})",
-                           param="model", code="model_not_found")
+            raise HTTPException(404, f"no validation samples are kept for {model_id!r} (models with samples: {kept})")
         rows = read_jsonl(path)
         return {"object": "list", "model": model_id, "data": rows[:MAX_SAMPLES], "total": len(rows)}

@@ -106,6 +106,12 @@ async function loadModels() {
 function renderModels() {
   const box = $("models");
   box.replaceChildren();
+  // a mode shows only where a model can answer it (held-out rows take any kind)
+  for (const button of document.querySelectorAll(".mode")) {
+    const mode = button.dataset.mode;
+    button.classList.toggle("hidden", mode !== "rows" && state.models.length > 0 &&
+                                      !state.models.some((m) => usableIn(m, mode)));
+  }
   for (const model of state.models) {
     const usable = usableIn(model, state.mode);
     const tick = el("input", { type: "checkbox", value: model.id, "data-kind": model.kind });
@@ -519,7 +525,14 @@ function start() {
   $("row-prev").addEventListener("click", () => step(-1));
   $("row-next").addEventListener("click", () => step(1));
   $("row-run").addEventListener("click", sendRow);
-  loadModels();
+  // The server says whether it wants a key: without one, ask for it rather than send a request it must refuse.
+  const keyRequired = document.querySelector("meta[name=tuneforge-api-key]").content === "required";
+  if (keyRequired && !state.key) {
+    say("this server wants its API key: enter it above");
+    $("api-key").focus();
+  } else {
+    loadModels();
+  }
 }
 
 start();
