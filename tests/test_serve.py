@@ -231,6 +231,19 @@ def test_bad_tag_requests_get_one_line_errors(server, path, body, status, fragme
     assert reply.status_code == status and fragment in message and "\n" not in message
 
 
+def test_no_ui_leaves_the_page_out_and_its_files_behind_the_key():
+    from tuneforge.serve import build_app
+    from tuneforge.serve.engines import Engines
+
+    with LoopbackServer(build_app(Engines(), ui=False)) as running:
+        assert http("GET", f"{running.url}/").status_code == 404
+    with LoopbackServer(build_app(Engines(), api_key="s3cret", ui=False)) as running:
+        assert http("GET", f"{running.url}/ui/app.js").status_code == 401  # open only while the page is served
+    with LoopbackServer(build_app(Engines(), api_key="s3cret")) as running:
+        page = http("GET", f"{running.url}/")
+        assert page.status_code == 200 and b'name="tuneforge-api-key" content="required"' in page.body
+
+
 def test_an_api_key_is_required_when_set(tiny_lora_run):
     from tuneforge.serve import build_app
     from tuneforge.serve.engines import Engines
@@ -281,6 +294,9 @@ def test_ray_serve_deployment_answers_the_openai_client(tiny_lora_run):
         assert served.model_ids == [tiny_lora_run.name, "base"]
         client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
         assert {m.id for m in client.models.list().data} == set(served.model_ids)
+        page = http("GET", f"{served.url}/")  # the playground, through Ray Serve's proxy and the gateway
+        assert page.status_code == 200 and b"tuneforge playground" in page.body
+        assert "default-src 'none'" in page.headers["content-security-policy"]
         answer = client.chat.completions.create(model=tiny_lora_run.name, messages=say("apple"), max_tokens=6)
         assert answer.choices[0].message.content
         streamed = client.chat.completions.create(model="base", messages=say("apple"), max_tokens=6, stream=True)
