@@ -13,19 +13,29 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from tuneforge.data.causal import ROLES
 from tuneforge.native import NativeCrash
 from tuneforge.serve.engines import CausalModel, Engines, Job, Labeller
 from tuneforge.serve.playground import add_playground, is_page_file
+from tuneforge.serve.requests import (
+    ApiError,
+    ChatRequest,
+    ClassifyRequest,
+    CompletionRequest,
+    GenerationRequest,
+    ResponseFormat,
+    TagRequest,
+    chat_prompt,
+    completion_prompt,
+    refuse_unsupported,
+)
 
 BEARER = HTTPBearer(auto_error=False)  # reads the key; `guard` refuses a bad one in OpenAI's error shape, first
 
@@ -37,61 +47,6 @@ class Limits:
     default_max_tokens: int = 256
     max_messages: int = 64
     max_inputs: int = 256  # texts per classify or tag request
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: str
-    content: str
-
-
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    type: Literal["text", "json_object", "json_schema"] = "text"
-    json_schema: dict[str, Any] | None = None
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    include_usage: bool = False
-
-
-class GenerationRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (user, logprobs: null, ...)
-    model: str
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = Field(1, ge=1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None  # include_usage: a last chunk with the token counts, as OpenAI's
-    response_format: ResponseFormat | None = None
-
-
-class ChatRequest(GenerationRequest):
-    messages: list[Message] = Field(min_length=1)
-
-
-class CompletionRequest(GenerationRequest):
-    prompt: str
-
-
-class ClassifyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str
-    input: str | list[str]
-    threshold: float | None = Field(None, ge=0.0, le=1.0)
-    fallback: str | None = None
-
-
-class TagRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str
-    input: str | list[str]
-    aggregation: str = "first"  # checked against predict_tokens.AGGREGATIONS, the tagger's own list
 
 
 ROUTES = ("/health", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/classify", "/v1/tag")
@@ -106,16 +61,6 @@ class RequestMetrics:
 
     def tokens(self, model: str, prompt: int, completion: int) -> None:
         """Every answered generation request."""
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
 def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | None = None,
@@ -188,20 +133,23 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
 
     @v1.get("/models")
     async def models() -> dict[str, Any]:
-        created = int(time.time())
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "tuneforge",
-                                            "tuneforge": model_card(served, has_samples=name in engines.samples)}
+        return {"object": "list", "data": [model_entry(name, served, engines)
                                            for name, served in engines.served().items()]}
+
+    @v1.get("/models/{model_id}")
+    async def model(model_id: str) -> dict[str, Any]:
+        served = engines.served().get(model_id)
+        if served is None:
+            raise ApiError(404, f"no model {model_id!r} is served here (served: {', '.join(engines.ids()) or 'none'})",
+                           param="model", code="model_not_found")
+        return model_entry(model_id, served, engines)
 
     @v1.post("/chat/completions")
     async def chat(body: ChatRequest) -> Any:
         served = served_model(engines, body.model, "chat")
         if len(body.messages) > limits.max_messages:
             raise ApiError(400, f"{len(body.messages)} messages; the limit is {limits.max_messages}", param="messages")
-        bad = next((m.role for m in body.messages if m.role not in ROLES), None)
-        if bad is not None:
-            raise ApiError(400, f"unknown role {bad!r}: messages take {', '.join(ROLES)}", param="messages")
-        prompt = [m.model_dump() for m in body.messages]
+        prompt = chat_prompt(body.messages)
         system = served.system_prompt
         if system and prompt[0]["role"] != "system":  # the run trained every row with it, as its Modelfile sets it
             prompt.insert(0, {"role": "system", "content": system})
@@ -210,8 +158,8 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
     @v1.post("/completions")
     async def completions(body: CompletionRequest) -> Any:
         served = served_model(engines, body.model, "chat")
-        return await respond(engines, served, body, body.prompt, limits, chat=False, batched=batched,
-                             metrics=metrics)
+        return await respond(engines, served, body, completion_prompt(body.prompt), limits, chat=False,
+                             batched=batched, metrics=metrics)
 
     @v1.post("/classify")
     async def classify(body: ClassifyRequest) -> dict[str, Any]:
@@ -274,6 +222,12 @@ def invalid_body(exc: RequestValidationError) -> ApiError:
     return ApiError(400, f"{where or 'body'}: {first['msg']}", param=where)
 
 
+def model_entry(name: str, served: CausalModel | Labeller, engines: Engines) -> dict[str, Any]:
+    """One model as /v1/models lists it: OpenAI's fields, and tuneforge's card."""
+    return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "tuneforge",
+            "tuneforge": model_card(served, has_samples=name in engines.samples)}
+
+
 def model_card(served: CausalModel | Labeller, *, has_samples: bool = False) -> dict[str, Any]:
     """What a playground needs to know of a model, beyond OpenAI's fields of /v1/models (its clients ignore this
     one): the endpoint that answers it (`kind`: chat, classify or tag), its engine (torch or llama.cpp), the system
@@ -323,6 +277,7 @@ async def respond(engines: Engines, served: CausalModel, body: GenerationRequest
 
     from tuneforge.generate import GenerationSettings
 
+    refuse_unsupported(body)
     if body.n != 1:
         raise ApiError(400, f"n = {body.n}: this server generates one choice per request; send n = 1 (or several "
                             "requests: concurrent ones are batched)", param="n")
