@@ -135,6 +135,25 @@ def test_each_adapter_answers_for_itself_over_one_shared_base(client, server):
     assert answer(server.lora_id) == tuned  # switching back and forth keeps each adapter's own answer
 
 
+def test_runs_named_anything_share_a_base_without_clashing_with_peft(tiny_lora_run, tmp_path):
+    """Model ids are directory names: a dot (not allowed in a PEFT adapter name) or `lo` (inside PEFT's own
+    `lora_` prefix) must not reach PEFT as the adapter's name."""
+    from tuneforge.generate import GenerationSettings
+    from tuneforge.serve import load_engines
+
+    names = ("lo", "meetings.v2")
+    engines = load_engines([tiny_lora_run, *(zeroed_adapter_copy(tiny_lora_run, tmp_path / name) for name in names)])
+    settings = GenerationSettings(max_new_tokens=6, temperature=0.0, batch_size=1)
+
+    def answer(model: str) -> str:
+        served = engines.causal[model]
+        return served.complete([say("cloud")], settings, seed=None, constraint=None)[0].text
+
+    base = answer("base")
+    assert [answer(name) for name in names] == [base, base]  # each zeroed adapter answers as the base
+    assert answer(tiny_lora_run.name) != base
+
+
 def test_a_stop_string_ends_the_answer_before_it(client, server):
     free = client.chat.completions.create(model="base", messages=say("apple"), max_tokens=12).choices[0]
     stop = free.message.content[2:4]

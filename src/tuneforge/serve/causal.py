@@ -104,12 +104,15 @@ def load_causal(path: str | Path, model_id: str, meta: CheckpointMeta, shared: d
         host = shared.get(source)
         if host is not None:  # a second adapter over a base already in memory
             checkpoint = resolve_checkpoint(path)
-            host.generator.model.load_adapter(str(checkpoint), adapter_name=model_id)
+            # PEFT's own name, not the model id: ids are directory names, and a dot or a piece of PEFT's `lora_`
+            # prefix in an adapter name breaks or warns in PEFT
+            adapter = f"served{len(host.generator.model.peft_config)}"
+            host.generator.model.load_adapter(str(checkpoint), adapter_name=adapter)
             from tuneforge.models.tokenizers import load_tokenizer
 
             tokenizer = load_tokenizer(str(checkpoint), trust_remote_code=meta.trust_remote_code)
             generator = Generator(host.generator.model, tokenizer, meta)
-            return TorchModel(model_id, generator, adapter=model_id, context_length=host.context_length)
+            return TorchModel(model_id, generator, adapter=adapter, context_length=host.context_length)
         generator = load(path)
         served = TorchModel(model_id, generator, adapter="default", context_length=model_context(generator, meta))
         shared[source] = served
