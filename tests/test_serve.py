@@ -263,6 +263,21 @@ def test_no_ui_leaves_the_page_out_and_its_files_behind_the_key():
         assert page.status_code == 200 and b'name="tuneforge-api-key" content="required"' in page.body
 
 
+def test_the_request_printed_at_start_fits_the_served_models_kind(wide_terminal):
+    from tuneforge.ui.console import console, show_serving
+
+    def printed(kinds: dict[str, str]) -> str:
+        with console.capture() as captured:
+            show_serving("http://127.0.0.1:8000", kinds, api_key=False, exposed=False)
+        return captured.get()
+
+    assert "/v1/chat/completions" in printed({"tickets": "classify", "demo": "chat"})
+    assert '"model": "demo"' in printed({"tickets": "classify", "demo": "chat"})
+    tagger = printed({"places": "tag"})
+    assert "/v1/tag" in tagger and '"input": ["Hello"]' in tagger and "playground: http://127.0.0.1:8000/" in tagger
+    assert "/v1/classify" in printed({"tickets": "classify"})
+
+
 def test_an_api_key_is_required_when_set(tiny_lora_run):
     from tuneforge.serve import build_app
     from tuneforge.serve.engines import Engines

@@ -45,7 +45,7 @@ def serve(
                            limits=Limits(max_tokens=max_tokens), max_batch_size=max_batch_size, ui=not no_ui)
     with ui.busy(f"starting {len(runs)} model(s) on Ray Serve"):
         served = start(runs, options)
-    ui.show_serving(served.url, served.model_ids, api_key=options.api_key is not None,
+    ui.show_serving(served.url, served.kinds, api_key=options.api_key is not None,
                     exposed=host not in ("127.0.0.1", "localhost", "::1"), playground=not no_ui)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop: the same clean stop
     try:

@@ -179,7 +179,19 @@ def planned_models(paths: list[str | Path], gguf_lora: str | Path | None = None)
 
 
 def served_ids(planned: list[Planned]) -> list[str]:
-    return [item.model_id for item in planned] + ([BASE_ID] if any(item.shares_base for item in planned) else [])
+    return list(served_kinds(planned))
+
+
+def served_kinds(planned: list[Planned]) -> dict[str, str]:
+    """Each id the replicas will serve and its kind (chat, classify or tag: the endpoint that answers it)."""
+    kinds = {item.model_id: planned_kind(item) for item in planned}
+    return {**kinds, **({BASE_ID: CausalModel.kind} if any(item.shares_base for item in planned) else {})}
+
+
+def planned_kind(item: Planned) -> str:
+    if item.meta is None or item.task.spec.generates:  # a GGUF file, or a run that generates
+        return CausalModel.kind
+    return Classifier.kind if item.task.spec.classifies_texts else Tagger.kind
 
 
 def load_engines(paths: list[str | Path], *, gguf_lora: str | Path | None = None, threads: int = 1) -> Engines:

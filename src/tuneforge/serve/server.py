@@ -37,7 +37,11 @@ class ServeOptions:
 @dataclass
 class Served:
     url: str
-    model_ids: list[str]
+    kinds: dict[str, str]  # model id -> chat, classify or tag
+
+    @property
+    def model_ids(self) -> list[str]:
+        return list(self.kinds)
 
 
 class ModelServer:
@@ -104,12 +108,12 @@ class PrometheusMetrics(RequestMetrics):
 LATENCY_BOUNDARIES = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120]
 
 
-def planned_model_ids(paths: list[str | Path], gguf_lora: str | Path | None = None) -> list[str]:
-    """The ids the replicas will serve, checked on the driver first so that a bad path is one line, not a replica
-    crash loop."""
-    from tuneforge.serve.engines import planned_models, served_ids
+def planned_model_kinds(paths: list[str | Path], gguf_lora: str | Path | None = None) -> dict[str, str]:
+    """The ids the replicas will serve and their kinds, checked on the driver first so that a bad path is one line,
+    not a replica crash loop."""
+    from tuneforge.serve.engines import planned_models, served_kinds
 
-    return served_ids(planned_models(paths, gguf_lora))
+    return served_kinds(planned_models(paths, gguf_lora))
 
 
 def start(paths: list[str | Path], options: ServeOptions) -> Served:
@@ -121,7 +125,7 @@ def start(paths: list[str | Path], options: ServeOptions) -> Served:
 
     if not paths:
         raise ConfigError("nothing to serve: name at least one run directory or checkpoint")
-    model_ids = planned_model_ids(paths, options.gguf_lora)
+    kinds = planned_model_kinds(paths, options.gguf_lora)
     cluster = ensure_ray(options.address)
     replicas = options.autoscale[1] if options.autoscale else options.replicas
     cpus = options.cpus_per_replica or max(1.0, float(int(cluster.max_node_cpus / max(replicas, 1))))
@@ -138,7 +142,7 @@ def start(paths: list[str | Path], options: ServeOptions) -> Served:
     bound = models.bind(served_paths, gguf_lora, options.limits, options.api_key, int(cpus), options.max_batch_size,
                         options.ui)
     serve.run(gateway.bind(bound), name=APP_NAME, route_prefix="/", blocking=False)
-    return Served(url=f"http://{options.host}:{options.port}", model_ids=model_ids)
+    return Served(url=f"http://{options.host}:{options.port}", kinds=kinds)
 
 
 def stop() -> None:

@@ -110,8 +110,11 @@ def show_monitor(monitor: Any) -> None:
         show_note(note)
 
 
-def show_serving(url: str, model_ids: list[str], *, api_key: bool, exposed: bool, playground: bool = True) -> None:
-    """Where the API listens, what it serves, where the playground page is, and a request to paste."""
+def show_serving(url: str, kinds: dict[str, str], *, api_key: bool, exposed: bool, playground: bool = True) -> None:
+    """Where the API listens, what it serves (`kinds`: model id -> chat, classify or tag), where the playground page
+    is, and a request to paste: a chat request to the first model that chats, else one to the first model's own
+    endpoint."""
+    model_ids = list(kinds)
     if exposed and not api_key:
         show_note("the server listens beyond this machine with no API key: anyone who can reach it can use it "
                   "(set one with --api-key-env VAR)")
@@ -119,6 +122,11 @@ def show_serving(url: str, model_ids: list[str], *, api_key: bool, exposed: bool
     if playground:
         console.print(f"  playground: [bold]{url}/[/bold] in a browser" + ("  (it asks for the API key)" if api_key else ""))
     header = ' -H "Authorization: Bearer $KEY"' if api_key else ""
-    body = json.dumps({"model": model_ids[0], "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 64})
-    console.print(f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{header} -d '{body}'",
+    chatting = [model for model, kind in kinds.items() if kind == "chat"]
+    if chatting:
+        route, body = "chat/completions", {"model": chatting[0], "messages": [{"role": "user", "content": "Hello"}],
+                                           "max_tokens": 64}
+    else:  # classifiers and taggers: /v1/classify and /v1/tag take the same body
+        route, body = kinds[model_ids[0]], {"model": model_ids[0], "input": ["Hello"]}
+    console.print(f"  curl {url}/v1/{route} -H 'Content-Type: application/json'{header} -d '{json.dumps(body)}'",
                   highlight=False, soft_wrap=True)
