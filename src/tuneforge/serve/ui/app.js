@@ -329,14 +329,7 @@ async function runEach(kind, into, render) {
   if (!models.length) return say(`tick at least one model that ${KIND_NAMES[kind]}`, true);
   into.replaceChildren();
   say(`sent to ${models.map((m) => m.id).join(", ")}`);
-  for (const model of models) {
-    try {
-      into.append(await render(model));
-    } catch (error) {
-      into.append(el("article", { class: "answer", "data-model": model.id }, el("h3", {}, model.id),
-        el("p", { class: "error", text: error.message })));
-    }
-  }
+  for (const model of models) await runOne(into, model.id, () => render(model));
 }
 
 // ---- held-out rows -------------------------------------------------------------------------------------------
@@ -433,12 +426,14 @@ function compare(expected, answer) {
   return { exact: differ.length === 0, fields: keys.map((k) => [k, got.value[k], differ.includes(k)]) };
 }
 
+function matchBadge(hit) {
+  return el("span", { class: `badge ${hit ? "match" : "mismatch"}`, "data-match": hit ? "yes" : "no",
+                      text: hit ? "matches" : "differs" });
+}
+
 function markAnswer(view, expected, answer) {
   const verdict = compare(expected, answer);
-  const badge = el("span", { class: `badge ${verdict.exact ? "match" : "mismatch"}`,
-                             "data-match": verdict.exact ? "yes" : "no",
-                             text: verdict.exact ? "matches" : "differs" });
-  view.card.querySelector("h3").append(badge);
+  view.card.querySelector("h3").append(matchBadge(verdict.exact));
   if (!verdict.fields) return;
   const lines = el("pre", { class: "answer-text" });
   for (const [key, value, differs] of verdict.fields) {
@@ -471,8 +466,7 @@ async function sendRow() {
       await runOne(into, model.id, async () => {
         const card = classCard(model.id, (await call("v1/classify", { model: model.id, input: row.text })).data[0]);
         const hit = card.querySelector("[data-predicted]").dataset.predicted === row.expected;
-        card.querySelector("h3").append(el("span", { class: `badge ${hit ? "match" : "mismatch"}`,
-                                                     "data-match": hit ? "yes" : "no", text: hit ? "matches" : "differs" }));
+        card.querySelector("h3").append(matchBadge(hit));
         return card;
       });
     } else {
@@ -481,8 +475,7 @@ async function sendRow() {
         const key = (e) => `${e.start}:${e.end}:${e.label}`;
         const hit = JSON.stringify(found.map(key).sort()) === JSON.stringify(row.expected.map(key).sort());
         return el("article", { class: "answer", "data-model": model.id },
-          el("h3", {}, model.id, el("span", { class: `badge ${hit ? "match" : "mismatch"}`, "data-match": hit ? "yes" : "no",
-                                              text: hit ? "matches" : "differs" })), taggedText(row.text, found));
+          el("h3", {}, model.id, matchBadge(hit)), taggedText(row.text, found));
       });
     }
   }
