@@ -160,3 +160,38 @@ def test_lora_without_exactly_one_gguf_is_refused(gguf_files, tiny_lora_run):
         planned_models([tiny_lora_run], gguf_lora=adapter)
     with pytest.raises(ConfigError, match="no such GGUF file"):
         planned_models([base], gguf_lora=base.parent / "missing.gguf")
+
+
+def llama_cpps_own_logprobs(model_path, ids: list[int]):
+    """llama.cpp's own log-softmax at every position, from a model opened the documented way for it (logits_all)."""
+    import numpy as np
+
+    from tuneforge.export.parity import open_gguf
+
+    llm = open_gguf(model_path, logits_all=True, n_ctx=256, n_threads=1)
+    llm.eval(ids)
+    scores = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+    return scores - np.log(np.exp(scores - scores.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
+        scores.max(-1, keepdims=True)
+
+
+def test_gguf_echo_logprobs_equal_llama_cpps_own_and_chat_logprobs_follow_the_answer(client, server, gguf_files):
+    served = server.engines.causal[server.model_id]
+    ids = served.tokenize("The river runs to the sea", special=False)
+    reference = llama_cpps_own_logprobs(gguf_files[0], ids)
+    choice = client.completions.create(model=server.model_id, prompt=ids, max_tokens=1, echo=True, logprobs=2,
+                                       temperature=0).choices[0]
+    logprobs = choice.logprobs
+    assert logprobs.token_logprobs[0] is None and len(logprobs.tokens) == len(ids) + 1
+    expected = [reference[i - 1, ids[i]] for i in range(1, len(ids))]
+    assert logprobs.token_logprobs[1 : len(ids)] == pytest.approx(expected, abs=1e-4)
+    assert max(logprobs.top_logprobs[1].values()) == pytest.approx(reference[0].max(), abs=1e-4)
+    assert choice.text.startswith("The river runs to the sea")
+    reply = client.chat.completions.create(model=server.model_id, messages=say("apple"), max_tokens=6, logprobs=True,
+                                           top_logprobs=2)
+    content = reply.choices[0].logprobs.content
+    assert "".join(entry.token for entry in content) == reply.choices[0].message.content
+    assert all(entry.top_logprobs[0].logprob >= entry.logprob - 1e-6 for entry in content)
+    # the next request is answered as before: scoring left llama.cpp's cache consistent
+    again = client.chat.completions.create(model=server.model_id, messages=say("apple"), max_tokens=6)
+    assert again.choices[0].message.content == reply.choices[0].message.content

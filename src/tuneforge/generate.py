@@ -24,6 +24,13 @@ class Completion:
     text: str
     finish_reason: str  # "stop" (a stop token) or "length" (max_new_tokens reached)
     new_tokens: int
+    token_ids: list[int] = field(default_factory=list)  # the answer's ids (the API's logprobs score them)
+    stop_token: int | None = None  # the token that ended it, where one did
+
+
+class Continuation(str):
+    """A prompt continued as the text it is, never wrapped in a chat template (OpenAI's /v1/completions), even for a
+    run trained on chats."""
 
 
 @dataclass
@@ -74,7 +81,7 @@ class Generator:
         if system and not self.chat:
             raise TuneforgeError(f"a system message (--system) needs a chat run; this run was trained on "
                                  f"{self.meta.shape} rows, which have none: drop --system")
-        if isinstance(prompt, str) and not self.chat:
+        if isinstance(prompt, Continuation) or (isinstance(prompt, str) and not self.chat):
             return prompt
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         if system and messages[0]["role"] != "system":
@@ -181,7 +188,9 @@ class Generator:
             stop_at = next((i for i, token in enumerate(row) if token in self.stop_ids), None)
             kept = row[:stop_at] if stop_at is not None else [t for t in row if t != self.tokenizer.pad_token_id]
             text = self.tokenizer.decode(kept, skip_special_tokens=True)
-            completions.append(Completion(text.strip(), "stop" if stop_at is not None else "length", len(kept)))
+            stop_token = row[stop_at] if stop_at is not None else None
+            completions.append(Completion(text.strip(), "stop" if stop_at is not None else "length", len(kept),
+                                          kept, stop_token))
         return completions
 
 

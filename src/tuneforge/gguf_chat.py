@@ -99,8 +99,9 @@ def answer(prompt: Any, options: dict[str, Any], system: str | None = None, raw:
     reply = run_request(prompt, options, system, raw, stream=False)
     choice = reply["choices"][0]
     text = choice["text"] if raw else choice["message"]["content"]
-    return {"text": text or "", "finish_reason": choice.get("finish_reason") or "length",
-            "completion_tokens": int(reply["usage"]["completion_tokens"])}
+    finish = choice.get("finish_reason") or "length"
+    return {"text": text or "", "finish_reason": finish, "completion_tokens": int(reply["usage"]["completion_tokens"]),
+            "token_ids": answer_ids(text or ""), "stop_token": LOADED["llm"].token_eos() if finish == "stop" else None}
 
 
 def answer_pieces(prompt: Any, options: dict[str, Any], system: str | None = None,
@@ -117,20 +118,77 @@ def answer_pieces(prompt: Any, options: dict[str, Any], system: str | None = Non
     yield {"finish_reason": finish, "completion_tokens": tokens}
 
 
-def prompt_tokens(prompt: Any, system: str | None = None, raw: bool = False) -> int:
-    """How many tokens the prompt takes once the chat template is applied (llama-cpp-python's own formatter)."""
+def prompt_ids(prompt: Any, system: str | None = None, raw: bool = False) -> list[int]:
+    """The ids the model reads once the chat template is applied (llama-cpp-python's own formatter); `raw`: the
+    text as it is."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     llm = LOADED["llm"]
     if raw:
-        return len(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False))
+        return llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
         raise TuneforgeError("this GGUF file holds no chat template; send plain prompts to /v1/completions")
-    formatter = Jinja2ChatFormatter(template=template, eos_token=llm._model.token_get_text(llm.token_eos()),  # noqa: SLF001
-                                    bos_token=llm._model.token_get_text(llm.token_bos()))  # noqa: SLF001
+    formatter = Jinja2ChatFormatter(template=template, eos_token=token_text(llm.token_eos()),
+                                    bos_token=token_text(llm.token_bos()))
     rendered = formatter(messages=messages_for(prompt, system))
-    return len(llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True))
+    return llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+
+
+def token_text(token: int) -> str | None:
+    return LOADED["llm"]._model.token_get_text(token) if token >= 0 else None
+
+
+def tokenize(text: str, special: bool) -> list[int]:
+    """Special tokens written in the text are read as such, as Hugging Face tokenizers do."""
+    return LOADED["llm"].tokenize(text.encode("utf-8"), add_bos=special, special=True)
+
+
+def detokenize(ids: list[int]) -> str:
+    return LOADED["llm"].detokenize(ids, special=True).decode("utf-8", errors="replace")
+
+
+def token_bytes(ids: list[int]) -> list[bytes]:
+    return [LOADED["llm"].detokenize([token], special=True) for token in ids]
+
+
+def special_tokens() -> dict[str, str | None]:
+    llm = LOADED["llm"]
+    return {"bos_token": token_text(llm.token_bos()), "eos_token": token_text(llm.token_eos()), "pad_token": None,
+            "chat_template": llm.metadata.get("tokenizer.chat_template")}
+
+
+def answer_ids(text: str) -> list[int]:
+    """The answer's ids. llama-cpp-python returns the text, not the ids: its tokenization, which is what the model
+    generated unless it chose a non-canonical split."""
+    return LOADED["llm"].tokenize(text.encode("utf-8"), add_bos=False, special=False) if text else []
+
+
+def score(ids: list[int], start: int, top: int) -> list[Any]:
+    """Log-probabilities of ids[start:] (tuneforge.logprobs). llama-cpp-python keeps every position's logits only
+    for a model opened with logits_all, which costs n_ctx x vocabulary floats for its whole life; this asks llama.cpp
+    for every position's logits in each batch of this one evaluation instead."""
+    import numpy as np
+
+    from tuneforge.logprobs import score_rows
+
+    llm = LOADED["llm"]
+    if len(ids) > llm.n_ctx():
+        raise TuneforgeError(f"{len(ids)} tokens to score; the model's context holds {llm.n_ctx()}")
+    llm.reset()
+    llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+    first_row = max(start - 1, 0)
+    rows = []
+    for begin in range(0, len(ids), llm.n_batch):
+        batch = ids[begin : begin + llm.n_batch]
+        llm._batch.set_batch(batch=batch, n_past=begin, logits_all=True)
+        llm._ctx.decode(llm._batch)
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(batch), llm.n_vocab()))
+        wanted = max(first_row - begin, 0)
+        if wanted < len(batch):
+            rows.append(logits[wanted:].copy())
+    llm.reset()  # the next completion evaluates its prompt afresh
+    return score_rows(ids, np.concatenate(rows), first_row, start, top)
 
 
 def has_chat_template() -> bool:

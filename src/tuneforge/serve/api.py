@@ -22,6 +22,7 @@ from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException
 
 from tuneforge.native import NativeCrash
+from tuneforge.serve.causal import as_text, is_token_ids
 from tuneforge.serve.engines import CausalModel, Engines, Job, Labeller
 from tuneforge.serve.playground import add_playground, is_page_file
 from tuneforge.serve.requests import (
@@ -33,9 +34,10 @@ from tuneforge.serve.requests import (
     ResponseFormat,
     TagRequest,
     chat_prompt,
-    completion_prompt,
+    completion_prompts,
     refuse_unsupported,
 )
+from tuneforge.serve.tokens import chat_logprobs, completion_logprobs, token_pieces, tokenizer_router
 
 BEARER = HTTPBearer(auto_error=False)  # reads the key; `guard` refuses a bad one in OpenAI's error shape, first
 
@@ -49,7 +51,8 @@ class Limits:
     max_inputs: int = 256  # texts per classify or tag request
 
 
-ROUTES = ("/health", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/classify", "/v1/tag")
+ROUTES = ("/health", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/classify", "/v1/tag",
+          "/tokenizer_info", "/tokenize", "/detokenize")
 
 
 class RequestMetrics:
@@ -153,13 +156,13 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
         system = served.system_prompt
         if system and prompt[0]["role"] != "system":  # the run trained every row with it, as its Modelfile sets it
             prompt.insert(0, {"role": "system", "content": system})
-        return await respond(engines, served, body, prompt, limits, chat=True, batched=batched, metrics=metrics)
+        return await respond(engines, served, body, [prompt], limits, chat=True, batched=batched, metrics=metrics)
 
     @v1.post("/completions")
     async def completions(body: CompletionRequest) -> Any:
         served = served_model(engines, body.model, "chat")
-        return await respond(engines, served, body, completion_prompt(body.prompt), limits, chat=False,
-                             batched=batched, metrics=metrics)
+        return await respond(engines, served, body, completion_prompts(body.prompt, limits.max_inputs), limits,
+                             chat=False, batched=batched, metrics=metrics)
 
     @v1.post("/classify")
     async def classify(body: ClassifyRequest) -> dict[str, Any]:
@@ -194,6 +197,7 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
                          for i, entities in enumerate(found)]}
 
     app.include_router(v1)
+    app.include_router(tokenizer_router(engines))
     if ui:
         add_playground(app, engines.samples, key_required=api_key is not None)
     return app
@@ -271,60 +275,133 @@ def input_texts(given: str | list[str], limits: Limits) -> list[str]:
     return texts
 
 
-async def respond(engines: Engines, served: CausalModel, body: GenerationRequest, prompt: Any, limits: Limits, *,
-                  chat: bool, batched: Any, metrics: RequestMetrics) -> Any:
+async def respond(engines: Engines, served: CausalModel, body: GenerationRequest, prompts: list[Any],
+                  limits: Limits, *, chat: bool, batched: Any, metrics: RequestMetrics) -> Any:
+    """`prompts`: a chat's one conversation, or a completions request's texts or token-id lists (one choice each)."""
     from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
-
-    from tuneforge.generate import GenerationSettings
 
     refuse_unsupported(body)
     if body.n != 1:
         raise ApiError(400, f"n = {body.n}: this server generates one choice per request; send n = 1 (or several "
                             "requests: concurrent ones are batched)", param="n")
-    asked = body.max_completion_tokens or body.max_tokens
+    top = logprobs_asked(body, chat)
+    echo = bool(getattr(body, "echo", False))
+    if body.stream and (top is not None or echo or len(prompts) > 1):
+        field = "logprobs" if top is not None else "echo" if echo else "prompt"
+        raise ApiError(400, f"{field}: not streamed by this server; send stream: false (or one prompt without "
+                            "logprobs and echo)", param=field)
+    asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    if asked == 0 and not echo:
+        raise ApiError(400, "max_tokens 0 generates nothing: it scores the prompt only, with echo: true",
+                       param="max_tokens")
     if asked is not None and asked > limits.max_tokens:
         raise ApiError(400, f"max_tokens {asked} is over this server's limit of {limits.max_tokens}",
                        param="max_tokens")
-    try:
-        prompt_tokens = await run_in_threadpool(served.prompt_tokens, prompt)
-    except NativeCrash:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the chat template's own checks (role order, ...)
-        raise ApiError(400, f"the model's chat template refused these messages: {exc}", param="messages") from None
-    room = served.context_length - prompt_tokens
-    max_tokens = asked or max(1, min(limits.default_max_tokens, room))  # unasked: what fits, like OpenAI's default
-    if max_tokens > room:
-        raise ApiError(400, f"the prompt is {prompt_tokens} tokens and max_tokens {max_tokens}: together over the "
-                            f"model's context of {served.context_length}", code="context_length_exceeded")
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    settings = GenerationSettings(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                  batch_size=1, stop_strings=stops)
+    prompt_ids = [await run_in_threadpool(read_prompt, served, prompt) for prompt in prompts]
+    settings, stops = generation_settings(body, served, max(len(ids) for ids in prompt_ids), asked, limits)
     constraint = response_constraint(body.response_format, served)
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     if body.stream:
         outcome: list[Any] = []
-        pieces = engines.stream(served, prompt, settings, seed=body.seed, constraint=constraint, outcome=outcome)
+        pieces = engines.stream(served, as_text(served, prompts[0]), settings, seed=body.seed, constraint=constraint,
+                                outcome=outcome)
         include_usage = body.stream_options is not None and body.stream_options.include_usage
+        prompt_tokens = len(prompt_ids[0])
         events = sse_events(ident, served.model_id, pieces, outcome, stops, chat=chat,
                             on_end=lambda tokens: metrics.tokens(served.model_id, prompt_tokens, tokens),
                             usage_prompt_tokens=prompt_tokens if include_usage else None)
         return StreamingResponse(iterate_in_threadpool(events), media_type="text/event-stream")
-    job = Job(served, prompt, settings, seed=body.seed, constraint=constraint)
-    if batched is not None:
-        completion = await batched(job)
-    else:
-        completion = (await run_in_threadpool(engines.complete_many, [job]))[0]
-    metrics.tokens(served.model_id, prompt_tokens, completion.new_tokens)
-    text, finish = cut_at_stop(completion.text, stops, completion.finish_reason)
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion.new_tokens,
-             "total_tokens": prompt_tokens + completion.new_tokens}
-    choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
-    if chat:
-        choice["message"] = {"role": "assistant", "content": text}
-    else:
-        choice["text"] = text
+    completions = await generate(engines, served, prompts, settings, body.seed, constraint, batched)
+    choices = []
+    for index, (prompt, ids, completion) in enumerate(zip(prompts, prompt_ids, completions, strict=True)):
+        metrics.tokens(served.model_id, len(ids), completion.new_tokens)
+        text, finish = cut_at_stop(completion.text, stops, completion.finish_reason)
+        choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": None}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            shown = await run_in_threadpool(prompt_text, served, prompt) if echo else ""
+            choice["text"] = shown + text
+        if top is not None:
+            choice["logprobs"] = await answer_logprobs(engines, served, ids, completion, top, chat=chat, echo=echo)
+        choices.append(choice)
+    prompt_tokens = sum(len(ids) for ids in prompt_ids)
+    new_tokens = sum(completion.new_tokens for completion in completions)
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": new_tokens, "total_tokens": prompt_tokens + new_tokens}
     return {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-            "model": served.model_id, "choices": [choice], "usage": usage}
+            "model": served.model_id, "choices": choices, "usage": usage}
+
+
+def logprobs_asked(body: GenerationRequest, chat: bool) -> int | None:
+    """None: no logprobs; else how many top tokens to list at each position."""
+    if chat:
+        return body.top_logprobs_asked()
+    if body.top_logprobs is not None:
+        raise ApiError(400, "top_logprobs is a chat completions field; completions take the number of top tokens "
+                            "in logprobs", param="top_logprobs")
+    return body.logprobs
+
+
+def read_prompt(served: CausalModel, prompt: Any) -> list[int]:
+    try:
+        return served.prompt_ids(prompt)
+    except NativeCrash:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the chat template's own checks (role order, ...)
+        raise ApiError(400, f"the model's chat template refused these messages: {exc}", param="messages") from None
+
+
+def prompt_text(served: CausalModel, prompt: Any) -> str:
+    return served.detokenize(prompt) if is_token_ids(prompt) else str(prompt)
+
+
+def generation_settings(body: GenerationRequest, served: CausalModel, prompt_tokens: int, asked: int | None,
+                        limits: Limits) -> tuple[Any, list[str]]:
+    from tuneforge.generate import GenerationSettings
+
+    room = served.context_length - prompt_tokens
+    max_tokens = asked if asked is not None else max(1, min(limits.default_max_tokens, room))  # unasked: what fits
+    if max_tokens > room:
+        raise ApiError(400, f"the prompt is {prompt_tokens} tokens and max_tokens {max_tokens}: together over the "
+                            f"model's context of {served.context_length}", code="context_length_exceeded")
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    return GenerationSettings(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, batch_size=1,
+                              stop_strings=stops), stops
+
+
+async def generate(engines: Engines, served: CausalModel, prompts: list[Any], settings: Any, seed: int | None,
+                   constraint: Any, batched: Any) -> list[Any]:
+    """One Completion per prompt (none generated at max_tokens 0: echo scores the prompt alone)."""
+    import asyncio
+
+    from starlette.concurrency import run_in_threadpool
+
+    from tuneforge.generate import Completion
+
+    if settings.max_new_tokens == 0:
+        return [Completion("", "length", 0) for _ in prompts]
+    jobs = [Job(served, as_text(served, prompt), settings, seed=seed, constraint=constraint) for prompt in prompts]
+    if batched is not None:
+        return list(await asyncio.gather(*(batched(job) for job in jobs)))
+    return await run_in_threadpool(engines.complete_many, jobs)
+
+
+async def answer_logprobs(engines: Engines, served: CausalModel, prompt_ids: list[int], completion: Any, top: int, *,
+                          chat: bool, echo: bool) -> dict[str, Any]:
+    """The model's log-probabilities of the answer's tokens (a chat's: its content; a completion's: with the token
+    that stopped it, and with `echo` every prompt token before them), scored in one forward pass."""
+    from starlette.concurrency import run_in_threadpool
+
+    answer = list(completion.token_ids)
+    if not chat and completion.stop_token is not None:
+        answer.append(completion.stop_token)
+    start = 0 if echo else len(prompt_ids)
+    scores = await run_in_threadpool(engines.score, served, prompt_ids + answer, start, top)
+    pieces = await run_in_threadpool(token_pieces, served, scores)
+    if chat:
+        return chat_logprobs(pieces, scores)
+    offset = 0 if echo else len(await run_in_threadpool(served.detokenize, prompt_ids))
+    return completion_logprobs(pieces, scores, offset)
 
 
 ANSWER_SCHEMA_NAME = "answer_schema"  # json_schema with this name and no schema: the run's inferred answer schema

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from tuneforge.generate import Completion, GenerationSettings, Generator
+from tuneforge.generate import Completion, Continuation, GenerationSettings, Generator
+from tuneforge.logprobs import TokenScore, score_rows
 from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
 
 
@@ -38,6 +39,30 @@ class CausalModel:
         return None
 
     def prompt_tokens(self, prompt: Any) -> int:
+        return len(self.prompt_ids(prompt))
+
+    def prompt_ids(self, prompt: Any) -> list[int]:
+        """The ids the model reads for `prompt`: a chat's messages through the chat template, a Continuation as it
+        is, a list of ids as they are."""
+        raise NotImplementedError
+
+    def tokenize(self, text: str, *, special: bool) -> list[int]:
+        """`text`'s ids; `special`: with the tokens the tokenizer adds around a text (BOS, ...)."""
+        raise NotImplementedError
+
+    def detokenize(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def token_bytes(self, ids: list[int]) -> list[bytes]:
+        """Each token's own bytes (a token may hold part of a character)."""
+        raise NotImplementedError
+
+    def special_tokens(self) -> dict[str, str | None]:
+        """The tokenizer's bos, eos and pad tokens as text, and its chat template (lm-eval's /tokenizer_info)."""
+        raise NotImplementedError
+
+    def score(self, ids: list[int], start: int, top: int) -> list[TokenScore]:
+        """Log-probabilities of ids[start:], each given the ids before it, and the `top` likeliest at each."""
         raise NotImplementedError
 
     def complete(self, prompts: list[Any], settings: GenerationSettings, *, seed: int | None,
@@ -70,9 +95,36 @@ class TorchModel(CausalModel):
     def answer_schema(self) -> dict[str, Any] | None:
         return None if self.use_base else self.generator.meta.answer_schema
 
-    def prompt_tokens(self, prompt: Any) -> int:
+    def prompt_ids(self, prompt: Any) -> list[int]:
+        if is_token_ids(prompt):
+            return list(prompt)
         generator = self.generator
-        return len(generator.tokenizer(generator.render(prompt), add_special_tokens=not generator.chat)["input_ids"])
+        return generator.tokenizer(generator.render(prompt), add_special_tokens=not generator.chat)["input_ids"]
+
+    def tokenize(self, text: str, *, special: bool) -> list[int]:
+        return self.generator.tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.generator.tokenizer.decode(ids)
+
+    def token_bytes(self, ids: list[int]) -> list[bytes]:
+        return [self.generator.tokenizer.decode([token]).encode("utf-8") for token in ids]
+
+    def special_tokens(self) -> dict[str, str | None]:
+        tokenizer = self.generator.tokenizer
+        template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+        return {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token,
+                "chat_template": template}
+
+    @torch.no_grad()
+    def score(self, ids: list[int], start: int, top: int) -> list[TokenScore]:
+        self.select(None)
+        generator = self.generator
+        first_row = max(start - 1, 0)  # only the rows that predict ids[start:] leave the model
+        with generator.base_only(self.use_base):
+            output = generator.runner(self.use_base)(input_ids=torch.tensor([ids], device=generator.device),
+                                                     logits_to_keep=len(ids) - first_row, use_cache=False)
+        return score_rows(ids, output.logits[0].float().cpu().numpy(), first_row, start, top)
 
     def complete(self, prompts: list[Any], settings: GenerationSettings, *, seed: int | None,
                  constraint: Any) -> list[Completion]:
@@ -91,6 +143,15 @@ class TorchModel(CausalModel):
         if seed is not None:
             torch.manual_seed(seed)
 
+
+
+def is_token_ids(prompt: Any) -> bool:
+    return isinstance(prompt, list) and all(isinstance(item, int) for item in prompt)
+
+
+def as_text(served: CausalModel, prompt: Any) -> Any:
+    """What generates from a prompt: token ids as the text they decode to, continued as it is."""
+    return Continuation(served.detokenize(prompt)) if is_token_ids(prompt) else prompt
 
 
 def load_causal(path: str | Path, model_id: str, meta: CheckpointMeta, shared: dict[str, TorchModel],

@@ -14,6 +14,7 @@ from typing import Any
 
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.generate import Completion, GenerationSettings
+from tuneforge.logprobs import TokenScore
 from tuneforge.rundir import CheckpointMeta, RunDir, resolve_checkpoint
 from tuneforge.serve.causal import CausalModel, TorchModel, load_causal
 from tuneforge.serve.gguf import gguf_model_id, is_gguf, load_gguf
@@ -115,6 +116,11 @@ class Engines:
         the stream ends or is closed."""
         with self.lock:
             yield from served.stream(prompt, settings, seed=seed, constraint=constraint, outcome=outcome)
+
+    def score(self, served: CausalModel, ids: list[int], start: int, top: int) -> list[TokenScore]:
+        """Log-probabilities of ids[start:] (one forward pass, under the lock like a generation)."""
+        with self.lock:
+            return served.score(ids, start, top)
 
     def complete_many(self, jobs: list[Job]) -> list[Completion]:
         """Answers to several requests, those that can share a generation run as one left-padded batch: same model,

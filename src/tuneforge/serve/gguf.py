@@ -15,10 +15,11 @@ from typing import Any
 
 from tuneforge import gguf_chat
 from tuneforge.errors import TuneforgeError
-from tuneforge.generate import Completion, GenerationSettings
+from tuneforge.generate import Completion, Continuation, GenerationSettings
+from tuneforge.logprobs import TokenScore
 from tuneforge.native import NativeCrash
 from tuneforge.rundir import RunDir
-from tuneforge.serve.causal import CausalModel
+from tuneforge.serve.causal import CausalModel, is_token_ids
 
 GGUF_SUFFIX = ".gguf"
 
@@ -81,14 +82,43 @@ class GgufModel(CausalModel):
     def answer_schema(self) -> dict[str, Any] | None:
         return self.schema
 
-    def prompt_tokens(self, prompt: Any) -> int:
-        return self.call(gguf_chat.prompt_tokens, prompt, None, self.raw)
+    def prompt_ids(self, prompt: Any) -> list[int]:
+        if is_token_ids(prompt):
+            return list(prompt)
+        return self.call(gguf_chat.prompt_ids, *self.request(prompt))
+
+    def tokenize(self, text: str, *, special: bool) -> list[int]:
+        return self.call(gguf_chat.tokenize, text, special)
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.call(gguf_chat.detokenize, ids)
+
+    def token_bytes(self, ids: list[int]) -> list[bytes]:
+        return self.call(gguf_chat.token_bytes, ids)
+
+    def special_tokens(self) -> dict[str, str | None]:
+        return self.call(gguf_chat.special_tokens)
+
+    def score(self, ids: list[int], start: int, top: int) -> list[TokenScore]:
+        return self.call(gguf_chat.score, ids, start, top)
+
+    def request(self, prompt: Any) -> tuple[Any, None, bool]:
+        """The child's (prompt, system, raw): a Continuation goes as plain text (the child never imports
+        tuneforge.generate, which imports torch), continued as it is."""
+        if isinstance(prompt, Continuation):
+            return str(prompt), None, True
+        return prompt, None, self.raw
 
     def complete(self, prompts: list[Any], settings: GenerationSettings, *, seed: int | None,
                  constraint: Any) -> list[Completion]:
         options = self.options(settings, seed, constraint)
-        replies = [self.call(gguf_chat.answer, prompt, options, None, self.raw) for prompt in prompts]
-        return [Completion(r["text"], r["finish_reason"], r["completion_tokens"]) for r in replies]
+        replies = [self.call(gguf_chat.answer, *self.with_options(prompt, options)) for prompt in prompts]
+        return [Completion(r["text"], r["finish_reason"], r["completion_tokens"], r["token_ids"], r["stop_token"])
+                for r in replies]
+
+    def with_options(self, prompt: Any, options: dict[str, Any]) -> tuple[Any, ...]:
+        text, system, raw = self.request(prompt)
+        return text, options, system, raw
 
     def stream(self, prompt: Any, settings: GenerationSettings, *, seed: int | None, constraint: Any,
                outcome: list[Completion]) -> Iterator[str]:
@@ -99,7 +129,7 @@ class GgufModel(CausalModel):
     def stream_locked(self, prompt: Any, options: dict[str, Any], outcome: list[Completion]) -> Iterator[str]:
         text = ""
         try:
-            for piece in self.worker().stream(gguf_chat.answer_pieces, prompt, options, None, self.raw):
+            for piece in self.worker().stream(gguf_chat.answer_pieces, *self.with_options(prompt, options)):
                 if isinstance(piece, str):
                     text += piece
                     yield piece

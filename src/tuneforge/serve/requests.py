@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneforge.data.causal import ROLES
+from tuneforge.logprobs import MAX_TOP_LOGPROBS
 
 
 class ApiError(Exception):
@@ -49,7 +50,7 @@ class StreamOptions(BaseModel):
 class GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (user, logprobs: null, ...)
     model: str
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=0)  # 0: score the prompt only (completions with echo)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -59,9 +60,10 @@ class GenerationRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None  # include_usage: a last chunk with the token counts, as OpenAI's
     response_format: ResponseFormat | None = None
-    # OpenAI's fields this server does not do: taken at their "off" value, refused (400 naming them) otherwise
+    # chat: logprobs true and top_logprobs 0-20; completions: logprobs 0-20 (the top tokens at each position)
     logprobs: bool | int | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    # OpenAI's fields this server does not do: taken at their "off" value, refused (400 naming them) otherwise
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
@@ -74,9 +76,21 @@ class GenerationRequest(BaseModel):
 class ChatRequest(GenerationRequest):
     messages: list[Message] = Field(min_length=1)
 
+    def top_logprobs_asked(self) -> int | None:
+        """None: no logprobs; else how many of the likeliest tokens to list at each position."""
+        if self.logprobs is not None and not isinstance(self.logprobs, bool):
+            raise ApiError(400, "logprobs: true or false for chat completions; the number of top tokens goes in "
+                                "top_logprobs", param="logprobs")
+        if not self.logprobs:
+            if self.top_logprobs:
+                raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+            return None
+        return self.top_logprobs or 0
+
 
 class CompletionRequest(GenerationRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)  # type: ignore[assignment]
     echo: bool = False
     best_of: int | None = None
     suffix: str | None = None
@@ -101,12 +115,9 @@ NO_TOOLS = ("the models served here were not trained to call tools; for structur
             "json_schema (answers are then constrained to the schema)")
 # field -> why it is refused; each is taken when absent or at its "off" value
 NOT_DONE = {
-    "logprobs": "log-probabilities are not returned by this server",
-    "top_logprobs": "log-probabilities are not returned by this server",
     "presence_penalty": "penalties are not applied by this server; send 0",
     "frequency_penalty": "penalties are not applied by this server; send 0",
     "logit_bias": "logit biases are not applied by this server",
-    "echo": "the prompt is not echoed back by this server",
     "best_of": "this server generates one candidate per request; send best_of = 1",
     "suffix": "insertion (a suffix after the completion) is not done by this server",
 }
@@ -157,14 +168,17 @@ def message_text(message: Message, role: str, where: str) -> str:
     return "\n".join(texts)
 
 
-def completion_prompt(prompt: str | list[Any]) -> str:
-    """One text prompt; a list holding one string is that string."""
+def completion_prompts(prompt: str | list[Any], limit: int) -> list[Any]:
+    """The prompts of a completions request, each a text (continued as it is, no chat template) or a list of token
+    ids (lm-eval sends those), 1 to `limit` of them."""
+    from tuneforge.generate import Continuation
+
     if isinstance(prompt, str):
-        return prompt
-    if len(prompt) == 1 and isinstance(prompt[0], str):
-        return prompt[0]
-    if prompt and all(isinstance(item, str) for item in prompt):
-        raise ApiError(400, f"prompt: {len(prompt)} prompts in one request; send one per request (concurrent requests "
-                            "are batched)", param="prompt")
-    raise ApiError(400, "prompt: token-id prompts are not taken by this server; send the prompt's text",
-                   param="prompt")
+        return [Continuation(prompt)]
+    if prompt and all(isinstance(item, int) for item in prompt):
+        return [list(prompt)]
+    if not prompt or len(prompt) > limit:
+        raise ApiError(400, f"prompt holds {len(prompt)} prompts; send 1 to {limit}", param="prompt")
+    if any(isinstance(item, list) and not item for item in prompt):
+        raise ApiError(400, "prompt: an empty list of token ids", param="prompt")
+    return [Continuation(item) if isinstance(item, str) else list(item) for item in prompt]
