@@ -76,6 +76,7 @@ def load(model: Path, lora: Path | None, n_ctx: int = 2048, n_threads: int | Non
     from tuneforge.export.parity import open_gguf
 
     LOADED["llm"] = llm = open_gguf(model, lora, n_ctx=n_ctx, n_threads=n_threads)
+    record_generated(llm)
     return int(llm.n_ctx())
 
 
@@ -99,9 +100,9 @@ def answer(prompt: Any, options: dict[str, Any], system: str | None = None, raw:
     reply = run_request(prompt, options, system, raw, stream=False)
     choice = reply["choices"][0]
     text = choice["text"] if raw else choice["message"]["content"]
-    finish = choice.get("finish_reason") or "length"
-    return {"text": text or "", "finish_reason": finish, "completion_tokens": int(reply["usage"]["completion_tokens"]),
-            "token_ids": answer_ids(text or ""), "stop_token": LOADED["llm"].token_eos() if finish == "stop" else None}
+    ids, stop_token = generated_ids()
+    return {"text": text or "", "finish_reason": choice.get("finish_reason") or "length",
+            "completion_tokens": int(reply["usage"]["completion_tokens"]), "token_ids": ids, "stop_token": stop_token}
 
 
 def answer_pieces(prompt: Any, options: dict[str, Any], system: str | None = None,
@@ -158,10 +159,29 @@ def special_tokens() -> dict[str, str | None]:
             "chat_template": llm.metadata.get("tokenizer.chat_template")}
 
 
-def answer_ids(text: str) -> list[int]:
-    """The answer's ids. llama-cpp-python returns the text, not the ids: its tokenization, which is what the model
-    generated unless it chose a non-canonical split."""
-    return LOADED["llm"].tokenize(text.encode("utf-8"), add_bos=False, special=False) if text else []
+def record_generated(llm: Any) -> None:
+    """Keep the ids of each generation in LOADED["generated"]: llama-cpp-python returns text, whose tokenization is
+    not always what the model generated (a token ' $\\' tokenizes back as two), and logprobs must score the tokens
+    the model chose. Its completion loop iterates `self.generate`, so the instance's own is wrapped."""
+    original = llm.generate
+
+    def generate(*args: Any, **kwargs: Any) -> Iterator[int]:
+        LOADED["generated"] = generated = []
+        for token in original(*args, **kwargs):
+            generated.append(token)
+            yield token
+
+    llm.generate = generate
+
+
+def generated_ids() -> tuple[list[int], int | None]:
+    """The last generation's answer ids, and the end-of-generation token that stopped it (None where none did)."""
+    import llama_cpp
+
+    llm, ids = LOADED["llm"], list(LOADED.get("generated", []))
+    if ids and llama_cpp.llama_vocab_is_eog(llm._model.vocab, ids[-1]):
+        return ids[:-1], ids[-1]
+    return ids, None
 
 
 def score(ids: list[int], start: int, top: int) -> list[Any]:

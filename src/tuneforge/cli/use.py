@@ -124,7 +124,11 @@ def generate_rows(generator: Any, pairs: list[tuple[Any, dict[str, Any]]], setti
 @app.command("eval")
 def eval_(
     run: Path = typer.Argument(..., help="a run directory (uses best/) or a checkpoint directory"),
-    data: Path = typer.Option(..., "--data", help="labelled CSV/JSONL (classification) or chat/prompt JSONL"),
+    data: Optional[Path] = typer.Option(None, "--data", help="labelled CSV/JSONL (classification) or chat/prompt JSONL"),
+    lm_eval: Optional[str] = typer.Option(None, "--lm-eval", metavar="TASK[,TASK]",
+                                          help="causal: lm-evaluation-harness tasks by name, or task YAML paths"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="--lm-eval: documents per task"),
+    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", min=0, help="--lm-eval: examples in each prompt"),
     name: Optional[str] = typer.Option(None, "--name", help="results go to RUN/eval/NAME (default: data file name)"),
     output: Optional[Path] = typer.Option(None, "--output", help="write results here instead"),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
@@ -145,9 +149,19 @@ def eval_(
     and JSON field scores with the first mistakes."""
     from tuneforge.constrain import constraint_for
     from tuneforge.evaluate import refuse_unseen_labels
-    from tuneforge.rundir import CheckpointMeta, RunDir, resolve_checkpoint
+    from tuneforge.rundir import CheckpointMeta, resolve_checkpoint
     from tuneforge.tasks import get_task
 
+    if lm_eval is not None:
+        refuse_ignored([(data is not None, "--data and --lm-eval are two evaluations: run them one at a time"),
+                        (any_json or json_schema or constrain or metric or target_format != "auto" or
+                         allow_unseen_labels, "--json, --json-schema, --constrain, --metric, --target-format and "
+                         "--allow-unseen-labels apply to --data; lm-eval tasks score as their YAML says")])
+        return benchmark(run, lm_eval, compare_base=compare_base, limit=limit, num_fewshot=num_fewshot,
+                         batch_size=batch_size, name=name, output=output)
+    refuse_ignored([(limit is not None or num_fewshot is not None, "--limit and --num-fewshot apply to --lm-eval")])
+    if data is None:
+        raise TuneforgeError("tuneforge eval needs --data FILE (a labelled or chat/prompt file) or --lm-eval TASKS")
     meta = CheckpointMeta.read(resolve_checkpoint(run))
     if allow_unseen_labels and not meta.labels:  # a run without labels has no unseen ones: refused before it loads
         raise TuneforgeError(f"--allow-unseen-labels applies to classification runs; {run} is a {meta.task} run")
@@ -169,12 +183,31 @@ def eval_(
                                                   answer_schema=meta.answer_schema, source=str(run))
     report = task.evaluate(run, data, name=name, output_dir=output, batch_size=batch_size, **generation)
     ui.show_eval_view(task.eval_view(report))
+    refresh_report(run, output)
+    if "unseen_labels" in report.results and not allow_unseen_labels:
+        refuse_unseen_labels(report)
+
+
+def benchmark(run: Path, tasks: str, *, compare_base: bool, limit: int | None, num_fewshot: int | None,
+              batch_size: int, name: str | None, output: Path | None) -> None:
+    from tuneforge.benchmarks import benchmark_view, evaluate_benchmarks
+
+    names = [task.strip() for task in tasks.split(",") if task.strip()]
+    if not names:
+        raise TuneforgeError("--lm-eval: name at least one task (TASK[,TASK], or a task YAML's path)")
+    report = evaluate_benchmarks(run, names, compare_base=compare_base, limit=limit, num_fewshot=num_fewshot,
+                                 batch_size=batch_size, name=name, output_dir=output)
+    ui.show_eval_view(benchmark_view(report))
+    refresh_report(run, output)
+
+
+def refresh_report(run: Path, output: Path | None) -> None:
+    from tuneforge.rundir import RunDir
+
     if output is None and RunDir(run).is_run():  # the run's page now shows this evaluation too
         from tuneforge.report import write_report
 
         ui.show_phase(f"report: {write_report([run])}")
-    if "unseen_labels" in report.results and not allow_unseen_labels:
-        refuse_unseen_labels(report)
 
 
 def check_user_metrics(specs: list[str]) -> None:
