@@ -192,6 +192,7 @@ def test_cli_refusals_are_one_line_before_ray(tmp_path, tiny_llama_dir):
 # --------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~50 s (a real search); make test keeps the plan checks above and the grid search in test_tune
 def test_a_tiny_auto_search_keeps_its_budget(tmp_path, tiny_llama_dir, ray_session):
     from tuneforge.generate import Generator
     from tuneforge.rundir import RunDir

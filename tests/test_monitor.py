@@ -238,6 +238,7 @@ def test_monitor_on_a_port_in_use_is_one_line_naming_the_port(tmp_path):
 
 @NEEDS_PROMETHEUS
 @pytest.mark.e2e
+@pytest.mark.slow  # ~55 s (its own Ray, a training run, a real Prometheus); `make test-slow` runs it
 def test_prometheus_holds_the_last_training_values_of_metrics_jsonl(tmp_path, tiny_llama_dir, tiny_chat_data):
     ports = {"prometheus": free_port(), "dashboard": free_port()}
     monitor = subprocess.Popen([sys.executable, "-m", "tuneforge.cli", "monitor", "--dir", str(tmp_path / "mon"),
