@@ -79,13 +79,18 @@ def test_tools_are_refused_unless_the_request_says_not_to_call_them(served):
 
 
 @pytest.mark.parametrize(("field", "value"), [("presence_penalty", 0.5), ("frequency_penalty", -0.3),
-                                              ("logit_bias", {"50": 5})])
+                                              ("logit_bias", {"50": 5}), ("modalities", ["text", "audio"]),
+                                              ("audio", {"voice": "alloy", "format": "wav"}),
+                                              ("prediction", {"type": "content", "content": "apple"}),
+                                              ("web_search_options", {}), ("reasoning_effort", "low")])
 def test_sampling_options_not_done_are_refused_by_name(served, field, value):
     assert field in refused(lambda: answer(served, SAY, **{field: value}), field)
 
 
 @pytest.mark.parametrize(("field", "off"), [("logprobs", False), ("presence_penalty", 0), ("frequency_penalty", 0.0),
-                                            ("logit_bias", {})])
+                                            ("logit_bias", {}), ("modalities", ["text"]), ("user", "someone"),
+                                            ("metadata", {"team": "a"}), ("store", False),
+                                            ("service_tier", "auto"), ("parallel_tool_calls", False)])
 def test_the_same_options_at_their_off_value_are_taken(served, field, off):
     assert answer(served, SAY, **{field: off}) == answer(served, SAY)
 

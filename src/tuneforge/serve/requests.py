@@ -71,6 +71,14 @@ class GenerationRequest(BaseModel):
     tool_choice: Any = None
     functions: list[Any] | None = None
     function_call: Any = None
+    # OpenAI's fields that would change the answer of a model that can do them; these text models cannot
+    modalities: list[str] | None = None
+    audio: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
+    reasoning_effort: str | None = None
+    # taken and without effect here, as with OpenAI where they only label or route a request: user, metadata,
+    # store, service_tier, parallel_tool_calls, safety_identifier, prompt_cache_key
 
 
 class ChatRequest(GenerationRequest):
@@ -120,14 +128,24 @@ NOT_DONE = {
     "logit_bias": "logit biases are not applied by this server",
     "best_of": "this server generates one candidate per request; send best_of = 1",
     "suffix": "insertion (a suffix after the completion) is not done by this server",
+    "audio": "the models served here read and write text only",
+    "prediction": "predicted outputs (speculative decoding from a given text) are not used by this server",
+    "web_search_options": "the models served here do not search the web",
+    "reasoning_effort": "the models served here are not reasoning models (no effort to set)",
 }
+
+
+ASKED_BY_PRESENCE = ("web_search_options",)  # {} asks for a web search with its default settings
 
 
 def refuse_unsupported(body: GenerationRequest) -> None:
     """A 400 for the first field set to something this server does not do."""
+    if body.modalities and set(body.modalities) != {"text"}:
+        raise ApiError(400, f"modalities {body.modalities}: the models served here read and write text only; send "
+                            "[\"text\"]", param="modalities")
     for field, why in NOT_DONE.items():
         value = getattr(body, field, None)
-        off = value in (None, 1) if field == "best_of" else not value
+        off = value in (None, 1) if field == "best_of" else value is None if field in ASKED_BY_PRESENCE else not value
         if not off:
             raise ApiError(400, f"{field}: {why}", param=field)
     for tools, choice in (("tools", "tool_choice"), ("functions", "function_call")):
