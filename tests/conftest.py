@@ -143,6 +143,49 @@ def tiny_full_run(resumed_full_run) -> Path:
 
 
 @pytest.fixture(scope="session")
+def minilm_tokenizer():
+    from tuneforge.models import load_tokenizer, resolve_model
+
+    return load_tokenizer(resolve_model("minilm-l6"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_tokenizer) -> Path:
+    """A one-layer BERT classifier (labels nlp/vision) with MiniLM's tokenizer, saved as an HF model directory:
+    trains in milliseconds per step."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    labels = ["nlp", "vision"]
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=len(minilm_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=2, id2label=dict(enumerate(labels)), label2id={"nlp": 0, "vision": 1}))
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    model.save_pretrained(folder)
+    minilm_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_run(tmp_path_factory, tiny_bert_dir, ray_session) -> Path:
+    """ROOT/runs/tiny, trained by `tuneforge.train.train`: a LoRA classifier on the tiny BERT, 12 rows split half
+    and half (stratified) into training and validation, two steps."""
+    from tests.helpers import config_for, rows, write_csv
+    from tuneforge.train import train
+
+    root = tmp_path_factory.mktemp("tiny-classifier")
+    data = write_csv(root / "p.csv", rows({"nlp": 6, "vision": 6}))
+    run = root / "runs" / "tiny"
+    config = config_for(data, model_id=str(tiny_bert_dir), valid_split=0.5, lora_config={"r": 4},
+                        train_batch_size_per_device=3, eval_batch_size_per_device=6, num_epochs=1, learning_rate=5e-2,
+                        num_warmup_steps=0, max_num_checkpoints=1, precision="fp32", seed=1,
+                        output_dir=str(run.parent), run_name="tiny")
+    train(config, run_dir=run)
+    return run
+
+
+@pytest.fixture(scope="session")
 def tagger_checkpoint(tmp_path_factory) -> Path:
     """A token classification checkpoint laid out as a merged export (weights, tokenizer, tuneforge.json), its head
     untrained: serving it must give exactly the spans its Tagger finds."""

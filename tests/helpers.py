@@ -36,6 +36,32 @@ def table_lines(text: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines() if line.count("│") >= 3]
 
 
+def write_csv(path: Path, rows: list[dict], header: list[str] | None = None) -> Path:
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header or list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def rows(n_per_class: dict[str, int]) -> list[dict]:
+    """Classification rows (title, body, tag), n of each tag."""
+    return [{"title": f"{tag} item {i}", "body": f"about {tag}", "tag": tag}
+            for tag, n in n_per_class.items() for i in range(n)]
+
+
+def config_for(path: Path, **overrides):
+    """A classification TrainConfig on MiniLM over a CSV of `rows`."""
+    from tuneforge.config import TrainConfig
+
+    settings = dict(task="classification", model_id="minilm-l6", train_path=str(path), text_fields=["title", "body"],
+                    label_field="tag", valid_split=0.25)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"data", "plan", "report", "observe", "check"},
     {"models"},
     {"generate", "predict", "predict_tokens"},  # inference
-    {"evaluate", "fidelity", "eval_views"},
+    {"evaluate", "fidelity", "eval_views", "card"},
     {"tasks"},  # the bindings of each task's stage code
     {"train", "export"},
     {"tune", "serve", "gguf_chat"},

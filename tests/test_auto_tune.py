@@ -115,7 +115,7 @@ def test_text_targets_are_searched_on_exact_match(tmp_path, tiny_llama_dir):
 
 
 def test_classification_is_searched_on_weighted_f1_and_full_fine_tuning_on_its_rates(tmp_path):
-    from tests.test_classification import config_for, rows, write_csv
+    from tests.helpers import config_for, rows, write_csv
 
     path = write_csv(tmp_path / "train.csv", rows({"nlp": 12, "vision": 12}))
     config = config_for(path, num_epochs=2)

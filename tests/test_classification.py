@@ -6,43 +6,18 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import config_for, rows, write_csv
+from tests.test_card import check_card
 from tests.test_cli import tuneforge_here
-from tuneforge.config import TrainConfig, load_config
+from tuneforge.config import load_config
 from tuneforge.data.classification import balanced_class_weights, prepare_classification, stratified_split
 from tuneforge.errors import DataError
+from tuneforge.rundir import RunDir
 
 MINILM_ROWS = [("Sentiment of tweets", "BERT on tweets", "nlp"), ("Detecting cats", "CNN on photos", "vision")]
-
-
-def write_csv(path: Path, rows: list[dict], header: list[str] | None = None) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header or list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-@pytest.fixture(scope="module")
-def minilm_tokenizer():
-    from tuneforge.models import load_tokenizer, resolve_model
-
-    return load_tokenizer(resolve_model("minilm-l6"))
-
-
-def config_for(path: Path, **overrides) -> TrainConfig:
-    settings = dict(task="classification", model_id="minilm-l6", train_path=str(path), text_fields=["title", "body"],
-                    label_field="tag", valid_split=0.25)
-    settings.update(overrides)
-    return TrainConfig(**settings)
-
-
-def rows(n_per_class: dict[str, int]) -> list[dict]:
-    return [{"title": f"{tag} item {i}", "body": f"about {tag}", "tag": tag}
-            for tag, n in n_per_class.items() for i in range(n)]
 
 
 def test_labels_are_learned_sorted_and_split_is_stratified(tmp_path, minilm_tokenizer):
@@ -133,48 +108,12 @@ def test_a_large_split_never_takes_a_whole_class_out_of_training():
     assert {labels[i] for i in train} == {"a", "b"} and len(valid) == 7 + 1
 
 
-@pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory, minilm_tokenizer) -> Path:
-    """A one-layer BERT classifier (labels nlp/vision) with MiniLM's tokenizer, saved as an HF model directory:
-    trains in milliseconds per step."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    labels = ["nlp", "vision"]
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=len(minilm_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, num_labels=2, id2label=dict(enumerate(labels)), label2id={"nlp": 0, "vision": 1}))
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    model.save_pretrained(folder)
-    minilm_tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_classifier_run(tmp_path_factory, tiny_bert_dir, ray_session) -> Path:
-    """ROOT/runs/tiny, trained by `tuneforge.train.train`: a LoRA classifier on the tiny BERT, 12 rows split half
-    and half (stratified) into training and validation, two steps."""
-    from tuneforge.train import train
-
-    root = tmp_path_factory.mktemp("tiny-classifier")
-    data = write_csv(root / "p.csv", rows({"nlp": 6, "vision": 6}))
-    run = root / "runs" / "tiny"
-    config = config_for(data, model_id=str(tiny_bert_dir), valid_split=0.5, lora_config={"r": 4},
-                        train_batch_size_per_device=3, eval_batch_size_per_device=6, num_epochs=1, learning_rate=5e-2,
-                        num_warmup_steps=0, max_num_checkpoints=1, precision="fp32", seed=1,
-                        output_dir=str(run.parent), run_name="tiny")
-    train(config, run_dir=run)
-    return run
-
-
 def test_merged_lora_classifier_matches_the_adapter_on_validation_texts(tiny_classifier_run):
     import torch
 
     from tuneforge.data.classification import row_text
     from tuneforge.export import export_model
     from tuneforge.predict import Predictor
-    from tuneforge.rundir import RunDir
 
     run = tiny_classifier_run
     held_out = RunDir(run).validation_samples()
@@ -183,6 +122,7 @@ def test_merged_lora_classifier_matches_the_adapter_on_validation_texts(tiny_cla
     assert fidelity["texts"] == 6  # read back from the run: its validation rows
     assert fidelity["max_abs_logit_diff"] <= 1e-4 and fidelity["label_agreement"] == 1.0
     assert (run / "export" / "merged" / "model.safetensors").is_file()
+    check_card(run / "export" / "merged", RunDir(run), library="transformers", tags=("classification", "lora"))
     # The trained adapter and head move the logits far beyond that bound: a merge that lost them would fail above.
     merged, trained = Predictor.from_path(run / "export" / "merged"), Predictor.from_path(run)
     batch = merged.tokenizer([row_text(row, merged.text_fields) for row in held_out], padding=True, return_tensors="pt")

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_card import check_card
 from tuneforge.errors import TuneforgeError
 from tuneforge.export import ExportSettings, export_model
 from tuneforge.export.gguf_file import ExportError, rotary_permute
+from tuneforge.rundir import RunDir
 
 pytest.importorskip("llama_cpp")
 
@@ -60,6 +62,8 @@ def test_merged_export_matches_base_plus_adapter(lora_run, tiny_llama_dir):
     assert float((prompt_logits(merged, "Say apple.") - prompt_logits(tiny_llama_dir, "Say apple.")).abs().max()) > 0.5
     report = json.loads((lora_run / "export" / "export_report.json").read_text())
     assert report["merged"]["fidelity"] == fidelity
+    card = check_card(merged, RunDir(lora_run), library="transformers", tags=("causal_lm", "lora"))
+    assert f"AutoModelForCausalLM.from_pretrained({str(merged)!r})" in card.text
 
 
 @pytest.mark.parametrize("quant", ["f16", "q8_0"])
@@ -78,6 +82,9 @@ def test_gguf_export_runs_in_llama_cpp_like_the_torch_model(lora_run, quant):
     assert ("Q8_0" in kinds) == (quant == "q8_0") and "F32" in kinds
     modelfile = (lora_run / "export" / f"Modelfile.{quant}").read_text()
     assert f"FROM ./model-{quant}.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    card = check_card(path.parent, RunDir(lora_run), library="gguf", tags=("gguf", "lora"))
+    assert f"llama-cli -m {path.name} " in card.text and f" -f Modelfile.{quant} " in card.text
+    assert f"| `{path.name}` | model | {quant} |" in card.text
 
 
 def test_q4_k_m_goes_through_llama_cpps_quantizer(lora_run):

@@ -25,7 +25,7 @@ OWNER = PACKAGE / "rundir"  # the package: meta, run (RunDir, EvalDir), search (
 RUN_NAMES = {"config.yaml", "plan.json", "lr_schedule.png", "run.json", "validation_samples.jsonl", "metrics.jsonl",
              "eval_samples.jsonl", "tensorboard", "checkpoints", "best", "results.json", "report.html", "eval",
              "export", "export_report.json", "tuneforge.json", "training_state.pt",
-             "checkpoint_manager_snapshot.json", "reference_logps.safetensors"}
+             "checkpoint_manager_snapshot.json", "reference_logps.safetensors", "README.md"}
 EVAL_NAMES = {"results.json", "confusion_matrix.png", "samples.jsonl", "base_samples.jsonl"}
 SEARCH_NAMES = {"tune_config.yaml", "search.json", "trials.csv", "best_run.json", "objective_by_trial.png",
                 "report.html"}

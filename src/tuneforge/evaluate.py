@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneforge.data.classification import read_labelled, row_text
 from tuneforge.atomic import atomic_dir, write_json, write_jsonl
+from tuneforge.data.classification import read_labelled, row_text
 from tuneforge.errors import DataError
 from tuneforge.metrics import classification_summary, perplexity
 from tuneforge.rundir import EvalDir, RunDir
@@ -70,7 +70,7 @@ def evaluate_classifier(run: str | Path, data_path: str | Path, *, name: str | N
     with atomic_dir(target) as staged:
         write_json(EvalDir(staged).results_file, results)
         plot_confusion(results["confusion_matrix"], EvalDir(staged).confusion_plot)
-    return EvalReport(results, target)
+    return kept_in_run(run, EvalReport(results, target), output_dir)
 
 
 NO_ENTITY = "none"  # the confusion row of a spurious entity, the column of a missed one
@@ -110,7 +110,16 @@ def evaluate_tagger(run: str | Path, data_path: str | Path, *, name: str | None 
     with atomic_dir(target) as staged:
         write_json(EvalDir(staged).results_file, results)
         plot_confusion(results["confusion_matrix"], EvalDir(staged).confusion_plot)
-    return EvalReport(results, target)
+    return kept_in_run(run, EvalReport(results, target), output_dir)
+
+
+def kept_in_run(run: str | Path, report: EvalReport, output_dir: str | Path | None) -> EvalReport:
+    """An evaluation written into its run (no output_dir) shows on the run's model cards: write them again."""
+    if output_dir is None:
+        from tuneforge.card import refresh_cards
+
+        refresh_cards(RunDir.locate(run))
+    return report
 
 
 def entity_pairs(true: list[tuple[str, int, int]], predicted: list[tuple[str, int, int]]) -> list[tuple[str, str]]:
@@ -206,7 +215,7 @@ def evaluate_causal(run: str | Path, data_path: str | Path, *, name: str | None 
         write_jsonl(files.samples_file, tuned.samples)
         if compare_base:
             write_jsonl(files.base_samples_file, base.samples)
-    return EvalReport(results, target)
+    return kept_in_run(run, EvalReport(results, target), output_dir)
 
 
 def causal_loss(generator: Any, records: list[Any], data_path: Path, shape: str, batch_size: int) -> float:

@@ -174,7 +174,7 @@ def number(text: Any) -> float | None:
 
 
 def run_section(run: RunDir, *, heading: bool) -> list[str]:
-    config, state, results = run_config(run), read_json(run.state_file), run.results()
+    config, state, results = run.config(), read_json(run.state_file), run.results()
     metrics = run.metrics()
     parts = [f"<h2>{escape(run.path.name)}</h2>" if heading else "",
              table([["run", str(run.path)], ["status", state.get("status", "unknown")],
@@ -190,29 +190,12 @@ def run_section(run: RunDir, *, heading: bool) -> list[str]:
     return parts
 
 
-def run_config(run: RunDir) -> dict[str, Any]:
-    import yaml
-
-    try:
-        return yaml.safe_load(run.config_file.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-
-
 def config_changes(config: dict[str, Any]) -> str:
+    from tuneforge.config import changed_keys, config_defaults
+
     defaults = config_defaults()
-    rows = [[key, shown(value), shown(defaults.get(key, "(required)"))] for key, value in sorted(config.items())
-            if defaults.get(key, object()) != value]
+    rows = [[key, shown(value), shown(defaults.get(key, "(required)"))] for key, value in changed_keys(config).items()]
     return table(rows, ["key", "value", "default"]) if rows else missing("every key at its default")
-
-
-def config_defaults() -> dict[str, Any]:
-    from pydantic_core import PydanticUndefined
-
-    from tuneforge.config import TrainConfig
-
-    return {name: field.default for name, field in TrainConfig.model_fields.items()
-            if field.default is not PydanticUndefined}
 
 
 def plan_section(run: RunDir) -> str:
@@ -344,7 +327,7 @@ def compare_runs(runs: list[RunDir]) -> list[str]:
 
 
 def config_differences(runs: list[RunDir]) -> str:
-    configs = [run_config(run) for run in runs]
+    configs = [run.config() for run in runs]
     keys = sorted({key for config in configs for key in config})
     rows = []
     for key in keys:

@@ -1,5 +1,6 @@
 """What a task *is*, as data: its name, the metrics its validation reports, what it can do (generate text, label
-texts, tag words), its export formats, PEFT task type and the transformers class that builds its model.
+texts, tag words), its export formats, PEFT task type, the transformers class that builds its model and the Hub's
+pipeline tag.
 
 This module is a leaf below every stage: the config validates against it, `models` builds from it, `train`,
 `export`, `serve` and the CLI read its flags. What a task *does* (read its data, batch it, score it, load it for
@@ -21,6 +22,7 @@ class TaskSpec:
     lora_task_type: str  # PEFT's TaskType
     auto_model: str  # the transformers Auto class that builds the model, by name
     export_formats: tuple[str, ...]
+    pipeline_tag: str  # the Hugging Face Hub's name for what the model does (its model card's pipeline_tag)
     label_head: bool = False  # an encoder with a fresh head over the run's labels (num_labels, id2label)
     generates: bool = False  # answers prompts with text (eval_generate applies; served on /v1/chat/completions)
     classifies_texts: bool = False  # a label per text (served on /v1/classify)
@@ -53,25 +55,25 @@ class TaskSpec:
 
 CAUSAL_LM = TaskSpec(
     name="causal_lm", metrics=("eval_loss", "eval_perplexity"), lora_task_type="CAUSAL_LM",
-    auto_model="AutoModelForCausalLM", export_formats=("merged", "gguf", "gguf-lora"), generates=True,
-    reads_datasets=True)
+    auto_model="AutoModelForCausalLM", export_formats=("merged", "gguf", "gguf-lora"),
+    pipeline_tag="text-generation", generates=True, reads_datasets=True)
 CLASSIFICATION = TaskSpec(
     name="classification", metrics=("eval_loss", "eval_accuracy", "eval_precision", "eval_recall", "eval_f1"),
     lora_task_type="SEQ_CLS", auto_model="AutoModelForSequenceClassification", export_formats=("merged",),
-    label_head=True, classifies_texts=True, gathers_predictions=True,
+    pipeline_tag="text-classification", label_head=True, classifies_texts=True, gathers_predictions=True,
     required_keys=(("text_fields", "the columns that make the input text"),
                    ("label_field", "the column holding the label")))
 TOKEN_CLASSIFICATION = TaskSpec(
     name="token_classification", metrics=("eval_loss", "eval_precision", "eval_recall", "eval_f1", "eval_accuracy"),
     lora_task_type="TOKEN_CLS", auto_model="AutoModelForTokenClassification", export_formats=("merged",),
-    label_head=True, tags_words=True, gathers_predictions=True)
+    pipeline_tag="token-classification", label_head=True, tags_words=True, gathers_predictions=True)
 
 # Preference tuning of a causal LM (DPO, IPO, ORPO, SimPO, KTO): trained on pairs of answers, used like an SFT run.
 PREFERENCE = TaskSpec(
     name="preference", metrics=("eval_loss", "eval_rewards_chosen", "eval_rewards_rejected", "eval_rewards_accuracy",
                                 "eval_rewards_margin", "eval_logps_chosen", "eval_logps_rejected"),
     lora_task_type="CAUSAL_LM", auto_model="AutoModelForCausalLM", export_formats=("merged", "gguf", "gguf-lora"),
-    generates=True, learns_preferences=True)
+    pipeline_tag="text-generation", generates=True, learns_preferences=True)
 
 SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in (CAUSAL_LM, CLASSIFICATION, TOKEN_CLASSIFICATION, PREFERENCE)}
 ALIASES = {"instruction_tuning": "causal_lm"}  # Anyscale's name for the same thing

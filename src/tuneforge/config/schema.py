@@ -329,6 +329,21 @@ def config_keys() -> list[str]:
     return list(TrainConfig.model_fields)
 
 
+def config_defaults() -> dict[str, Any]:
+    """Every key's default; keys without one (model_id, train_path) are absent."""
+    from pydantic_core import PydanticUndefined
+
+    return {name: field.default for name, field in TrainConfig.model_fields.items()
+            if field.default is not PydanticUndefined}
+
+
+def changed_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a saved config (config.yaml) whose value is not the default, by name; keys without a default
+    are always listed."""
+    defaults = config_defaults()
+    return {key: value for key, value in sorted(config.items()) if defaults.get(key, object()) != value}
+
+
 def entry_error(entry: str | int, message: str) -> PydanticCustomError:
     """A complete message about one entry of a mapping or list field (a lora_config key, a spec case): the error
     then points at that entry's line rather than the field's."""
@@ -347,6 +362,8 @@ __all__ = [
     "EvalGenerate",
     "TrainConfig",
     "TuneSettings",
+    "changed_keys",
+    "config_defaults",
     "config_keys",
     "entry_error",
     "lora_config_fields",

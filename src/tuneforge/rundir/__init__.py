@@ -9,11 +9,11 @@
         metrics.jsonl             one line per log step and per validation event
         tensorboard/              event files
         checkpoints/step-NNNNNN/  the best `num_checkpoints_to_keep` plus the latest (Ray Train manages them)
-        best/                     copy of the best checkpoint
+        best/                     copy of the best checkpoint, with its model card (README.md)
         results.json              final and best metrics; a run is complete when it exists
         report.html               `tuneforge report`'s page
         eval/<name>/              `tuneforge eval` results (EvalDir)
-        export/                   `tuneforge export` artifacts and export_report.json
+        export/                   `tuneforge export` artifacts, export_report.json and their model cards
 
 A checkpoint directory describes itself: weights (a LoRA adapter only, or the full model), the tokenizer,
 `tuneforge.json` (CheckpointMeta) and `training_state.pt` (optimizer, schedule, RNG, step).

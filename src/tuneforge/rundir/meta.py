@@ -18,6 +18,7 @@ STATE_FILE = "training_state.pt"  # a checkpoint's optimizer, scheduler and RNG 
 RESULTS_FILE = "results.json"  # a run's, and an evaluation's
 REFERENCE_FILE = "reference_logps.safetensors"  # a preference run's and its checkpoints' (train/reference.py)
 REPORT_FILE = "report.html"  # a run's, and a search's
+CARD_FILE = "README.md"  # a model folder's card, named as the Hugging Face Hub names it
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
 STEP_PREFIX = "step-"  # checkpoints/step-NNNNNN
@@ -133,6 +134,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 __all__ = [
     "BEST_DIR",
+    "CARD_FILE",
     "CHECKPOINTS_DIR",
     "CheckpointError",
     "CheckpointMeta",

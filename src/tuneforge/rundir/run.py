@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from tuneforge.atomic import write_json, write_jsonl, write_text
 from tuneforge.rundir.meta import (
     BEST_DIR,
+    CARD_FILE,
     CHECKPOINTS_DIR,
     DEFAULT_RUNS_DIR,
     META_FILE,
@@ -137,6 +138,15 @@ class RunDir(Folder):
             return (yaml.safe_load(self.config_file.read_text(encoding="utf-8")) or {}).get("task") or "causal_lm"
         except (OSError, yaml.YAMLError):
             return "unknown"
+
+    def config(self) -> dict[str, Any]:
+        """config.yaml as saved, every key ({} when it is missing or unreadable)."""
+        import yaml
+
+        try:
+            return yaml.safe_load(self.config_file.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            return {}
 
     def state(self) -> RunState:
         return RunState.model_validate(read_json(self.state_file))
@@ -306,6 +316,11 @@ def export_report_file(out: Path) -> Path:
     return Path(out) / "export_report.json"
 
 
+def card_file(folder: Path) -> Path:
+    """The model card of a model folder (best/, an export folder, merged weights)."""
+    return Path(folder) / CARD_FILE
+
+
 def record_export(out: Path, artifact: str, report: dict[str, Any]) -> None:
     """Add one artifact's report to `out/export_report.json` (other artifacts' reports are kept)."""
     path = export_report_file(out)
@@ -337,6 +352,7 @@ __all__ = [
     "EvalDir",
     "Folder",
     "RunDir",
+    "card_file",
     "checkpoint_name",
     "checkpoint_store",
     "export_report_file",

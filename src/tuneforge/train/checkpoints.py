@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from tuneforge.rundir import STATE_FILE, CheckpointMeta
+from tuneforge.rundir import STATE_FILE, CheckpointMeta, card_file
 
 
 def save_checkpoint(directory: Path, model: torch.nn.Module, tokenizer: Any, meta: CheckpointMeta,
@@ -28,6 +28,8 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, tokenizer: Any, met
     else:
         model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
+    # PEFT saves a template card of placeholders; best/ gets the run's own card when training ends (tuneforge.card)
+    card_file(directory).unlink(missing_ok=True)
     torch.save(state, directory / STATE_FILE)
     files = {str(path.relative_to(directory)): path.stat().st_size for path in sorted(directory.rglob("*"))
              if path.is_file()}

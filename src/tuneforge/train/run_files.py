@@ -1,6 +1,6 @@
 """What a training run leaves in its directory around the Ray part: the directory chosen and laid out at the start
-(config, plan, validation samples, LR plot: one rename), and at the end the best checkpoint copied to best/ and
-results.json written (a run is complete when it exists)."""
+(config, plan with the data files' hashes, validation samples, LR plot: one rename), and at the end the best
+checkpoint copied to best/, results.json written (a run is complete when it exists) and best/'s model card."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.atomic import atomic_dir
+from tuneforge.card import CardFacts, write_card
 from tuneforge.config import TrainConfig
 from tuneforge.errors import ConfigError
 from tuneforge.metrics import better, mean_throughput
@@ -59,9 +60,18 @@ def start_run_dir(run: RunDir, prepared: PreparedRun, *, continuing: bool = Fals
 
 
 def write_run_files(run: RunDir, prepared: PreparedRun) -> None:
-    run.write_files(config_yaml=prepared.config.to_yaml(),
-                    plan={**prepared.plan.to_dict(), "data": data_summary(prepared.data)}, samples=prepared.samples)
+    data = {**data_summary(prepared.data), "files": data_files(prepared.config)}
+    run.write_files(config_yaml=prepared.config.to_yaml(), plan={**prepared.plan.to_dict(), "data": data},
+                    samples=prepared.samples)
     plot_learning_rates(prepared.config, prepared.plan, run.lr_plot)
+
+
+def data_files(config: TrainConfig) -> dict[str, list[dict[str, Any]]]:
+    """The files each split was read from, hashed as training starts: what the model card names."""
+    from tuneforge.data.sources import file_digests
+
+    paths = {"train": config.train_path, "valid": config.valid_path}
+    return {split: file_digests(path, split) for split, path in paths.items() if path}
 
 
 def data_summary(data: Any) -> dict[str, Any]:
@@ -77,7 +87,7 @@ def data_counts(data: Any) -> dict[str, Any]:
 
 
 def finalize(run: RunDir, prepared: PreparedRun, result: Any, seconds: float) -> RunResult:
-    """Copy the best checkpoint to best/ and write results.json (both atomically)."""
+    """Copy the best checkpoint to best/ and write results.json (both atomically), then best/'s model card."""
     config = prepared.config
     ranked = list(result.best_checkpoints or [])
     best, best_metrics = pick_best(ranked, config)
@@ -107,6 +117,8 @@ def finalize(run: RunDir, prepared: PreparedRun, result: Any, seconds: float) ->
     }
     run.write_results(results)
     best = run.best_dir if best_path else None
+    if best:
+        write_card(best, "checkpoint", CardFacts.read(run, best))
     return RunResult(run.path, best, best_metrics, results["final_metrics"], results)
 
 
