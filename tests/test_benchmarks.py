@@ -117,3 +117,20 @@ def test_lm_eval_mistakes_are_one_line_before_any_model_loads(tiny_lora_run, tmp
     assert_one_clear_line(missing, "no such task YAML")
     neither = tuneforge_here("eval", str(tiny_lora_run))
     assert_one_clear_line(neither, "--data FILE", "--lm-eval")
+
+
+def test_benchmark_scores_reach_the_runs_model_card(tiny_lora_run, tmp_path, in_process):
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    from tuneforge.benchmarks import evaluate_benchmarks
+
+    run = shutil.copytree(tiny_lora_run, tmp_path / "lora")
+    evaluate_benchmarks(run, [str(TASK_YAML)], batch_size=4)
+    card = ModelCard.load(run / "best" / "README.md")
+    found = {(result.dataset_type, result.metric_type): result.metric_value for result in card.data.eval_results
+             if result.source_name == "lm-evaluation-harness"}
+    assert found == {(TASK, "acc"): pytest.approx(in_process["results"][TASK]["acc,none"]),
+                     (TASK, "acc_norm"): pytest.approx(in_process["results"][TASK]["acc_norm,none"])}
+    assert "lm-evaluation-harness" in card.text and "tuneforge_everyday_mc 16" in card.text

@@ -22,7 +22,7 @@ import yaml
 
 from tuneforge.atomic import atomic_dir, write_json
 from tuneforge.errors import ConfigError, TuneforgeError
-from tuneforge.evaluate import EvalReport
+from tuneforge.evaluate import EvalReport, kept_in_run
 from tuneforge.rundir import EvalDir, RunDir
 
 LOCAL_TASKS_DIR = "lm_eval_tasks"  # the local task YAMLs as run, data paths made absolute, kept with the results
@@ -61,7 +61,7 @@ def evaluate_benchmarks(run: str | Path, tasks: list[str], *, compare_base: bool
                 base = run_tasks(lm, names, manager, **settings)
         results = benchmark_results(run, names, tuned, base, settings)
         write_json(EvalDir(staged).results_file, results)
-    return EvalReport(results, target)
+    return kept_in_run(run, EvalReport(results, target), output_dir)
 
 
 def task_manager(tasks: list[str], local_dir: Path) -> tuple[list[str], Any]:

@@ -34,6 +34,7 @@ from tuneforge.rundir import (
 from tuneforge.taskspec import TaskSpec, get_spec
 
 MISTAKES_SHOWN = 5
+LM_EVAL_URL = "https://github.com/EleutherAI/lm-evaluation-harness"  # model-index source of benchmark scores
 
 
 @dataclass
@@ -159,16 +160,31 @@ def eval_results(facts: CardFacts) -> list[Any]:
              for name, value in scores(facts.results.get("best_metrics") or {}, prefix="eval_").items()]
     for evaluation in facts.evals:
         results = evaluation.results()
+        if is_benchmark(results):  # lm-eval: each of its tasks is a dataset of its own
+            found += [EvalResult(task_type=task, dataset_type=name.split("/")[0], dataset_name=name.split("/")[0],
+                                 metric_type=name.split("/", 1)[1], metric_value=value,
+                                 source_name="lm-evaluation-harness", source_url=LM_EVAL_URL)
+                      for name, value in scores(results).items()]
+            continue
         found += [EvalResult(task_type=task, dataset_type=Path(str(results.get("data"))).name,
                              dataset_name=evaluation.name, dataset_config=evaluation.name, metric_type=name,
                              metric_value=value) for name, value in scores(results).items()]
     return found
 
 
+def is_benchmark(results: dict[str, Any]) -> bool:
+    """An evaluation by `tuneforge eval --lm-eval` (tuneforge.benchmarks): `TASK/METRIC` scores, no mistakes."""
+    return "lm_eval" in results
+
+
 def scores(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """The scores among a results mapping: its float values (counts are ints), times left out, 'eval_' dropped."""
+    """The scores among a results mapping: its float values (counts are ints), times, lm-eval's standard errors and
+    document counts left out, 'eval_' dropped."""
+    from tuneforge.benchmarks import DOCUMENTS
+
     return {name.removeprefix("eval_"): value for name, value in values.items()
-            if name.startswith(prefix) and isinstance(value, float) and not name.endswith("_seconds")}
+            if name.startswith(prefix) and isinstance(value, float)
+            and not name.endswith(("_seconds", "_stderr", f"/{DOCUMENTS}"))}
 
 
 def data_files(facts: CardFacts) -> dict[str, list[dict[str, Any]]]:
@@ -308,6 +324,13 @@ def evaluation_table(evaluation: EvalDir) -> str:
     counted = ", ".join(f"{results[key]} {key}" for key in ("rows", "sentences", "generated") if key in results)
     heading = f"### Evaluation `{evaluation.name}`\n\n`tuneforge eval` on {Path(str(results.get('data'))).name} " \
               f"({counted})"
+    if is_benchmark(results):
+        from tuneforge.benchmarks import DOCUMENTS
+
+        counted = ", ".join(f"{name.split('/')[0]} {int(value)}" for name, value in results.items()
+                            if name.endswith(f"/{DOCUMENTS}"))
+        heading = (f"### Evaluation `{evaluation.name}`\n\nlm-evaluation-harness {results['lm_eval']['version']} "
+                   f"through `tuneforge eval --lm-eval` (documents: {counted})")
     tuned = scores(results)
     if base:
         return (f"{heading}, beside the base model (`--compare-base`):\n\n"
@@ -333,7 +356,12 @@ def mistakes(facts: CardFacts) -> str:
         return (f"No `tuneforge eval` has run on this model yet, so its mistakes on held-out data are not known: "
                 f"`tuneforge eval {shlex.quote(str(facts.run.path))} --data` with a file of rows it never saw, in the "
                 "training data's format, lists the first ones here (`--compare-base` adds the base model's scores).")
-    latest = max(facts.evals, key=lambda evaluation: evaluation.results_file.stat().st_mtime)
+    kept = [evaluation for evaluation in facts.evals if not is_benchmark(evaluation.results())]
+    if not kept:
+        return ("Only standard benchmarks (lm-eval) have run on this model: `tuneforge eval "
+                f"{shlex.quote(str(facts.run.path))} --data` with a file of rows it never saw lists its first "
+                "mistakes here.")
+    latest = max(kept, key=lambda evaluation: evaluation.results_file.stat().st_mtime)
     found = latest.results().get("mistakes") or []
     if not found:
         return f"The latest evaluation (`{latest.name}`) found no mistakes."
