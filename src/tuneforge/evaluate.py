@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneforge.data.classification import read_labelled, row_text
 from tuneforge.atomic import atomic_dir, write_json, write_jsonl
-from tuneforge.errors import DataError
+from tuneforge.data.classification import read_labelled, row_text
+from tuneforge.errors import DataError, TuneforgeError
 from tuneforge.metrics import classification_summary, perplexity
 from tuneforge.rundir import EvalDir, RunDir
 from tuneforge.scoring import GenerationScore, run_user_metrics, score_answers
@@ -28,6 +28,7 @@ from tuneforge.scoring import GenerationScore, run_user_metrics, score_answers
 class EvalReport:
     results: dict[str, Any]
     output_dir: Path
+    tracked: str | None = None  # what became of the scores in the run's MLflow run, when it has one
 
     @property
     def files(self) -> EvalDir:
@@ -70,7 +71,7 @@ def evaluate_classifier(run: str | Path, data_path: str | Path, *, name: str | N
     with atomic_dir(target) as staged:
         write_json(EvalDir(staged).results_file, results)
         plot_confusion(results["confusion_matrix"], EvalDir(staged).confusion_plot)
-    return EvalReport(results, target)
+    return track(EvalReport(results, target), run)
 
 
 NO_ENTITY = "none"  # the confusion row of a spurious entity, the column of a missed one
@@ -110,7 +111,47 @@ def evaluate_tagger(run: str | Path, data_path: str | Path, *, name: str | None 
     with atomic_dir(target) as staged:
         write_json(EvalDir(staged).results_file, results)
         plot_confusion(results["confusion_matrix"], EvalDir(staged).confusion_plot)
-    return EvalReport(results, target)
+    return track(EvalReport(results, target), run)
+
+
+def track(report: EvalReport, run: str | Path) -> EvalReport:
+    """The scores of an evaluation of a run that logs to MLflow, added to its MLflow run at the step of the
+    checkpoint scored (eval.<name>/<metric>, and eval.<name>/base/<metric> with --compare-base), with the
+    evaluation's files as artifacts under eval/<name>. `report.tracked` says what became of them."""
+    from tuneforge.rundir import CheckpointMeta, locate, resolve_checkpoint
+
+    owner = RunDir.of_checkpoint(locate(run))
+    if owner is None or not owner.mlflow_file.is_file():
+        return report
+    from tuneforge.observe.mlflow_runs import INSTALL, MlflowRun, RunRecord, installed
+
+    record = RunRecord.read(owner.mlflow_file)
+    if record is None or not installed():
+        report.tracked = f"MLflow: scores not added to the run's MLflow run ({INSTALL})"
+        return report
+    name, step = report.output_dir.name, CheckpointMeta.read(resolve_checkpoint(run)).step
+    timestamp = int(time.time() * 1000)
+    rows = [(f"eval.{name}/{key}", value, timestamp, step) for key, value in eval_scores(report.results).items()]
+    try:
+        mlflow = MlflowRun.find(record)
+        if mlflow is None:
+            raise TuneforgeError(f"MLflow at {record.tracking_uri}: run {record.run_id} is gone")
+        mlflow.log_metrics(rows)
+        mlflow.log_artifacts([report.output_dir], "eval")
+    except TuneforgeError as exc:
+        report.tracked = f"{exc}; scores not added"
+    else:
+        report.tracked = f"MLflow: {len(rows)} scores added to run {record.run_id} at step {step}"
+    return report
+
+
+def eval_scores(results: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """An evaluation's numbers as metrics, less their eval_ prefix (the base model's under base/)."""
+    scores = {f"{prefix}{key.removeprefix('eval_')}": float(value) for key, value in results.items()
+              if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    if isinstance(results.get("base"), dict):
+        scores.update(eval_scores(results["base"], "base/"))
+    return scores
 
 
 def entity_pairs(true: list[tuple[str, int, int]], predicted: list[tuple[str, int, int]]) -> list[tuple[str, str]]:
@@ -206,7 +247,7 @@ def evaluate_causal(run: str | Path, data_path: str | Path, *, name: str | None 
         write_jsonl(files.samples_file, tuned.samples)
         if compare_base:
             write_jsonl(files.base_samples_file, base.samples)
-    return EvalReport(results, target)
+    return track(EvalReport(results, target), run)
 
 
 def causal_loss(generator: Any, records: list[Any], data_path: Path, shape: str, batch_size: int) -> float:

@@ -169,6 +169,8 @@ def eval_(
                                                   answer_schema=meta.answer_schema, source=str(run))
     report = task.evaluate(run, data, name=name, output_dir=output, batch_size=batch_size, **generation)
     ui.show_eval_view(task.eval_view(report))
+    if report.tracked:
+        ui.show_phase(report.tracked)
     if output is None and RunDir(run).is_run():  # the run's page now shows this evaluation too
         from tuneforge.report import write_report
 
