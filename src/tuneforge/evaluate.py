@@ -18,7 +18,7 @@ from typing import Any
 
 from tuneforge.atomic import atomic_dir, write_json, write_jsonl
 from tuneforge.data.classification import read_labelled, row_text
-from tuneforge.errors import DataError
+from tuneforge.errors import DataError, TuneforgeError
 from tuneforge.metrics import classification_summary, perplexity
 from tuneforge.rundir import EvalDir, RunDir
 from tuneforge.scoring import GenerationScore, run_user_metrics, score_answers
@@ -28,6 +28,7 @@ from tuneforge.scoring import GenerationScore, run_user_metrics, score_answers
 class EvalReport:
     results: dict[str, Any]
     output_dir: Path
+    tracked: str | None = None  # what became of the scores in the run's MLflow run, when it has one
 
     @property
     def files(self) -> EvalDir:
@@ -114,12 +115,54 @@ def evaluate_tagger(run: str | Path, data_path: str | Path, *, name: str | None 
 
 
 def kept_in_run(run: str | Path, report: EvalReport, output_dir: str | Path | None) -> EvalReport:
-    """An evaluation written into its run (no output_dir) shows on the run's model cards: write them again."""
+    """An evaluation's scores go to the run's MLflow run (where it has one); written into its run (no output_dir),
+    it shows on the run's model cards: they are written again."""
+    track(report, run)
     if output_dir is None:
         from tuneforge.card import refresh_cards
 
         refresh_cards(RunDir.locate(run))
     return report
+
+
+def track(report: EvalReport, run: str | Path) -> EvalReport:
+    """The scores of an evaluation of a run that logs to MLflow, added to its MLflow run at the step of the
+    checkpoint scored (eval.<name>/<metric>, and eval.<name>/base/<metric> with --compare-base), with the
+    evaluation's files as artifacts under eval/<name>. `report.tracked` says what became of them."""
+    from tuneforge.rundir import CheckpointMeta, locate, resolve_checkpoint
+
+    owner = RunDir.of_checkpoint(locate(run))
+    if owner is None or not owner.mlflow_file.is_file():
+        return report
+    from tuneforge.observe.mlflow_runs import INSTALL, MlflowRun, RunRecord, installed
+
+    record = RunRecord.read(owner.mlflow_file)
+    if record is None or not installed():
+        report.tracked = f"MLflow: scores not added to the run's MLflow run ({INSTALL})"
+        return report
+    name, step = report.output_dir.name, CheckpointMeta.read(resolve_checkpoint(run)).step
+    timestamp = int(time.time() * 1000)
+    rows = [(f"eval.{name}/{key}", value, timestamp, step) for key, value in eval_scores(report.results).items()]
+    try:
+        mlflow = MlflowRun.find(record)
+        if mlflow is None:
+            raise TuneforgeError(f"MLflow at {record.tracking_uri}: run {record.run_id} is gone")
+        mlflow.log_metrics(rows)
+        mlflow.log_artifacts([report.output_dir], "eval")
+    except TuneforgeError as exc:
+        report.tracked = f"{exc}; scores not added"
+    else:
+        report.tracked = f"MLflow: {len(rows)} scores added to run {record.run_id} at step {step}"
+    return report
+
+
+def eval_scores(results: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """An evaluation's numbers as metrics, less their eval_ prefix (the base model's under base/)."""
+    scores = {f"{prefix}{key.removeprefix('eval_')}": float(value) for key, value in results.items()
+              if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    if isinstance(results.get("base"), dict):
+        scores.update(eval_scores(results["base"], "base/"))
+    return scores
 
 
 def entity_pairs(true: list[tuple[str, int, int]], predicted: list[tuple[str, int, int]]) -> list[tuple[str, str]]:

@@ -183,6 +183,7 @@ def eval_(
                                                   answer_schema=meta.answer_schema, source=str(run))
     report = task.evaluate(run, data, name=name, output_dir=output, batch_size=batch_size, **generation)
     ui.show_eval_view(task.eval_view(report))
+    show_tracked(report)
     refresh_report(run, output)
     if "unseen_labels" in report.results and not allow_unseen_labels:
         refuse_unseen_labels(report)
@@ -198,7 +199,13 @@ def benchmark(run: Path, tasks: str, *, compare_base: bool, limit: int | None, n
     report = evaluate_benchmarks(run, names, compare_base=compare_base, limit=limit, num_fewshot=num_fewshot,
                                  batch_size=batch_size, name=name, output_dir=output)
     ui.show_eval_view(benchmark_view(report))
+    show_tracked(report)
     refresh_report(run, output)
+
+
+def show_tracked(report: Any) -> None:
+    if report.tracked:  # where the scores went in the run's MLflow run
+        ui.show_phase(report.tracked)
 
 
 def refresh_report(run: Path, output: Path | None) -> None:

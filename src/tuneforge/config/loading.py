@@ -54,6 +54,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     config._source_name = path.stem
     config._sources = {(): str(path), **sources}
     resolve_data_paths(config, path.parent)
+    resolve_tracking(config)
     return config
 
 
@@ -183,6 +184,26 @@ def resolve_data_paths(config: TrainConfig, config_dir: Path) -> None:
         config.eval_generate.json_schema = str(resolve_path(config.eval_generate.json_schema, config_dir))
 
 
+def resolve_tracking(config: TrainConfig) -> None:
+    """MLflow's store and experiment written into the config: a resumed run (which reads its config.yaml) and the
+    trials of a search (which run in directories of their own) log to the same place."""
+    for key, value in tracking_keys(config).items():
+        setattr(config, key, value)
+
+
+def tracking_keys(config: TrainConfig) -> dict[str, str]:
+    """mlflow_tracking_uri and mlflow_experiment as a run uses them: default a SQLite store in output_dir and the
+    config file's name; a SQLite path made absolute. Empty without MLflow."""
+    from tuneforge.rundir import mlflow_store
+
+    if "mlflow" not in config.trackers:
+        return {}
+    uri = config.mlflow_tracking_uri or f"sqlite:///{mlflow_store(config.output_dir)}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative to this working directory
+        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return {"mlflow_tracking_uri": uri, "mlflow_experiment": config.mlflow_experiment or config.source_name}
+
+
 def resolve_path(value: str, config_dir: Path) -> Path:
     """CWD-relative first (how Anyscale files are written), then relative to the config file."""
     path = Path(value).expanduser()
@@ -210,5 +231,7 @@ __all__ = [
     "parse_yaml_with_lines",
     "resolve_data_paths",
     "resolve_path",
+    "resolve_tracking",
+    "tracking_keys",
     "validate_config",
 ]

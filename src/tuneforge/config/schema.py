@@ -203,6 +203,16 @@ class TrainConfig(BaseModel):
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
 
+    # --- tracking: metrics.jsonl always, and these ----------------------------------------------------------------
+    trackers: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="where a run's metrics go besides metrics.jsonl: "
+        "tensorboard (the run's tensorboard/), mlflow (pip install 'tuneforge[mlflow]')")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="mlflow: the tracking store or server (http://host:5000); default: "
+        "sqlite:///<output_dir>/mlflow.db, made absolute")
+    mlflow_experiment: str | None = Field(None, description="mlflow: the experiment; default: the config file's name")
+    mlflow_log_model: bool = Field(False, description="mlflow: also log best/ (the weights) as artifacts of the run")
+
     # --- hyperparameter search (tuneforge tune) -------------------------------------------------------------------
     search_space: dict[str, Any] | None = None
     tune: TuneSettings | None = None
@@ -249,6 +259,7 @@ class TrainConfig(BaseModel):
                                               "at validation on with eval_generate: {max_rows: 64}")
         task.check_config(self)
         self._check_preference_keys(task)
+        self._check_tracking_keys()
         known = validation_metrics(self)
         if self.best_metric not in known:
             hint = (" (generation metrics need eval_generate: {max_rows: 64})"
@@ -267,6 +278,14 @@ class TrainConfig(BaseModel):
         for key in PREFERENCE_KEYS:
             if getattr(self, key) is not None:
                 raise entry_error(key, f"{key}: a setting of preference tuning; add task: preference, or remove {key}")
+
+    def _check_tracking_keys(self) -> None:
+        if "mlflow" in self.trackers:
+            return
+        for key in ("mlflow_tracking_uri", "mlflow_experiment", "mlflow_log_model"):
+            if getattr(self, key):
+                raise entry_error(key, f"{key}: a setting of MLflow tracking, which is off; add mlflow to trackers "
+                                       "(trackers: [tensorboard, mlflow]), or remove " + key)
 
     @property
     def notes(self) -> list[str]:

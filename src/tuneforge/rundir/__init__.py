@@ -12,6 +12,7 @@
         best/                     copy of the best checkpoint, with its model card (README.md)
         results.json              final and best metrics; a run is complete when it exists
         report.html               `tuneforge report`'s page
+        mlflow_run.json           the run's MLflow run (trackers: [..., mlflow]): store, experiment, run id
         eval/<name>/              `tuneforge eval` results (EvalDir)
         export/                   `tuneforge export` artifacts, export_report.json and their model cards
 
@@ -26,6 +27,9 @@ A search's experiment directory (ExperimentDir) holds one run directory per tria
         trial_<id>/               one run directory per trial
         trials.csv, best_run.json, objective_by_trial.png    written when the search ends
         report.html               `tuneforge report`'s page
+        mlflow_run.json           the search's MLflow run, parent of the trials' runs
+
+An output_dir's default MLflow store sits beside its runs: mlflow.db, and mlartifacts/ for the runs' artifacts.
 """
 
 # Everything is importable from here: each part's __all__ is the package's.

@@ -24,6 +24,9 @@ BEST_DIR = "best"
 STEP_PREFIX = "step-"  # checkpoints/step-NNNNNN
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
 DEFAULT_RUNS_DIR = Path("runs")  # output_dir's default: a bare run name is looked up here
+MLFLOW_RUN_FILE = "mlflow_run.json"  # a run's or a search's MLflow run: store, experiment and run id
+MLFLOW_STORE = "mlflow.db"  # the default MLflow store (SQLite) of an output_dir, beside its runs
+MLFLOW_ARTIFACTS = "mlartifacts"  # beside the default store: the artifacts of its runs
 
 
 class CheckpointError(TuneforgeError):
@@ -140,6 +143,9 @@ __all__ = [
     "CheckpointMeta",
     "DEFAULT_RUNS_DIR",
     "META_FILE",
+    "MLFLOW_ARTIFACTS",
+    "MLFLOW_RUN_FILE",
+    "MLFLOW_STORE",
     "RAY_SNAPSHOT",
     "REFERENCE_FILE",
     "REPORT_FILE",

@@ -16,6 +16,7 @@ from tuneforge.rundir.meta import (
     CHECKPOINTS_DIR,
     DEFAULT_RUNS_DIR,
     META_FILE,
+    MLFLOW_RUN_FILE,
     RAY_SNAPSHOT,
     REFERENCE_FILE,
     REPORT_FILE,
@@ -108,6 +109,7 @@ class RunDir(Folder):
     report_file = Entry(REPORT_FILE)
     export_dir = Entry("export")
     evals_dir = Entry("eval")
+    mlflow_file = Entry(MLFLOW_RUN_FILE)  # with trackers: [..., mlflow]: the MLflow run --resume and eval continue
 
     @property
     def export_report_file(self) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.rundir.meta import REPORT_FILE, read_json
+from tuneforge.rundir.meta import MLFLOW_ARTIFACTS, MLFLOW_RUN_FILE, MLFLOW_STORE, REPORT_FILE, read_json
 from tuneforge.rundir.run import Entry, Folder, RunDir
 
 
@@ -29,6 +29,7 @@ class ExperimentDir(Folder):
     best_run_file = Entry("best_run.json")
     objective_plot = Entry("objective_by_trial.png")
     report_file = Entry(REPORT_FILE)
+    mlflow_file = Entry(MLFLOW_RUN_FILE)  # the search's parent MLflow run, which each trial's run nests under
 
     def trial(self, run_id: str) -> RunDir:
         """A trial's run directory, by its run id (its directory name)."""
@@ -86,6 +87,17 @@ def describe_search(search: ExperimentDir) -> RunEntry:
     return RunEntry(search.name, "search", status, "", shown, search.path)
 
 
+def mlflow_store(output_dir: str | Path) -> Path:
+    """The SQLite file of an output_dir's default MLflow store (absolute: trials and resumes may run elsewhere)."""
+    return Path(output_dir).expanduser().resolve() / MLFLOW_STORE
+
+
+def mlflow_artifacts(store: Path) -> Path:
+    """Where the runs of a local MLflow store keep their artifacts: beside it (MLflow's own default is ./mlruns,
+    wherever the process happens to run)."""
+    return store.parent / MLFLOW_ARTIFACTS
+
+
 def list_runs(directory: str | Path) -> list[RunEntry]:
     """Every run and search directly under `directory` (an output_dir)."""
     directory = Path(directory)
@@ -106,4 +118,6 @@ __all__ = [
     "describe_run",
     "describe_search",
     "list_runs",
+    "mlflow_artifacts",
+    "mlflow_store",
 ]

@@ -109,9 +109,10 @@ def start_ray_for_data(config: TrainConfig, reporter: Reporter, address: str | N
     starts first."""
     from tuneforge.data.streaming import wants_streaming
     from tuneforge.taskspec import get_spec
-    from tuneforge.train.preflight import check_data_files
+    from tuneforge.train.preflight import check_data_files, check_trackers
 
     check_data_files(config)  # a path that names no data: one line naming the config's line, before Ray starts
+    check_trackers(config)
     if get_spec(config.task).reads_datasets and wants_streaming(config):
         reporter.phase("starting Ray" if address is None else f"joining Ray at {address}")
         ensure_ray(address, dashboard=dashboard, debug=debug)
@@ -201,10 +202,10 @@ def execute(
         reference_adapter=str(prepared.start.reference_dir) if prepared.start.reference_dir else None,
     )
     started = time.time()
+    tracker = Tracker(run, resume_step, prepared.config, reporter.note)
     run.update_state(status="running", started=now(), ended=None, error=None, resumed_from_step=resume_step,
                      started_from=str(init_checkpoint) if init_checkpoint else None,
                      workers=prepared.config.num_devices, driver=asdict(inputs.driver), attempts=[])
-    tracker = Tracker(run, resume_step)
     clock = clock or StartupClock()
     clock.mark("run directory, data into Ray's object store")
 
@@ -232,22 +233,29 @@ def execute(
         result = fit(inputs, placement.scaling, prepared.config, callbacks,
                      has_validation=bool(prepared.data.valid), local=placement.local, stream=prepared.data.stream)
     except BaseException as exc:
-        run.update_state(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                         error=str(exc)[:2000], ended=now())
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        run.update_state(status="interrupted" if interrupted else "failed", error=str(exc)[:2000], ended=now())
+        stop_events(pump, tracker, events)
+        tracker.finish("KILLED" if interrupted else "FAILED")
         raise
-    finally:
-        pump.stop()
-        tracker.close()
-        try:
-            events.shutdown()
-        except Exception:  # noqa: BLE001 - the queue actor may already be gone with a failed run
-            pass
+    stop_events(pump, tracker, events)
     outcome = finalize(run, prepared, result, seconds=time.time() - started)
     run.update_state(status="completed", ended=now())
     from tuneforge.report import write_report
 
     outcome.report = write_report([run.path])
+    tracker.finish("FINISHED")
     return outcome
+
+
+def stop_events(pump: EventPump, tracker: Any, events: Any) -> None:
+    """Deliver the workers' last events, then close the run's metrics and the queue."""
+    pump.stop()
+    tracker.close()
+    try:
+        events.shutdown()
+    except Exception:  # noqa: BLE001 - the queue actor may already be gone with a failed run
+        pass
 
 
 def fit(inputs: Any, scaling: Any, config: TrainConfig, callbacks: list[Any] | None,

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from tuneforge import __version__
 from tuneforge.cluster import ClusterInfo, local_machine, ray_is_running
-from tuneforge.config import TrainConfig
+from tuneforge.config import TrainConfig, tracking_keys
 from tuneforge.errors import ConfigError
 from tuneforge.plan import TrainingPlan, make_plan
 from tuneforge.rundir import CheckpointMeta
@@ -100,7 +100,7 @@ def prepare_run(config: TrainConfig, reporter: Reporter | None = None) -> Prepar
     check_lora_targets(config, model_config, data.labels)
     config = config.model_copy(update={"context_length": data.context_length,
                                        "padding_free": resolve_padding_free(config, task, model_config, data.context_length),
-                                       **task.resolved_keys(config)})
+                                       **task.resolved_keys(config), **tracking_keys(config)})
     plan = make_plan(config, data.train_rows)
     if config.num_epochs is None:
         config = config.model_copy(update={"num_epochs": plan.num_epochs})
@@ -147,6 +147,16 @@ def check_data_files(config: TrainConfig) -> None:
                                 "by the causal_lm task")
         except DataError as exc:
             raise DataError(f"{config.source_of(key)}: {exc}") from None
+
+
+def check_trackers(config: TrainConfig) -> None:
+    """MLflow named without the package, or at a server that does not answer: one line before Ray starts."""
+    if "mlflow" not in config.trackers:
+        return
+    from tuneforge.observe.mlflow_runs import check_tracking
+
+    uri = tracking_keys(config)["mlflow_tracking_uri"]
+    check_tracking(uri, config.source_of("trackers"), config.source_of("mlflow_tracking_uri"))
 
 
 def model_max_length(model_config: Any) -> int | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tuneforge.atomic import write_json, write_text
-from tuneforge.config import TrainConfig, TuneSettings, validation_metrics
+from tuneforge.config import TrainConfig, TuneSettings, tracking_keys, validation_metrics
 from tuneforge.errors import ConfigError
 from tuneforge.metrics import default_objective_mode, metric_mode
 from tuneforge.rundir import ExperimentDir, locate
@@ -26,6 +26,7 @@ from tuneforge.tune.space import (
     to_domain,
     validate_search,
 )
+from tuneforge.tune.tracking import search_run
 from tuneforge.tune.trial import train_trial, trial_name
 
 PBT_MIN_KEEP = 3
@@ -42,9 +43,10 @@ def search(config: TrainConfig, *, address: str | None = None, resume_dir: Path 
     from tuneforge.cluster import ensure_ray
     from tuneforge.train import prepare_run
     from tuneforge.train.driver import start_ray_for_data
-    from tuneforge.train.preflight import SilentReporter, check_fits, check_writable, worker_resources
+    from tuneforge.train.preflight import SilentReporter, check_fits, check_trackers, check_writable, worker_resources
 
     started = time.monotonic()
+    check_trackers(config)
     deadline = None
     auto_plan = None
     if auto:
@@ -94,12 +96,15 @@ def search(config: TrainConfig, *, address: str | None = None, resume_dir: Path 
             tuner = new_tuner(experiment_dir, trainable, config, settings, space, metric, mode, plan, display,
                               local=cluster.local,
                               deadline=(deadline, auto_plan.speed.first_event_seconds()) if auto_plan else None)
-        grid = tuner.fit()
-    # Tune stops every trial when the time budget runs out, as it does when the search is interrupted; only the
-    # clock tells the two apart (trial_status).
-    budget = budget_s if auto else settings.time_budget_s
-    budget_spent = budget is not None and time.monotonic() - started >= budget
-    result = summarize(experiment_dir, grid, metric, mode, budget_spent=budget_spent)
+        with search_run(ExperimentDir(experiment_dir), config) as tracking:
+            grid = tuner.fit()
+            # Tune stops every trial when the time budget runs out, as it does when the search is interrupted; only
+            # the clock tells the two apart (trial_status).
+            budget = budget_s if auto else settings.time_budget_s
+            budget_spent = budget is not None and time.monotonic() - started >= budget
+            result = summarize(experiment_dir, grid, metric, mode, budget_spent=budget_spent)
+            if tracking:
+                tracking.best = result.best
     complete_best_run(result)
     return result
 
@@ -186,7 +191,8 @@ def start_experiment(experiment_dir: Path, config: TrainConfig, search_info: dic
 def trial_trainable(config: TrainConfig, experiment_dir: Path, plan: ResourcePlan, scheduler: str) -> Any:
     from ray import tune
 
-    base = config.model_dump(mode="json", exclude={"search_space", "tune"})
+    # The store and experiment resolved here, where the search runs: every trial's run nests under the search's.
+    base = {**config.model_dump(mode="json", exclude={"search_space", "tune"}), **tracking_keys(config)}
     return tune.with_resources(
         functools.partial(train_trial, base=base, experiment_dir=str(experiment_dir.resolve()), plan=plan,
                           scheduler=scheduler, derived=derived_rules(config.tune or TuneSettings())),

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
@@ -16,8 +17,9 @@ console = Console()
 error_console = Console(stderr=True)  # errors, and spinners that must stay off a stdout of JSON lines
 
 
+# The library's messages are plain text: escaped, a bracket in one ("pip install 'tuneforge[mlflow]'") stays visible.
 def show_note(message: str) -> None:
-    console.print(f"[yellow]note:[/yellow] {message}", highlight=False)
+    console.print(f"[yellow]note:[/yellow] {escape(message)}", highlight=False)
 
 
 def show_notes(notes: Iterable[str]) -> None:
@@ -26,12 +28,12 @@ def show_notes(notes: Iterable[str]) -> None:
 
 
 def show_phase(message: str) -> None:
-    console.print(f"[dim]· {message}[/dim]")
+    console.print(f"[dim]· {escape(message)}[/dim]")
 
 
 def show_error(message: str) -> None:
     """Bad input ends in this one red line on stderr."""
-    error_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    error_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def show_interrupted() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from tuneforge.rundir import ExperimentDir, RunDir
 from tuneforge.ui.console import console, key_value_table, show_note
 
 
@@ -33,7 +34,10 @@ def show_run_summary(result: Any, hint: str | None = None, dashboard: str | None
         ("wall time", f"{results.get('train_seconds')} s"),
     ]
     console.print(key_value_table("run complete", rows))
-    console.print(f"TensorBoard: [bold]tensorboard --logdir {result.run_dir}[/bold]")
+    run = RunDir(result.run_dir)
+    if run.tensorboard_dir.is_dir():  # trackers may leave TensorBoard out
+        console.print(f"TensorBoard: [bold]tensorboard --logdir {result.run_dir}[/bold]")
+    show_mlflow(run.mlflow_file)
     if getattr(result, "report", None):
         console.print(f"Report:      [bold]{result.report}[/bold]")
     if hint:
@@ -190,6 +194,16 @@ def show_search_result(result: Any) -> None:
     show_trials(result.trials, result.best)
     console.print(f"experiment: {result.experiment_dir} (trials.csv, best_run.json, objective_by_trial.png)")
     console.print(f"TensorBoard over every trial: [bold]tensorboard --logdir {result.experiment_dir}[/bold]")
+    show_mlflow(ExperimentDir(result.experiment_dir).mlflow_file)
+
+
+def show_mlflow(record_file: Path) -> None:
+    """The command that opens MLflow's UI on the store a run or search logged to, if it logged to one."""
+    from tuneforge.observe.mlflow_runs import RunRecord, ui_command
+
+    record = RunRecord.read(record_file)
+    if record:
+        console.print(f"MLflow:      [bold]{ui_command(record.tracking_uri)}[/bold] (run {record.run_id})")
 
 
 def show_trials(trials: list[dict[str, Any]], best: dict[str, Any]) -> None:
