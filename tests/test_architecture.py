@@ -14,12 +14,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tuneforge"
 # Bottom to top. A module may import its own layer and the layers below it, never one above.
 LAYERS: list[set[str]] = [
     {"tuneforge", "errors", "atomic", "metrics", "native", "cluster", "scoring", "constrain", "hardware", "taskspec",
-     "rundir", "probes"},  # leaves
+     "rundir", "probes", "logprobs"},  # leaves
     {"config"},
     {"data", "plan", "report", "observe", "check"},
     {"models"},
     {"generate", "predict", "predict_tokens"},  # inference
-    {"evaluate", "fidelity", "eval_views", "card"},
+    {"evaluate", "fidelity", "eval_views", "card", "benchmarks"},
     {"tasks"},  # the bindings of each task's stage code
     {"train", "export"},
     {"tune", "serve", "gguf_chat"},

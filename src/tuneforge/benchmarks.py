@@ -23,10 +23,10 @@ import yaml
 from tuneforge.atomic import atomic_dir, write_json
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.evaluate import EvalReport, kept_in_run
-from tuneforge.rundir import EvalDir, RunDir
+from tuneforge.rundir import BENCHMARK_DOCUMENTS as DOCUMENTS
+from tuneforge.rundir import BENCHMARK_KEY, EvalDir, RunDir
 
 LOCAL_TASKS_DIR = "lm_eval_tasks"  # the local task YAMLs as run, data paths made absolute, kept with the results
-DOCUMENTS = "documents"  # lm-eval's sample_len: how many documents a task scored
 STDERR_BOOTSTRAP = 1000  # lm-eval's default 100000 resamples cost minutes for metrics without a closed form
 
 
@@ -172,7 +172,7 @@ def benchmark_results(run: str | Path, names: list[str], tuned: dict[str, Any], 
                                **flat_scores(tuned)}
     if base is not None:
         results["base"] = flat_scores(base)
-    results["lm_eval"] = {"version": lm_eval.__version__, "tasks": names, "results": tuned,
+    results[BENCHMARK_KEY] = {"version": lm_eval.__version__, "tasks": names, "results": tuned,
                           **({"base_results": base} if base is not None else {})}
     return results
 

@@ -22,6 +22,8 @@ from typing import Any
 from tuneforge.atomic import write_text
 from tuneforge.errors import DataError
 from tuneforge.rundir import (
+    BENCHMARK_DOCUMENTS,
+    BENCHMARK_KEY,
     CheckpointMeta,
     EvalDir,
     RunDir,
@@ -174,17 +176,15 @@ def eval_results(facts: CardFacts) -> list[Any]:
 
 def is_benchmark(results: dict[str, Any]) -> bool:
     """An evaluation by `tuneforge eval --lm-eval` (tuneforge.benchmarks): `TASK/METRIC` scores, no mistakes."""
-    return "lm_eval" in results
+    return BENCHMARK_KEY in results
 
 
 def scores(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """The scores among a results mapping: its float values (counts are ints), times, lm-eval's standard errors and
     document counts left out, 'eval_' dropped."""
-    from tuneforge.benchmarks import DOCUMENTS
-
     return {name.removeprefix("eval_"): value for name, value in values.items()
             if name.startswith(prefix) and isinstance(value, float)
-            and not name.endswith(("_seconds", "_stderr", f"/{DOCUMENTS}"))}
+            and not name.endswith(("_seconds", "_stderr", f"/{BENCHMARK_DOCUMENTS}"))}
 
 
 def data_files(facts: CardFacts) -> dict[str, list[dict[str, Any]]]:
@@ -325,11 +325,10 @@ def evaluation_table(evaluation: EvalDir) -> str:
     heading = f"### Evaluation `{evaluation.name}`\n\n`tuneforge eval` on {Path(str(results.get('data'))).name} " \
               f"({counted})"
     if is_benchmark(results):
-        from tuneforge.benchmarks import DOCUMENTS
-
         counted = ", ".join(f"{name.split('/')[0]} {int(value)}" for name, value in results.items()
-                            if name.endswith(f"/{DOCUMENTS}"))
-        heading = (f"### Evaluation `{evaluation.name}`\n\nlm-evaluation-harness {results['lm_eval']['version']} "
+                            if name.endswith(f"/{BENCHMARK_DOCUMENTS}"))
+        version = results[BENCHMARK_KEY]["version"]
+        heading = (f"### Evaluation `{evaluation.name}`\n\nlm-evaluation-harness {version} "
                    f"through `tuneforge eval --lm-eval` (documents: {counted})")
     tuned = scores(results)
     if base:

@@ -19,6 +19,10 @@ RESULTS_FILE = "results.json"  # a run's, and an evaluation's
 REFERENCE_FILE = "reference_logps.safetensors"  # a preference run's and its checkpoints' (train/reference.py)
 REPORT_FILE = "report.html"  # a run's, and a search's
 CARD_FILE = "README.md"  # a model folder's card, named as the Hugging Face Hub names it
+# An lm-eval evaluation's results.json (tuneforge.benchmarks): `TASK/METRIC` scores, TASK/documents counts, and
+# lm-eval's own output under this key
+BENCHMARK_KEY = "lm_eval"
+BENCHMARK_DOCUMENTS = "documents"
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
 STEP_PREFIX = "step-"  # checkpoints/step-NNNNNN
@@ -136,6 +140,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 __all__ = [
+    "BENCHMARK_DOCUMENTS",
+    "BENCHMARK_KEY",
     "BEST_DIR",
     "CARD_FILE",
     "CHECKPOINTS_DIR",

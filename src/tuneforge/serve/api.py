@@ -197,7 +197,7 @@ def build_app(engines: Engines, *, limits: Limits = Limits(), api_key: str | Non
                          for i, entities in enumerate(found)]}
 
     app.include_router(v1)
-    app.include_router(tokenizer_router(engines))
+    app.include_router(tokenizer_router(engines, served_model))
     if ui:
         add_playground(app, engines.samples, key_required=api_key is not None)
     return app

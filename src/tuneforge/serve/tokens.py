@@ -6,6 +6,7 @@ ids, so its multiple-choice scores are computed on exactly the tokens the model 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter
@@ -60,18 +61,22 @@ class DetokenizeRequest(BaseModel):
     tokens: list[int]
 
 
-def tokenizer_router(engines: Any) -> APIRouter:
+def tokenizer_router(engines: Any, served_model: Callable[[Any, str, str], Any]) -> APIRouter:
+    """`served_model(engines, name, kind)`: the API's own lookup of a model by name (its 404 and 400)."""
     router = APIRouter()
+
+    def tokenizer_of(model: str | None) -> CausalModel:
+        return served_model(engines, model, "chat") if model is not None else shared_tokenizer(engines)
 
     @router.get("/tokenizer_info")
     async def tokenizer_info(model: str | None = None) -> dict[str, Any]:
-        served = tokenizer_of(engines, model)
+        served = tokenizer_of(model)
         info = await run_in_threadpool(served.special_tokens)
         return {"model": served.model_id, **info, "model_max_length": served.context_length}
 
     @router.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
-        served = tokenizer_of(engines, body.model)
+        served = tokenizer_of(body.model)
         if (body.prompt is None) == (body.messages is None):
             raise ApiError(400, "send either prompt (a text) or messages (a chat)", param="prompt")
         if body.prompt is not None:
@@ -85,19 +90,15 @@ def tokenizer_router(engines: Any) -> APIRouter:
 
     @router.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> dict[str, Any]:
-        served = tokenizer_of(engines, body.model)
+        served = tokenizer_of(body.model)
         return {"prompt": await run_in_threadpool(served.detokenize, body.tokens)}
 
     return router
 
 
-def tokenizer_of(engines: Any, model: str | None) -> CausalModel:
-    """The named chat model; with no name, the served chat models' tokenizer when they all share one (a run and its
-    `base` do), as lm-eval asks without naming a model."""
-    from tuneforge.serve.api import served_model
-
-    if model is not None:
-        return served_model(engines, model, "chat")
+def shared_tokenizer(engines: Any) -> CausalModel:
+    """With no model named (lm-eval names none): the served chat models' tokenizer when they all share one (a run
+    and its `base` do)."""
     chat = list(engines.causal.values())
     if not chat:
         raise ApiError(404, "no model that generates is served here, so there is no tokenizer to use",
