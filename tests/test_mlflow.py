@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tests.helpers import chat_row, free_port, write_config, write_jsonl
+from tests.helpers import free_port, write_config
 from tests.test_cli import assert_one_clear_line, ray_must_not_start, tuneforge_here  # noqa: F401 - a fixture
 from tuneforge.config import TrainConfig, load_config
 from tuneforge.errors import ConfigError
@@ -220,29 +220,23 @@ def test_steps_trained_again_after_a_restart_are_not_logged_twice(tmp_path):
 # --- a search -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.usefixtures("ray_session")
-def test_a_search_is_one_parent_run_with_a_nested_run_per_trial(tmp_path, tiny_llama_dir):
-    from tuneforge.tune import search
-
-    rows = [chat_row(f"Say {word}.", word) for word in ("one", "two", "three", "four")]
-    data = {"train": write_jsonl(tmp_path / "train.jsonl", rows * 2), "valid": write_jsonl(tmp_path / "valid.jsonl", rows)}
-    path = tracked_config(tmp_path, tiny_llama_dir, data, "search_space:\n  learning_rate: {grid: [1.0e-3, 2.0e-2]}\n"
-                          "tune:\n  experiment_name: grid\n", name="searched")
-    result = search(load_config(path))
+def check_search_in_mlflow(result, store: Path, experiment_name: str, learning_rates: list[float]) -> None:
+    """A search is one parent run with a nested run per trial (called by test_tune's grid search, which tracks to
+    MLflow, so make test runs one search, not two)."""
     experiment = ExperimentDir(result.experiment_dir)
-    client = client_for(f"sqlite:///{tmp_path.resolve()}/runs/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("searched").experiment_id])
+    client = client_for(f"sqlite:///{store.resolve()}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name(experiment_name).experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(runs) == 3 and len(parents) == 1
     parent = parents[0]
-    assert parent.info.run_name == "grid" and parent.info.status == "FINISHED"
-    assert parent.data.params["search_space.learning_rate.grid"] == "[0.001, 0.02]"
+    assert parent.info.run_name == experiment.path.name and parent.info.status == "FINISHED"
+    assert json.loads(parent.data.params["search_space.learning_rate.grid"]) == learning_rates
     assert parent.data.metrics["best/objective"] == pytest.approx(result.best["objective"])
     assert parent.data.tags["best_trial"] == result.best["run_id"]
     assert {"trials.csv", "best_run.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.info.run_name for r in children) == sorted(t.name for t in experiment.trial_runs())
-    assert sorted(float(r.data.params["learning_rate"]) for r in children) == [1.0e-3, 2.0e-2]
+    assert sorted(float(r.data.params["learning_rate"]) for r in children) == sorted(learning_rates)
     for child in children:
         trial = experiment.trial(child.info.run_name)
         assert child.info.status == "FINISHED"

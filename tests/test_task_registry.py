@@ -45,6 +45,7 @@ def test_an_unregistered_task_is_refused_with_the_known_ones(tiny_llama_dir, tin
         TrainConfig(task="toy_echo", model_id=str(tiny_llama_dir), train_path=str(tiny_chat_data["train"]))
 
 
+@pytest.mark.slow  # ~32 s (its own training run); make test keeps the registry checks above
 def test_a_task_registered_in_the_test_trains_evaluates_and_is_planned_for_serving(
         toy_task, ray_session, tiny_llama_dir, tiny_chat_data, tmp_path, capsys, wide_terminal):
     from tests.helpers import train_tiny_causal

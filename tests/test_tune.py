@@ -279,8 +279,11 @@ def test_hyperopt_samples_a_range(tmp_path, tiny_llama_dir):
 @pytest.mark.usefixtures("ray_session")
 def test_two_trial_grid_picks_the_better_trial(tmp_path, tiny_llama_dir, monkeypatch):
     config = experiment_config(tmp_path, tiny_llama_dir, "search_space:\n  learning_rate: {grid: [0.0, 1.0e-2]}\n"
-                               "tune:\n  experiment_name: grid\n")
+                               "tune:\n  experiment_name: grid\ntrackers: [tensorboard, mlflow]\n")
     result = search(config)
+    from tests.test_mlflow import check_search_in_mlflow
+
+    check_search_in_mlflow(result, tmp_path / "runs", "search", [0.0, 1.0e-2])
     experiment = tmp_path / "runs" / "grid"
     assert result.experiment_dir == experiment
     assert result.best["hyperparameters"] == {"learning_rate": 0.01} and result.best["mode"] == "min"
