@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
+from tests.test_cli import ray_must_not_start  # noqa: F401 - a fixture
 from tuneforge import cluster
 from tuneforge.config import TrainConfig
-from tuneforge.errors import ConfigError
+from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.train.driver import scaling_config
 
 NODES = [{"Alive": True, "Resources": {"CPU": 4.0, "memory": 8e9}},
@@ -222,3 +223,81 @@ def test_the_model_cache_is_one_absolute_folder_whatever_the_working_directory(t
     assert tuneforge_home() == tmp_path / "relative" / "cache"  # Ray workers resolve in their own cwd
     monkeypatch.delenv("TUNEFORGE_HOME")
     assert tuneforge_home().is_absolute() and tuneforge_home().parts[-2:] == (".cache", "tuneforge")
+
+
+# --- joining a cluster: bounded, with the cause named -------------------------------------------------------------
+
+
+@pytest.fixture
+def loopback_head():
+    """Something listening on 127.0.0.1 only, as a head started with node_ip_address 127.0.0.1 does."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_a_head_bound_to_the_loopback_is_named_at_once_not_retried_for_minutes(loopback_head, monkeypatch):
+    """Ray dials this machine's own IP where it is given 127.0.0.1 (127.0.0.2 stands in for it here: a loopback
+    address the head is not bound to)."""
+    import time
+
+    import ray._private.services as services
+
+    port = loopback_head.rpartition(":")[2]
+    monkeypatch.setattr(services, "canonicalize_bootstrap_address", lambda address, *_: f"127.0.0.2:{port}")
+    started = time.monotonic()
+    with pytest.raises(TuneforgeError) as caught:
+        cluster.check_join(loopback_head, timeout_s=30)
+    message = str(caught.value)
+    assert time.monotonic() - started < 10  # decisive at the first try: no waiting helps
+    assert f"Ray dials 127.0.0.2:{port}" in message and f"answers on {loopback_head} only" in message
+    assert f"--node-ip-address=127.0.0.2 --port={port}" in message and "\n" not in message
+
+
+def test_a_head_that_answers_where_ray_dials_is_joined_without_delay(loopback_head):
+    cluster.check_join(f"ray://{loopback_head}", timeout_s=1)  # a Ray Client address is dialed as given
+
+
+@pytest.mark.usefixtures("ray_must_not_start")
+def test_nothing_listening_is_one_line_after_the_join_timeout_before_ray_starts(tmp_path):
+    from tests.helpers import chat_row, free_port, write_config, write_jsonl
+    from tests.test_cli import assert_one_clear_line, config_text, tuneforge_here
+
+    train = write_jsonl(tmp_path / "t.jsonl", [chat_row("a", "b")] * 8)
+    cfg = write_config(tmp_path / "c.yaml", config_text(train, tmp_path / "runs"))
+    address = f"127.0.0.1:{free_port()}"
+    result = tuneforge_here("train", str(cfg), "--address", address, "--join-timeout", "1.5")
+    assert_one_clear_line(result, f"cannot join the Ray cluster at {address}", "connection refused", "after 1.5 s",
+                          "ray start --head")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.slow
+def test_joining_a_real_head_bound_to_the_loopback_fails_fast_and_says_why(tmp_path, tiny_llama_dir):
+    """The reported case: a two-node cluster bound to 127.0.0.1; a bare ray.init(address=...) retried it for 7
+    minutes, printing a warning every few seconds."""
+    from ray._private.services import canonicalize_bootstrap_address
+    from ray.cluster_utils import Cluster
+
+    from tests.helpers import save_config, tuneforge_cli
+    from tests.test_train import tiny_config
+
+    source = save_config(tiny_config(tmp_path, tiny_llama_dir), tmp_path / "config.yaml")
+    cluster_ = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                               "node_ip_address": "127.0.0.1"})
+    try:
+        cluster_.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        dialed = canonicalize_bootstrap_address(cluster_.address)
+        if dialed == cluster_.address:
+            pytest.skip("this machine has no address but the loopback: Ray dials what it is given")
+        joined = tuneforge_cli("train", str(source), "--address", cluster_.address, "--join-timeout", "20")
+        output, _ = joined.communicate(timeout=120)
+    finally:
+        cluster_.shutdown()
+    assert joined.returncode == 2, output
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"Ray dials {dialed}" in errors[0] and "--node-ip-address" in errors[0], output
+    assert "Failed to connect to GCS" not in output and "Traceback" not in output

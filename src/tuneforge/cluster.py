@@ -39,6 +39,16 @@ class ClusterInfo:
 
 _started_locally = False
 _dashboard_url: str | None = None
+DEFAULT_JOIN_TIMEOUT_S = 60.0
+_join_timeout_s = DEFAULT_JOIN_TIMEOUT_S
+
+
+def set_join_timeout(seconds: float) -> None:
+    """How long joining a cluster (--address) may wait for its head to answer before giving up (--join-timeout)."""
+    global _join_timeout_s
+    if seconds <= 0:
+        raise TuneforgeError(f"--join-timeout {seconds}: give a number of seconds above 0")
+    _join_timeout_s = float(seconds)
 
 
 def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bool = False,
@@ -71,6 +81,8 @@ def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bo
         # Without --address (or RAY_ADDRESS), always a Ray of our own: ray.init() alone would join whatever
         # `ray start` cluster this machine runs, a surprise for a run that was meant to stay local.
         target = address or os.environ.get("RAY_ADDRESS") or "local"
+        if target != "local":
+            check_join(target, _join_timeout_s)
         if target == "local":
             options["dashboard_host"] = dashboard_host
             options["dashboard_port"] = dashboard_port or private_dashboard_port(dashboard)
@@ -86,6 +98,74 @@ def ensure_ray(address: str | None = None, *, dashboard: bool = False, debug: bo
         _dashboard_url = f"http://{context.dashboard_url}" if dashboard and context.dashboard_url else None
         quiet_ray_loggers(debug)
     return describe_cluster()
+
+
+def check_join(address: str, timeout_s: float) -> None:
+    """Before ray.init joins `address`: the address Ray will dial answers within `timeout_s`, else one line naming
+    both addresses and the likely cause. Ray itself retries a head it cannot reach for minutes, printing a warning
+    every few seconds; and it dials this machine's own IP where it was given 127.0.0.1."""
+    import time
+
+    given, dialed = address.removeprefix("ray://"), dialed_address(address)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        failure = tcp_failure(dialed, min(5.0, max(0.1, deadline - time.monotonic())))
+        if failure is None:
+            return
+        loopback_only = dialed != given and tcp_failure(given, 2.0) is None  # decisive: no wait helps
+        if time.monotonic() >= deadline or "resolve" in failure or loopback_only:
+            break
+        time.sleep(1.0)  # a head still starting up
+    raise TuneforgeError(f"cannot join the Ray cluster at {address}: {join_cause(given, dialed, failure, timeout_s)}")
+
+
+def dialed_address(address: str) -> str:
+    """host:port as Ray will dial it: a Ray Client address as given; otherwise Ray's own canonical form, which puts
+    this machine's IP in place of 127.0.0.1 or localhost (and reads `auto` from the last cluster started here)."""
+    if address.startswith("ray://"):
+        return address.removeprefix("ray://")
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        return canonicalize_bootstrap_address(address) or address
+    except (ConnectionError, ValueError) as exc:
+        raise TuneforgeError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
+
+
+def tcp_failure(address: str, timeout_s: float) -> str | None:
+    """None when something accepts a TCP connection at host:port, else why not."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return None
+    except socket.gaierror:
+        return f"cannot resolve the host {host!r}"
+    except TimeoutError:
+        return "no answer (the connection attempt timed out)"
+    except ConnectionRefusedError:
+        return "connection refused (nothing listens on that port)"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+def join_cause(given: str, dialed: str, failure: str, timeout_s: float) -> str:
+    """Why the head did not answer, and what to do about it."""
+    host, _, port = dialed.rpartition(":")
+    if dialed != given and tcp_failure(given, 2.0) is None:
+        return (f"Ray dials {dialed}, this machine's own address in place of {given.rpartition(':')[0]}, and "
+                f"gets {failure}; the head answers on {given} only, so it was started bound to the loopback "
+                f"(node_ip_address 127.0.0.1). Start the head with `ray start --head --node-ip-address={host} "
+                f"--port={port}` and join with --address {dialed}")
+    where = f"Ray dials {dialed}" + (f" (for {given})" if dialed != given else "")
+    if "resolve" in failure:
+        return f"{where}: {failure}; check the host name"
+    if "refused" in failure:
+        return (f"{where}: {failure} after {timeout_s:g} s; start the head there (`ray start --head "
+                f"--port={port}`) or give its address (`ray status` on the head prints it)")
+    return (f"{where}: {failure} for {timeout_s:g} s; a firewall between this machine and {host} or a wrong host: "
+            f"port {port} must be open from here (--join-timeout waits longer for a head still starting)")
 
 
 def auth_hint() -> str:

@@ -75,6 +75,8 @@ app = typer.Typer(
     help="Config-driven fine-tuning on Ray Train: train, plan, generate, and more. Add --debug for tracebacks.",
 )
 
+JoinTimeoutOption = typer.Option(60.0, "--join-timeout", min=0.1, metavar="SECONDS",
+                                 help="with --address: how long to wait for the cluster's head before giving up")
 SetOption = typer.Option(None, "--set", "-s", help="override a config key: --set learning_rate=3e-4 (repeatable)")
 ConstrainOption = typer.Option(None, "--constrain", metavar="json|schema",
                                help="constrain answers: json (any JSON value, as --json) or schema (the run's answer "
@@ -98,6 +100,12 @@ def options(ctx: typer.Context,
     ctx.obj = GlobalOptions(debug=debug)
     if not debug:
         ui.quiet_libraries()
+
+
+def set_join_timeout(seconds: float) -> None:
+    from tuneforge import cluster
+
+    cluster.set_join_timeout(seconds)
 
 
 def refuse_ignored(conflicts: list[tuple[Any, str]]) -> None:

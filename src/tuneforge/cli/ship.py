@@ -12,7 +12,9 @@ import typer
 
 from tuneforge import ui
 from tuneforge.cli.app import (
+    JoinTimeoutOption,
     app,
+    set_join_timeout,
 )
 from tuneforge.errors import TuneforgeError
 
@@ -30,10 +32,12 @@ def serve(
     max_tokens: int = typer.Option(1024, "--max-tokens-limit", min=1, help="largest max_tokens a request may ask"),
     max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="concurrent requests generated together"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)"),
+    join_timeout: float = JoinTimeoutOption,
     no_ui: bool = typer.Option(False, "--no-ui", help="no playground page at / (the API only)"),
 ) -> None:
     """Serve fine-tuned models over HTTP in OpenAI's API shape (chat, completions, classify, tag) on Ray Serve,
     with a playground page at / to try them side by side in a browser."""
+    set_join_timeout(join_timeout)
     import signal
     import time
 
@@ -61,6 +65,7 @@ def serve(
 def monitor(
     address: Optional[str] = typer.Option(None, "--address", help="a running Ray cluster (default: start one here "
                                           "for `tuneforge train --address` to join)"),
+    join_timeout: float = JoinTimeoutOption,
     directory: Path = typer.Option(Path("tuneforge-monitor"), "--dir", help="where prometheus.yml, Prometheus's "
                                    "data and the Grafana folder go"),
     host: str = typer.Option("127.0.0.1", "--host", help="address Prometheus, Grafana and the dashboard listen on"),
@@ -70,6 +75,7 @@ def monitor(
     scrape_interval: float = typer.Option(2.0, "--scrape-interval", min=1.0, help="seconds between scrapes"),
 ) -> None:
     """Watch training, searches and serving live: Prometheus on Ray's metrics, Ray's dashboard, a Grafana folder."""
+    set_join_timeout(join_timeout)
     import signal
     import time
 

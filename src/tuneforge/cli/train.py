@@ -9,10 +9,12 @@ import typer
 
 from tuneforge import ui
 from tuneforge.cli.app import (
+    JoinTimeoutOption,
     SetOption,
     app,
     debugging,
     refuse_ignored,
+    set_join_timeout,
 )
 from tuneforge.errors import TuneforgeError
 
@@ -26,9 +28,11 @@ def train(
     name: Optional[str] = typer.Option(None, "--name", help="run name (directory under output_dir)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run of the same name"),
     address: Optional[str] = typer.Option(None, "--address", help="join a Ray cluster (e.g. auto, ray://host:10001)"),
+    join_timeout: float = JoinTimeoutOption,
     dashboard: bool = typer.Option(False, "--dashboard", help="start Ray's dashboard on 127.0.0.1"),
 ) -> None:
     """Fine-tune a model as CONFIG describes (or continue a run with --resume RUN)."""
+    set_join_timeout(join_timeout)
     from tuneforge.cluster import dashboard_url
     from tuneforge.config import load_config
     from tuneforge.tasks import get_task
@@ -84,12 +88,14 @@ def tune(
     set_: Optional[list[str]] = SetOption,
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue an interrupted search (its directory)"),
     address: Optional[str] = typer.Option(None, "--address", help="join a Ray cluster"),
+    join_timeout: float = JoinTimeoutOption,
     auto: bool = typer.Option(False, "--auto", help="build the search from the task, model, data and machine, "
                               "judged by what the model generates (completes your search_space; --set keys stay fixed)"),
     budget: Optional[str] = typer.Option(None, "--budget", help="with --auto: wall-clock time for the whole "
                                          "search, e.g. 30m, 1h30m, 900 (seconds); default 30m"),
 ) -> None:
     """Search hyperparameters with Ray Tune; every trial is a full tuneforge run."""
+    set_join_timeout(join_timeout)
     from tuneforge.config import TuneSettings, load_config
     from tuneforge.tune import load_experiment_config, objective_direction, search
     from tuneforge.tune.auto import parse_duration
