@@ -144,6 +144,38 @@ def test_a_driver_killed_with_sigkill_resumes_to_the_same_final_loss_and_data_or
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
+def test_sigterm_checkpoints_the_step_reached_and_resume_trains_no_step_twice(tmp_path, tiny_llama_dir,
+                                                                            uninterrupted):
+    """A scheduler's preemption: SIGTERM to the driver. The workers finish their step, checkpoint it (between the
+    planned checkpoints) and stop; run.json says where; --resume continues from exactly there."""
+    config = long_config(tmp_path, tiny_llama_dir)
+    run = Path(config.output_dir) / config.run_name
+    driver = tuneforge_cli("train", str(save_config(config, tmp_path / "config.yaml")))
+    wait_for_checkpoint_then_steps(run, beyond=3)
+    driver.send_signal(signal.SIGTERM)
+    output, _ = driver.communicate(timeout=60)  # well within stop_grace_s (30 s) plus Ray's shutdown
+    assert driver.returncode == 143, output
+    state = json.loads((run / "run.json").read_text())
+    stopped = state["stopped_at_step"]
+    assert state["status"] == "interrupted" and state["stopped_by"] == "SIGTERM" and stopped % 24 != 0
+    assert f"stopped at step {stopped} of 96 on SIGTERM" in output and "--resume" in output
+    assert int(read_snapshot(run / "checkpoints")[1].rsplit("-", 1)[1]) == stopped  # the step reached, whole
+    assert max(steps_of(run)) == stopped and not (run / "stop_requested").exists()
+
+    resumed = tuneforge_cli("train", "--resume", str(run))
+    output, _ = resumed.communicate(timeout=KILL_DEADLINE_S)
+    assert resumed.returncode == 0, output
+    state = json.loads((run / "run.json").read_text())
+    assert state["status"] == "completed" and state["resumed_from_step"] == stopped
+    expected, got = steps_of(uninterrupted), steps_of(run)  # each step once
+    assert sorted(got) == list(range(1, 97))
+    for step, loss in expected.items():
+        assert got[step] == pytest.approx(loss, abs=1e-5), step
+    assert final_eval_loss(run) == pytest.approx(final_eval_loss(uninterrupted), abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
 def test_a_failed_search_trial_is_started_again_and_resumes_its_run(tmp_path, tiny_llama_dir):
     from tests.test_tune import experiment_config
     from tuneforge.tune import search

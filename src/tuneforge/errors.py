@@ -28,3 +28,9 @@ class ExportError(TuneforgeError):
 def where(path: str | Path, line: int | None = None) -> str:
     """`file:line` (or just `file`) for messages."""
     return f"{path}:{line}" if line else str(path)
+
+
+class Stopped(TuneforgeError):
+    """A run or search stopped on request (SIGTERM: a scheduler's preemption) after writing its checkpoint; it
+    continues with --resume."""
+

@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from tuneforge import ui
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import Stopped, TuneforgeError
 
 # Kept, no public API does it: Typer has no hook for how a usage error is shown, and since it vendors click (0.26)
 # it exports neither UsageError nor NoArgsIsHelpError (fastapi/typer#1867). The public BadParameter's base is
@@ -54,9 +54,12 @@ def one_line_usage_errors() -> Iterator[None]:
 def friendly(ctx: typer.Context) -> Iterator[None]:
     """Around every command: bad input (a TuneforgeError, or an OSError the library let through) ends in one red
     line and exit code 2, Ctrl-C in exit code 130. With --debug, read from `ctx.obj` once the callback has set it,
-    errors keep their traceback."""
+    errors keep their traceback. A run stopped gracefully on SIGTERM says where it stopped and exits 143."""
     try:
         yield
+    except Stopped as exc:  # SIGTERM honoured: not an error, but not done either (128 + SIGTERM, as shells say)
+        ui.show_stopped(str(exc))
+        raise typer.Exit(143) from None
     except (TuneforgeError, OSError) as exc:
         if debugging(ctx):
             raise

@@ -126,6 +126,9 @@ class TrainConfig(BaseModel):
     max_failures: int | None = Field(
         None, ge=-1, description="times Ray Train restarts the workers after one dies or fails, each time from the "
         "last checkpoint (-1: no limit); default 0 on the Ray tuneforge starts, 3 on a cluster (--address)")
+    stop_grace_s: float = Field(
+        30.0, gt=0, description="on SIGTERM (a scheduler's preemption) the workers finish their step, write a "
+        "checkpoint and stop; after this many seconds the run stops as it is (its previous checkpoint stays)")
 
     # --- schedule --------------------------------------------------------------------------------------------
     num_epochs: int | None = Field(None, ge=1, description="default: ceil(min_update_steps / steps_per_epoch)")

@@ -102,6 +102,7 @@ class RunState(BaseModel):
     started_from: str | None = None  # a checkpoint of another lineage this run continued (a PBT donor)
     workers: int | None = None
     stopped_by: str | None = None
+    stopped_at_step: int | None = None  # a graceful stop (SIGTERM): the step its last checkpoint holds
     startup: dict[str, float] | None = None  # seconds per phase before the first step (tuneforge.train.startup)
     # This invocation's worker groups: the first, then one per restart after a failure (max_failures), each with
     # the step it started from and its rank-0 worker's pid and node.

@@ -6,9 +6,11 @@ interrupted."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 from tuneforge.atomic import write_text
 from tuneforge.cluster import ClusterInfo, ensure_ray, ray_is_running
 from tuneforge.config import TrainConfig, load_config
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import Stopped, TuneforgeError
 from tuneforge.observe.training import run_tags
 from tuneforge.rundir import (
     RAY_SNAPSHOT,
@@ -200,6 +202,7 @@ def execute(
         metric_tags=run_tags(run.path),
         init_adapter=str(prepared.start.init_dir) if prepared.start.init_dir else None,
         reference_adapter=str(prepared.start.reference_dir) if prepared.start.reference_dir else None,
+        stop_file=str(run.stop_file),
     )
     started = time.time()
     tracker = Tracker(run, resume_step, prepared.config, reporter.note)
@@ -226,19 +229,31 @@ def execute(
             run.update_state(startup=event["startup_seconds"])
         run.update_state(attempts=attempts)
 
+    stops: list[int] = []
+
+    def record_stop(event: dict[str, Any]) -> None:
+        if event.get("type") == "stopped":
+            stops.append(int(event["step"]))
+
     keeper = reference.ReferenceKeeper(run)
-    pump = EventPump(events, [record_start, keeper.record, tracker.record, reporter.event])
+    pump = EventPump(events, [record_start, record_stop, keeper.record, tracker.record, reporter.event])
     reporter.phase("training")
+    run.stop_file.unlink(missing_ok=True)  # a request left by a run stopped before: not this one's
     try:
-        result = fit(inputs, placement.scaling, prepared.config, callbacks,
-                     has_validation=bool(prepared.data.valid), local=placement.local, stream=prepared.data.stream)
+        with stop_on_sigterm(run.stop_file, reporter.note, prepared.config.stop_grace_s):
+            result = fit(inputs, placement.scaling, prepared.config, callbacks,
+                         has_validation=bool(prepared.data.valid), local=placement.local, stream=prepared.data.stream)
     except BaseException as exc:
+        run.stop_file.unlink(missing_ok=True)
         interrupted = isinstance(exc, KeyboardInterrupt)
         run.update_state(status="interrupted" if interrupted else "failed", error=str(exc)[:2000], ended=now())
         stop_events(pump, tracker, events)
         tracker.finish("KILLED" if interrupted else "FAILED")
         raise
     stop_events(pump, tracker, events)
+    run.stop_file.unlink(missing_ok=True)
+    if stops:  # the workers checkpointed and stopped before the last step (a stop asked after it changes nothing)
+        stopped_gracefully(run, tracker, stops[-1], prepared.plan.total_steps)
     outcome = finalize(run, prepared, result, seconds=time.time() - started)
     run.update_state(status="completed", ended=now())
     from tuneforge.report import write_report
@@ -246,6 +261,47 @@ def execute(
     outcome.report = write_report([run.path])
     tracker.finish("FINISHED")
     return outcome
+
+
+@contextlib.contextmanager
+def stop_on_sigterm(stop_file: Path, note: Any, grace_s: float) -> Iterator[None]:
+    """SIGTERM (a scheduler's preemption, Kubernetes' stop) asks the workers to stop gracefully: they finish their
+    step, write a checkpoint and end (the stop file they watch). After `grace_s` the run is interrupted as it is,
+    as Ctrl-C does. Only where signals can be caught (the main thread)."""
+    import _thread
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    timers: list[threading.Timer] = []
+
+    def request_stop(_signum: int, _frame: Any) -> None:
+        if timers:  # asked again: already stopping
+            return
+        write_text(stop_file, f"SIGTERM at {now()}\n")
+        note(f"SIGTERM: the workers finish their step, write a checkpoint and stop (within {grace_s:g} s, "
+             "stop_grace_s)")
+        timers.append(threading.Timer(grace_s, _thread.interrupt_main))
+        timers[0].daemon = True
+        timers[0].start()
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for timer in timers:
+            timer.cancel()
+
+
+def stopped_gracefully(run: RunDir, tracker: Any, step: int, total_steps: int) -> None:
+    """The workers checkpointed and stopped on request: the run is interrupted at that step, to be resumed."""
+    run.update_state(status="interrupted", stopped_by="SIGTERM", stopped_at_step=step, ended=now())
+    tracker.finish("KILLED")
+    raise Stopped(f"stopped at step {step} of {total_steps} on SIGTERM, its checkpoint written: `tuneforge train "
+                  f"--resume {run.path}` continues from there")
 
 
 def stop_events(pump: EventPump, tracker: Any, events: Any) -> None:

@@ -67,6 +67,7 @@ class WorkerInputs:
     metric_tags: tuple[str, str] = ("", "")  # (run, trial) on this run's Ray metrics
     init_adapter: str | None = None  # init_from: a trained LoRA adapter the run continues
     reference_adapter: str | None = None  # reference: a LoRA adapter loaded for the one reference pass
+    stop_file: str | None = None  # appears when the driver is asked to stop (SIGTERM): checkpoint, then stop
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -91,6 +92,7 @@ class TrainingLoop:
         self.events = inputs.events
         self.import_paths = inputs.import_paths or []
         self.driver = inputs.driver
+        self.stop_file = inputs.stop_file
         self.init_adapter, self.reference_adapter = inputs.init_adapter, inputs.reference_adapter
         payload = ray.get(inputs.payload)
         self.data, self.tokenizer = payload["data"], payload["tokenizer"]
@@ -212,6 +214,9 @@ class TrainingLoop:
         for step in range(self.start_step, plan.total_steps):
             if self.driver is not None and not self.driver.running():
                 raise TuneforgeError(f"the driver (pid {self.driver.pid}) is gone: stopping before step {step + 1}")
+            if self.stop_requested():
+                self.stop_at(step, window)
+                return
             epoch, step_in_epoch = divmod(step, plan.steps_per_epoch)
             micro_batches = batches.take(epoch, step_in_epoch * accumulation, accumulation)
             started = time.perf_counter()
@@ -222,6 +227,20 @@ class TrainingLoop:
                 self.emit(window.event(done, plan, self.scheduler.get_last_lr()[0], grad_norm))
             if done in plan.event_steps:
                 self.checkpoint_event(done, window.take_event_loss())
+
+    def stop_requested(self) -> bool:
+        """Whether the driver asked to stop (preemption), agreed by every worker so that all stop at the same step."""
+        if self.stop_file is None:
+            return False
+        asked = float(os.path.exists(self.stop_file))
+        return (all_reduce_sum([asked], self.device)[0] if self.world_size > 1 else asked) > 0
+
+    def stop_at(self, step: int, window: Window) -> None:
+        """A graceful stop before `step`: the steps done so far are checkpointed (unless the last one already was),
+        so that --resume continues from exactly here."""
+        if step > self.start_step and step not in self.plan.event_steps:
+            self.checkpoint_event(step, window.take_event_loss())
+        self.emit({"type": "stopped", "step": step})
 
     def batch_source(self) -> InMemoryBatches | Any:
         """Where each step's micro-batches of rows come from: the rows in memory, or this worker's shard of the

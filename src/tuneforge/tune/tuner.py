@@ -96,7 +96,7 @@ def search(config: TrainConfig, *, address: str | None = None, resume_dir: Path 
             tuner = new_tuner(experiment_dir, trainable, config, settings, space, metric, mode, plan, display,
                               local=cluster.local,
                               deadline=(deadline, auto_plan.speed.first_event_seconds()) if auto_plan else None)
-        with search_run(ExperimentDir(experiment_dir), config) as tracking:
+        with search_run(ExperimentDir(experiment_dir), config) as tracking, sigterm_as_tune_stop():
             grid = tuner.fit()
             # Tune stops every trial when the time budget runs out, as it does when the search is interrupted; only
             # the clock tells the two apart (trial_status).
@@ -257,6 +257,24 @@ def tune_config(config: TrainConfig, settings: TuneSettings, metric: str, mode: 
         # only go away with it. A reused process would keep them, and the next trial would wait forever.
         reuse_actors=False,
     )
+
+
+@contextlib.contextmanager
+def sigterm_as_tune_stop() -> Iterator[None]:
+    """SIGTERM (a scheduler's preemption) stops the search the way Ctrl-C does: Tune saves the experiment's state
+    one last time and stops the trials, and `tune --resume` continues them from their last checkpoints. Tune itself
+    answers SIGINT and SIGUSR1 so; SIGTERM would end the process without it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def search_algorithm(settings: TuneSettings, metric: str, mode: str, concurrency: int, seed: int | None = None) -> Any:

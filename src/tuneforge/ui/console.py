@@ -36,6 +36,10 @@ def show_error(message: str) -> None:
     error_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+def show_stopped(message: str) -> None:
+    error_console.print(f"[yellow]{escape(message)}[/yellow]")
+
+
 def show_interrupted() -> None:
     error_console.print("[yellow]interrupted[/yellow]")
 
