@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from tests.helpers import save_config, tuneforge_cli
 from tests.test_train import tiny_config
-from tuneforge.rundir import RunDir, read_snapshot
+from tuneforge.rundir import CheckpointMeta, RunDir, read_snapshot
 from tuneforge.train import train
 from tuneforge.train.liveness import Process, wait_until_gone
 
@@ -204,6 +205,32 @@ def test_a_failed_search_trial_is_started_again_and_resumes_its_run(tmp_path, ti
     assert sorted(steps_of(run)) == list(range(1, 97))
 
 
+@pytest.mark.slow
+def test_sigterm_stops_a_search_as_ctrl_c_does_and_tune_resume_finishes_it(tmp_path, tiny_llama_dir):
+    from tests.test_tune import experiment_config
+
+    config = experiment_config(tmp_path, tiny_llama_dir, "search_space:\n  learning_rate: {grid: [1.0e-2, 3.0e-3]}\n"
+                               "tune:\n  max_concurrent_trials: 1\n  experiment_name: preempted\n", epochs=16)
+    experiment = tmp_path / "runs" / "preempted"
+    search = tuneforge_cli("tune", str(save_config(config, tmp_path / "search.yaml")))
+    deadline = time.monotonic() + KILL_DEADLINE_S
+    while not (runs := sorted(experiment.glob("trial_*/run.json"))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    wait_for_checkpoint_then_steps(runs[0].parent)
+    search.send_signal(signal.SIGTERM)
+    output, _ = search.communicate(timeout=KILL_DEADLINE_S)
+    assert search.returncode != 0 and "tune --resume" in output and "Traceback" not in output, output
+    resumed = tuneforge_cli("tune", "--resume", str(experiment))
+    output, _ = resumed.communicate(timeout=2 * KILL_DEADLINE_S)
+    assert resumed.returncode == 0, output
+    import csv
+
+    with open(experiment / "trials.csv", encoding="utf-8") as trials:
+        assert [row["status"] for row in csv.DictReader(trials)] == ["done", "done"]
+    for trial in experiment.glob("trial_*"):
+        assert sorted(steps_of(trial)) == list(range(1, 97))  # every step once, the interrupted trial's too
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # unit checks (make test)
 # ----------------------------------------------------------------------------------------------------------------
@@ -315,6 +342,56 @@ def test_resume_refuses_a_run_whose_driver_is_still_alive(tmp_path):
         wait_for_earlier_processes(run, SilentReporter())
     run.update_state(status="failed")  # a driver that ended on its own: nothing to wait for
     wait_for_earlier_processes(run, SilentReporter())
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 48 MB tmpfs (root can mount one in this container; skipped where it cannot)."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(folder: Path, leave: int) -> Path:
+    """Take all of the filesystem's free space but `leave` bytes (at once: fallocate, not writes)."""
+    filler = folder / "filler"
+    with open(filler, "wb") as handle:
+        os.posix_fallocate(handle.fileno(), 0, shutil.disk_usage(folder).free - leave)
+    return filler
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_a_full_disk_stops_the_run_in_one_line_and_resume_continues_once_there_is_room(
+        small_disk, tmp_path, tiny_llama_dir, uninterrupted):
+    config = long_config(tmp_path, tiny_llama_dir, output_dir=str(small_disk / "runs"))
+    run = Path(config.output_dir) / config.run_name
+    driver = tuneforge_cli("train", str(save_config(config, tmp_path / "config.yaml")))
+    kept = wait_for_checkpoint_then_steps(run, beyond=1)
+    filler = fill(small_disk, leave=64 * 1024)  # the next checkpoint cannot be written
+    output, _ = driver.communicate(timeout=KILL_DEADLINE_S)
+    assert driver.returncode == 2, output
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "no space left: the next checkpoint could not be written" in errors[0], output
+    assert "MB free" in errors[0] and "free space and `tuneforge train --resume" in errors[0]
+    assert "Traceback" not in output
+    latest = RunDir(run).latest_checkpoint()  # whole, and the one the line names
+    assert latest is not None and latest.name in errors[0] and CheckpointMeta.read(latest).step >= kept
+
+    filler.unlink()
+    resumed = tuneforge_cli("train", "--resume", str(run))
+    output, _ = resumed.communicate(timeout=KILL_DEADLINE_S)
+    assert resumed.returncode == 0, output
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    expected, got = steps_of(uninterrupted), steps_of(run)
+    assert sorted(got) == list(range(1, 97))
+    for step, loss in expected.items():
+        assert got[step] == pytest.approx(loss, abs=1e-5), step
+    assert final_eval_loss(run) == pytest.approx(final_eval_loss(uninterrupted), abs=1e-4)
 
 
 @pytest.mark.parametrize(("step", "checkpointed"), [(27, True), (48, False), (24, False)])

@@ -30,6 +30,7 @@ from tuneforge.rundir import (
     stored_latest_step,
 )
 from tuneforge.train import reference
+from tuneforge.train.disk import disk_full_error, out_of_space
 from tuneforge.train.liveness import Process, wait_until_gone
 from tuneforge.train.preflight import (
     PreparedRun,
@@ -246,15 +247,26 @@ def execute(
     except BaseException as exc:
         run.stop_file.unlink(missing_ok=True)
         interrupted = isinstance(exc, KeyboardInterrupt)
-        run.update_state(status="interrupted" if interrupted else "failed", error=str(exc)[:2000], ended=now())
+        full = out_of_space(exc) or out_of_space(pump.failure)
         stop_events(pump, tracker, events)
+        with contextlib.suppress(OSError):  # run.json itself may not fit on a full disk
+            run.update_state(status="interrupted" if interrupted else "failed", error=str(exc)[:2000], ended=now())
         tracker.finish("KILLED" if interrupted else "FAILED")
+        if full:
+            raise disk_full_error(run, "the next checkpoint") from None
         raise
     stop_events(pump, tracker, events)
+    if out_of_space(pump.failure):  # metrics.jsonl or the display could not keep up: the run's record is not whole
+        raise disk_full_error(run, f"the run's metrics ({pump.failure})")
     run.stop_file.unlink(missing_ok=True)
     if stops:  # the workers checkpointed and stopped before the last step (a stop asked after it changes nothing)
         stopped_gracefully(run, tracker, stops[-1], prepared.plan.total_steps)
-    outcome = finalize(run, prepared, result, seconds=time.time() - started)
+    try:
+        outcome = finalize(run, prepared, result, seconds=time.time() - started)
+    except OSError as exc:
+        if out_of_space(exc):  # best/ and results.json are written whole or not at all: resume writes them
+            raise disk_full_error(run, "best/ and results.json") from None
+        raise
     run.update_state(status="completed", ended=now())
     from tuneforge.report import write_report
 
@@ -412,6 +424,7 @@ class EventPump:
 
     def __init__(self, queue: Any, sinks: list[Any]):
         self.queue, self.sinks = queue, sinks
+        self.failure: OSError | None = None  # the first write a sink could not make (a full disk)
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, name="tuneforge-events", daemon=True)
         self.thread.start()
@@ -432,7 +445,10 @@ class EventPump:
             if event == self.STOP:
                 return
             for sink in self.sinks:
-                sink(event)
+                try:
+                    sink(event)
+                except OSError as exc:  # kept for the driver to report; the other sinks (the display) go on
+                    self.failure = self.failure or exc
 
     def stop(self) -> None:
         """Deliver what the workers sent, then end: the stop marker queues behind their last event."""

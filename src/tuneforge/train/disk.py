@@ -1,0 +1,58 @@
+"""A full disk during a run: what could not be written, how much it needed, and what the run can continue from.
+
+Checkpoints are only ever taken whole (tuneforge.rundir: each lists its files and sizes, written last), so a write
+cut short by a full disk leaves the previous checkpoints as they were; the run stops with one line, and `--resume`
+continues once there is room.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+
+from tuneforge.errors import TuneforgeError
+from tuneforge.rundir import CheckpointMeta, RunDir
+
+NO_SPACE = "No space left on device"
+
+
+def out_of_space(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an error it was raised from, is a full disk (Ray relays a worker's as text)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or NO_SPACE in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def disk_full_error(run: RunDir, what: str) -> TuneforgeError:
+    """One line: what could not be written, the room it needs (a checkpoint as large as the last) against the
+    room left, the last whole checkpoint, and how to continue."""
+    latest = run.latest_checkpoint()
+    free = shutil.disk_usage(existing(run.path)).free
+    needs = f"it needs about {megabytes(folder_size(latest))}, " if latest else ""
+    room = f"{needs}{megabytes(free)} free on the disk of {run.path}"
+    if latest is None:
+        return TuneforgeError(f"no space left: {what} could not be written ({room}); the run has no whole checkpoint "
+                              f"yet: free space and start it again")
+    step = CheckpointMeta.read(latest).step
+    return TuneforgeError(f"no space left: {what} could not be written ({room}); the last whole checkpoint, "
+                          f"{latest.name} (step {step}), is kept as it was: free space and `tuneforge train --resume "
+                          f"{run.path}`")
+
+
+def folder_size(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def existing(path: Path) -> Path:
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
