@@ -67,6 +67,7 @@ def test_local_completions_through_tuneforge_serve_scores_as_lm_evals_own_hf_mod
     assert len(per_document(served)) == 16
 
 
+@pytest.mark.slow  # ~25 s (a Q8_0 export, llama.cpp serving); make test keeps the fp32 torch comparison
 def test_a_q8_gguf_served_through_llama_cpp_scores_within_a_point(tiny_lora_run, task_manager, in_process):
     pytest.importorskip("llama_cpp")
     from tuneforge.export import ExportSettings, export_model

@@ -51,6 +51,7 @@ def key_order_config(tmp_path, model_dir, **overrides) -> TrainConfig:
     return TrainConfig(**settings)
 
 
+@pytest.mark.slow  # ~30 s (a run with generation at every validation); make test keeps the scoring checks
 @pytest.mark.usefixtures("ray_session")
 def test_best_checkpoint_follows_json_exact_where_loss_would_keep_another(tmp_path, tiny_llama_dir):
     from tuneforge.train import train
