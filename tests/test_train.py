@@ -77,6 +77,7 @@ def test_full_fine_tuning_checkpoint_holds_the_whole_model(tmp_path, tiny_llama_
     assert result.best_metrics["eval_loss"] < steps[0]["loss"]
 
 
+@pytest.mark.slow  # ~50 s (two runs); make test-slow also runs the same comparison across two Ray nodes
 def test_two_workers_match_one_worker_with_the_same_global_batch(tmp_path, tiny_llama_dir):
     """Same data split across ranks (rank r takes its slice of every global batch), gradients averaged by DDP
     and normalised by the step's global target count: the two runs must agree closely."""
