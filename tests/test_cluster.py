@@ -55,6 +55,47 @@ def test_a_request_the_cluster_can_hold_is_planned(joined_cluster):
     assert scaling.use_gpu and scaling.resources_per_worker == {"CPU": 4, "GPU": 1}
 
 
+@pytest.mark.parametrize("written", ["2..6", {"min": 2, "max": 6}])
+def test_a_num_devices_range_is_an_elastic_worker_group_that_needs_only_its_minimum_to_fit(joined_cluster, written):
+    elastic = config(num_devices=written, worker_resources={"CPU": 4, "GPU": 0})
+    assert (elastic.min_devices, elastic.num_devices) == (2, 6)
+    assert scaling_config(elastic, joined_cluster, None).num_workers == (2, 6)  # 6 x 4 CPU > 8: 2 fit
+    with pytest.raises(ConfigError, match=r"min_devices 3 x 4 CPU per worker needs 12 CPU but the Ray cluster has 8"):
+        scaling_config(config(num_devices="3..6", worker_resources={"CPU": 4, "GPU": 0}), joined_cluster, None)
+    fixed = config(num_devices="2..2", worker_resources={"CPU": 1, "GPU": 0})  # no range: a fixed size
+    assert scaling_config(fixed, joined_cluster, None).num_workers == 2
+
+
+@pytest.mark.parametrize("written", ["4..2", "0..2", "two", {"min": 1}, {"min": 1, "max": 2.5}])
+def test_a_malformed_num_devices_range_is_one_line_naming_the_forms_it_takes(tmp_path, written):
+    import yaml
+
+    from tuneforge.config import load_config
+
+    source = tmp_path / "config.yaml"
+    source.write_text(yaml.safe_dump({"model_id": "m", "train_path": "t.jsonl", "num_devices": written}))
+    with pytest.raises(ConfigError, match=r"config.yaml:\d+: num_devices: .* write e.g. 2, 1..4 or \{min: 1, max: 4\}"):
+        load_config(source)
+
+
+def test_a_search_refuses_elastic_workers_naming_the_line():
+    from tuneforge.tune.space import validate_search
+
+    elastic = config(num_devices="1..2", search_space={"learning_rate": {"loguniform": [1e-5, 1e-3]}})
+    with pytest.raises(ConfigError, match="a search's trials each run a fixed number of workers"):
+        validate_search(elastic)
+
+
+def test_an_elastic_restart_on_fewer_workers_says_the_global_batch_is_kept():
+    from tuneforge.train.driver import worker_count_change
+
+    two, one = {"workers": 2, "gradient_accumulation": 1}, {"workers": 1, "gradient_accumulation": 2}
+    assert worker_count_change(two, one, 16) == ("fewer fit now: 2 → 1 workers, gradient accumulation 1 → 2: the "
+                                                 "global batch stays 16 rows")
+    assert worker_count_change(one, two, 16).startswith("the cluster has room again: 1 → 2 workers")
+    assert worker_count_change(two, dict(two), 16) is None
+
+
 def test_without_a_dashboard_the_state_api_address_is_private_and_unserved():
     """Ray Train's placement-group cleaner asks the State API at the address the cluster registered whether the
     run's controller lives; a dashboard-less Ray registers its dashboard port all the same (default 8265)."""
@@ -155,6 +196,51 @@ def test_two_nodes_train_one_worker_each_like_two_workers_on_one_node(tmp_path, 
     assert evals["two-nodes"][-1]["eval_loss"] == pytest.approx(evals["one-node"][-1]["eval_loss"], abs=1e-4)
     for checkpoint in runs["two-nodes"].checkpoints():  # one writer: one adapter per checkpoint
         assert len(list(checkpoint.glob("adapter_model*.safetensors"))) == 1
+
+
+@pytest.mark.slow
+def test_losing_a_node_mid_run_goes_on_with_fewer_workers_and_the_same_global_batch(tmp_path, tiny_llama_dir):
+    """num_devices 1..2 on a two-node cluster: the worker node is removed after the first registered checkpoint;
+    Ray Train restarts the run from it on the one worker left, with twice the gradient accumulation, so the run
+    trains the same steps on the same rows and ends where two workers end."""
+    from ray.cluster_utils import Cluster
+
+    from tests.helpers import save_config, tuneforge_cli
+    from tests.test_faults import steps_of, wait_for_checkpoint_then_steps
+    from tests.test_train import tiny_config
+    from tuneforge.rundir import RunDir
+
+    def run_config(name, num_devices):  # 16 epochs of 6 steps of 8 rows; checkpoints at 24, 48, 72, 96
+        return tiny_config(tmp_path, tiny_llama_dir, num_devices=num_devices, train_batch_size_per_device=4,
+                           worker_resources={"CPU": 1}, num_epochs=16, run_name=name)
+
+    steady = tuneforge_cli("train", str(save_config(run_config("steady", 2), tmp_path / "steady.yaml")))
+    output, _ = steady.communicate(timeout=600)
+    assert steady.returncode == 0, output
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        worker_node = cluster.add_node(num_cpus=1)
+        elastic = tuneforge_cli("train", str(save_config(run_config("elastic", "1..2"), tmp_path / "elastic.yaml")),
+                                "--address", cluster.address)
+        lost_after = wait_for_checkpoint_then_steps(tmp_path / "runs" / "elastic")
+        cluster.remove_node(worker_node)
+        output, _ = elastic.communicate(timeout=600)
+        assert elastic.returncode == 0, output
+    finally:
+        elastic.kill()
+        cluster.shutdown()
+
+    run = tmp_path / "runs" / "elastic"
+    attempts = json.loads((run / "run.json").read_text())["attempts"]
+    assert (attempts[0]["workers"], attempts[0]["gradient_accumulation"]) == (2, 1)
+    assert (attempts[-1]["workers"], attempts[-1]["gradient_accumulation"]) == (1, 2)
+    assert attempts[-1]["step"] >= lost_after  # continued from a registered checkpoint
+    assert "2 → 1 workers, gradient accumulation 1 → 2: the global batch stays 8 rows" in " ".join(output.split())
+    assert sorted(steps_of(run)) == list(range(1, 97))  # every planned step, logged once
+    evals = {name: [row for row in RunDir(tmp_path / "runs" / name).metrics() if row["type"] == "eval"]
+             for name in ("steady", "elastic")}
+    assert [row["step"] for row in evals["elastic"]] == [24, 48, 72, 96]
+    assert evals["elastic"][-1]["eval_loss"] == pytest.approx(evals["steady"][-1]["eval_loss"], abs=1e-3)
 
 
 # --- checkpoint storage every node reaches (storage_path) --------------------------------------------------------

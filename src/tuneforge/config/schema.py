@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -118,7 +119,11 @@ class TrainConfig(BaseModel):
                                 "a sentence longer than context_length")
 
     # --- scale -----------------------------------------------------------------------------------------------
-    num_devices: int = Field(1, ge=1, description="Ray Train workers (one per GPU, or CPU slices)")
+    num_devices: int = Field(1, ge=1, description="Ray Train workers (one per GPU, or CPU slices); a range "
+                             "(`1..4` or `{min: 1, max: 4}`) lets a run that loses a node go on with fewer workers, "
+                             "down to min (elastic): the global batch stays that of max workers")
+    min_devices: int | None = Field(None, ge=1, description="elastic runs: the fewest workers the run goes on with "
+                                    "(set by a num_devices range; default: num_devices, a fixed size)")
     worker_resources: dict[str, float] | None = Field(None, description="Ray resources per worker, e.g. {CPU: 4}")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="how Ray places the workers on nodes: PACK fills a node first (fastest gradient "
@@ -224,6 +229,26 @@ class TrainConfig(BaseModel):
     _source_name: str = PrivateAttr("run")
     _sources: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _device_range(cls, data: Any) -> Any:
+        """A num_devices range becomes num_devices (the most workers) and min_devices (the fewest)."""
+        if isinstance(data, dict):
+            bounds = device_range(data.get("num_devices"))
+            if bounds is not None:
+                low, high = bounds
+                data = {**data, "num_devices": high, "min_devices": low if low < high else None}
+        return data
+
+    @field_validator("num_devices", mode="before")
+    @classmethod
+    def _device_count(cls, value: Any) -> Any:
+        if isinstance(value, dict) or (isinstance(value, str) and not value.strip().isdigit()):
+            # a range the model validator above could not read
+            raise ValueError(f"{value!r} is not a worker count or a range; write e.g. 2, 1..4 or "
+                             "{min: 1, max: 4} (min at least 1, not above max)")
+        return value
+
     @field_validator("task", mode="before")
     @classmethod
     def _known_task(cls, value: Any) -> Any:
@@ -261,6 +286,10 @@ class TrainConfig(BaseModel):
             raise entry_error("eval_metrics", "eval_metrics: your metrics score generated answers; turn generation "
                                               "at validation on with eval_generate: {max_rows: 64}")
         task.check_config(self)
+        if self.min_devices is not None and self.min_devices > self.num_devices:
+            raise entry_error("min_devices", f"min_devices: {self.min_devices} is above num_devices "
+                                             f"{self.num_devices}; the run needs at least min_devices and at most "
+                                             "num_devices workers")
         self._check_preference_keys(task)
         self._check_tracking_keys()
         known = validation_metrics(self)
@@ -364,6 +393,20 @@ def changed_keys(config: dict[str, Any]) -> dict[str, Any]:
     are always listed."""
     defaults = config_defaults()
     return {key: value for key, value in sorted(config.items()) if defaults.get(key, object()) != value}
+
+
+def device_range(value: Any) -> tuple[int, int] | None:
+    """(min, max) of a num_devices range, `1..4` or {min: 1, max: 4}; None for anything else (a plain count, or a
+    malformed range, which the field's own validator refuses)."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*\.\.\s*(\d+)\s*", value)
+        bounds = (int(match[1]), int(match[2])) if match else None
+    elif isinstance(value, dict) and set(value) == {"min", "max"}:
+        low, high = value["min"], value["max"]
+        bounds = (low, high) if all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)) else None
+    else:
+        return None
+    return bounds if bounds and 1 <= bounds[0] <= bounds[1] else None
 
 
 def entry_error(entry: str | int, message: str) -> PydanticCustomError:

@@ -7,6 +7,7 @@ to its adapter under the replica's lock. The id `base` answers with the adapters
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,13 @@ class CausalModel:
     def special_tokens(self) -> dict[str, str | None]:
         """The tokenizer's bos, eos and pad tokens as text, and its chat template (lm-eval's /tokenizer_info)."""
         raise NotImplementedError
+
+    @functools.cached_property
+    def tokenizer_identity(self) -> tuple:
+        """What tells two tokenizers apart (the /tokenize endpoints answer for several models only when they share
+        one); a served model's tokenizer never changes, so it is worked out once."""
+        return (tuple(sorted((k, v or "") for k, v in self.special_tokens().items())),
+                tuple(self.tokenize("tuneforge tokenizer identity: ça, 数字 1234", special=True)))
 
     def score(self, ids: list[int], start: int, top: int) -> list[TokenScore]:
         """Log-probabilities of ids[start:], each given the ids before it, and the `top` likeliest at each."""

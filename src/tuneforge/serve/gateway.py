@@ -3,9 +3,10 @@ replica and streams the answer back.
 
 Why not let Ray Serve's proxy call the model replicas directly: when a replica dies mid-request (killed for
 memory, a crash in native code), the proxy answers 500 with Ray's internal error text. Here the gateway sees the
-replica's death as an exception and answers what the API promises: a 503 in OpenAI's error shape (or, inside a
-stream already under way, OpenAI's in-stream error event). Ray Serve restarts the replica; other requests keep
-flowing to the replicas that are alive.
+replica's death as an exception. A request none of whose answer has reached the client yet is sent again (Ray
+Serve routes it to a replica that is alive; generation has no side effects), a few times over a few seconds; when
+no replica can take it, the answer is what the API promises: a 503 in OpenAI's error shape (or, inside a stream
+already under way, OpenAI's in-stream error event). Ray Serve restarts the replica that died.
 
 The model replica runs the FastAPI app in its own process through `asgi_exchange`: the request goes in as ASGI
 messages and the response comes out as (status, headers) followed by body chunks, which travel over a Ray Serve
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 REPLICA_GONE = "the model replica answering this request stopped ({cause}); Ray Serve restarts it: retry"
+RETRY_PAUSES_S = (0.2, 0.5, 1.0, 2.0)  # between tries of a request whose replica died: ~4 s in all, then a 503
 HOP_HEADERS = {"content-length", "transfer-encoding", "connection"}
 
 
@@ -96,21 +98,28 @@ class Gateway:
     async def __call__(self, request: Any) -> Any:
         from starlette.responses import JSONResponse, Response, StreamingResponse
 
-        body = await request.body()
-        answer = self.models.options(stream=True).forward.remote(request_call(request), body)
+        body, call = await request.body(), request_call(request)
         gone = replica_gone_errors()
-        try:
-            status, headers = await answer.__anext__()
-        except gone as exc:
-            return JSONResponse(error_body(exc), status_code=503)
+        for pause in (*RETRY_PAUSES_S, None):
+            try:
+                status, headers, answer, content = await self.exchange(call, body)
+                break
+            except gone as exc:  # nothing of the answer was sent: another replica may take it
+                if pause is None:
+                    return JSONResponse(error_body(exc), status_code=503)
+                await asyncio.sleep(pause)
+        if content is None:
+            return StreamingResponse(relay(answer, gone), status_code=status, headers=headers)
+        return Response(content, status_code=status, headers=headers)
+
+    async def exchange(self, call: dict[str, Any], body: bytes) -> tuple[int, dict[str, str], Any, bytes | None]:
+        """Status, headers, and either the stream of an event-stream answer (content None) or the whole content."""
+        answer = self.models.options(stream=True).forward.remote(call, body)
+        status, headers = await answer.__anext__()
         headers = {k: v for k, v in headers if k.lower() not in HOP_HEADERS}
         if headers.get("content-type", "").startswith("text/event-stream"):
-            return StreamingResponse(relay(answer, gone), status_code=status, headers=headers)
-        try:
-            content = b"".join([chunk async for chunk in answer])
-        except gone as exc:
-            return JSONResponse(error_body(exc), status_code=503)
-        return Response(content, status_code=status, headers=headers)
+            return status, headers, answer, None
+        return status, headers, None, b"".join([chunk async for chunk in answer])
 
 
 async def relay(answer: Any, gone: tuple[type[BaseException], ...]) -> AsyncIterator[bytes]:

@@ -103,13 +103,8 @@ def shared_tokenizer(engines: Any) -> CausalModel:
     if not chat:
         raise ApiError(404, "no model that generates is served here, so there is no tokenizer to use",
                        code="model_not_found")
-    if len({tokenizer_identity(served) for served in chat}) > 1:
+    if len({served.tokenizer_identity for served in chat}) > 1:
         ids = ", ".join(served.model_id for served in chat)
         raise ApiError(400, f"the models served here ({ids}) tokenize differently: name one in 'model'",
                        param="model")
     return chat[0]
-
-
-def tokenizer_identity(served: CausalModel) -> tuple:
-    return (tuple(sorted((k, v or "") for k, v in served.special_tokens().items())),
-            tuple(served.tokenize("tuneforge tokenizer identity: ça, 数字 1234", special=True)))

@@ -183,7 +183,7 @@ def execute(
     from tuneforge.train.loop import WorkerInputs
     from tuneforge.train.tracking import Tracker
 
-    events = Queue(actor_options={"num_cpus": 0})
+    events = Queue(actor_options=on_this_node())
     reference_key = reference.reference_key(prepared)
     offered = reference.cached_reference(run.reference_file, reference_key)
     inputs = WorkerInputs(
@@ -216,15 +216,20 @@ def execute(
     attempts: list[dict[str, Any]] = []
 
     def record_start(event: dict[str, Any]) -> None:
-        """Each "start" is one attempt of the worker group: the first, or Ray Train's restart after a failure."""
+        """Each "start" is one attempt of the worker group: the first, or Ray Train's restart after a failure (on
+        fewer or more workers, for an elastic run)."""
         if event.get("type") != "start":
             return
         attempts.append({"step": event.get("step", 0), "time": now(), "worker_pid": event.get("pid"),
                          "worker_started": event.get("pid_started"), "node": event.get("node"),
-                         "ray_nodes": event.pop("ray_nodes", None)})
+                         "ray_nodes": event.pop("ray_nodes", None), "workers": event.get("world_size"),
+                         "gradient_accumulation": event.get("gradient_accumulation")})
         startup = event.pop("startup", None)
         if len(attempts) > 1:
             event["restart"] = len(attempts) - 1
+            resized = worker_count_change(attempts[-2], attempts[-1], prepared.plan.global_batch_size)
+            if resized:
+                event["resized"] = resized
         elif startup:  # the start-up breakdown is measured from this driver's clock: the first attempt's only
             event["startup_seconds"] = clock.breakdown(startup)
             run.update_state(startup=event["startup_seconds"])
@@ -275,6 +280,16 @@ def execute(
     return outcome
 
 
+def worker_count_change(before: dict[str, Any], after: dict[str, Any], global_batch: int) -> str | None:
+    """How an elastic restart changed the worker group, in words; None when it kept its size."""
+    if not before.get("workers") or before.get("workers") == after.get("workers"):
+        return None
+    why = "fewer fit now" if after["workers"] < before["workers"] else "the cluster has room again"
+    return (f"{why}: {before['workers']} → {after['workers']} workers, gradient accumulation "
+            f"{before.get('gradient_accumulation')} → {after.get('gradient_accumulation')}: the global batch stays "
+            f"{global_batch} rows")
+
+
 @contextlib.contextmanager
 def stop_on_sigterm(stop_file: Path, note: Any, grace_s: float) -> Iterator[None]:
     """SIGTERM (a scheduler's preemption, Kubernetes' stop) asks the workers to stop gracefully: they finish their
@@ -314,6 +329,16 @@ def stopped_gracefully(run: RunDir, tracker: Any, step: int, total_steps: int) -
     tracker.finish("KILLED")
     raise Stopped(f"stopped at step {step} of {total_steps} on SIGTERM, its checkpoint written: `tuneforge train "
                   f"--resume {run.path}` continues from there")
+
+
+def on_this_node() -> dict[str, Any]:
+    """Options of a helper actor the driver needs for the whole run (the event queue): on the driver's own node, so
+    that losing another node mid-run never takes it along."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)}
 
 
 def stop_events(pump: EventPump, tracker: Any, events: Any) -> None:
@@ -357,7 +382,8 @@ def fit(inputs: Any, scaling: Any, config: TrainConfig, callbacks: list[Any] | N
         **streamed_datasets(stream, config.seed),
     )
     try:
-        return trainer.fit()
+        with elastic_restarts_shortened(scaling):
+            return trainer.fit()
     except Exception as exc:  # noqa: BLE001 - unwrap Ray's wrapper to show the worker's own error
         raise unwrap_training_error(exc) from exc
 
@@ -412,8 +438,29 @@ def scaling_config(config: TrainConfig, cluster: ClusterInfo, cpus_per_worker: f
 
     resources, use_gpu = worker_resources(config, cluster, cpus_per_worker)
     check_fits(config, resources, cluster)
-    return ScalingConfig(num_workers=config.num_devices, use_gpu=use_gpu, resources_per_worker=resources,
+    workers = (config.min_devices, config.num_devices) if config.min_devices is not None else config.num_devices
+    return ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources,
                          placement_strategy=config.placement_strategy)
+
+
+START_TIMEOUT_VARIABLE, ELASTIC_START_TIMEOUT_S = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "30"
+
+
+@contextlib.contextmanager
+def elastic_restarts_shortened(scaling: Any) -> Iterator[None]:
+    """After a node is lost, Ray Train's elastic policy sizes the new worker group from a view of the cluster it
+    refreshes every 20 s, so its first try may still ask for the lost node's workers and wait out the worker group
+    start timeout (60 s) before it tries again with what is left. An elastic run only asks for what that view says
+    fits, so a shorter wait costs nothing else. Ray hands the variable to its controller when fit() starts; a value
+    the user set wins."""
+    if not isinstance(scaling.num_workers, tuple) or START_TIMEOUT_VARIABLE in os.environ:
+        yield
+        return
+    os.environ[START_TIMEOUT_VARIABLE] = ELASTIC_START_TIMEOUT_S
+    try:
+        yield
+    finally:
+        os.environ.pop(START_TIMEOUT_VARIABLE, None)
 
 
 class EventPump:

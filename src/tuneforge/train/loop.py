@@ -33,7 +33,7 @@ from tuneforge.plan import TrainingPlan, make_scheduler
 from tuneforge.rundir import REFERENCE_FILE, CheckpointMeta, checkpoint_name
 from tuneforge.tasks import Task, register
 from tuneforge.train import checkpoints
-from tuneforge.train.batching import epoch_batches, eval_batches
+from tuneforge.train.batching import accumulation_for, epoch_batches, eval_batches
 from tuneforge.train.liveness import Process
 from tuneforge.train.reference import prepare_reference
 from tuneforge.train.worker import (
@@ -101,6 +101,9 @@ class TrainingLoop:
         self.startup.append(("data payload fetch", time.time()))
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        # An elastic run going on with fewer workers than planned keeps the global batch with more micro-batches.
+        self.accumulation = accumulation_for(self.plan.global_batch_size, self.config.train_batch_size_per_device,
+                                             self.world_size)
         self.metrics = TrainingMetrics(*inputs.metric_tags, rank=self.rank)
         # A Tune trial keeps 0.01 CPU for itself, so its workers get e.g. 1.99: that is still two threads.
         torch.set_num_threads(max(1, int(float(inputs.threads or 1) + 0.05)))
@@ -201,9 +204,10 @@ class TrainingLoop:
     # ----------------------------------------------------------------------------------------------------------
 
     def train(self) -> None:
-        plan, accumulation = self.plan, self.config.gradient_accumulation_steps
+        plan = self.plan
         self.emit({"type": "start", "step": self.start_step, "total_steps": plan.total_steps, "precision": self.precision,
-                   "world_size": self.world_size, "device": str(self.device), "trainable": trainable_counts(self.model),
+                   "world_size": self.world_size, "gradient_accumulation": self.accumulation,
+                   "device": str(self.device), "trainable": trainable_counts(self.model),
                    "startup": self.startup, "pid": os.getpid(), "node": platform.node(),
                    "pid_started": psutil.Process().create_time(),
                    "ray_nodes": gather_objects(ray_node_id())})
@@ -218,7 +222,7 @@ class TrainingLoop:
                 self.stop_at(step, window)
                 return
             epoch, step_in_epoch = divmod(step, plan.steps_per_epoch)
-            micro_batches = batches.take(epoch, step_in_epoch * accumulation, accumulation)
+            micro_batches = batches.take(epoch, step_in_epoch * self.accumulation, self.accumulation)
             started = time.perf_counter()
             loss_sum, targets, real_tokens, grad_norm = self.optimizer_step(micro_batches)
             window.add(loss_sum, targets, real_tokens, time.perf_counter() - started)
@@ -399,16 +403,18 @@ class InMemoryBatches:
     def take(self, epoch: int, position: int, count: int) -> list[list[Any]]:
         if epoch != self.epoch:
             loop = self.loop
-            self.epoch, self.indices = epoch, epoch_batches(
+            steps = epoch_batches(
                 loop.train_lengths,
+                global_batch=loop.plan.global_batch_size,
                 batch_size=loop.config.train_batch_size_per_device,
                 world_size=loop.world_size,
                 rank=loop.rank,
-                batches_per_rank=loop.plan.steps_per_epoch * loop.config.gradient_accumulation_steps,
+                steps=loop.plan.steps_per_epoch,
                 seed=loop.config.seed,
                 epoch=epoch,
                 group_by_length=loop.config.group_by_length,
             )
+            self.epoch, self.indices = epoch, [batch for step in steps for batch in step]
         return [[self.loop.data.train[i] for i in batch] for batch in self.indices[position : position + count]]
 
 

@@ -233,13 +233,15 @@ def worker_resources(config: TrainConfig, cluster: ClusterInfo,
 def check_fits(config: TrainConfig, resources: dict[str, float], cluster: ClusterInfo) -> None:
     """A request Ray can never satisfy would wait forever, so it is refused with what Ray has, naming the config
     line: on a local Ray nothing will ever join, and a cluster's (--address) totals are what it can offer."""
-    at, workers = config.source_of("num_devices"), config.num_devices
+    # An elastic run (min_devices) starts with what fits, down to min_devices.
+    at, workers = config.source_of("num_devices"), config.min_devices or config.num_devices
     where = "this machine has" if cluster.local else "the Ray cluster has"
     fix = "join a cluster with --address" if cluster.local else "add nodes to the cluster"
     for name, each in resources.items():
         need, have = workers * each, cluster.resources.get(name, 0.0)
         if need > have + 1e-9:
-            raise ConfigError(f"{at}: num_devices {workers} x {each:g} {name} per worker needs {need:g} {name} but "
+            count = f"min_devices {workers}" if config.min_devices else f"num_devices {workers}"
+            raise ConfigError(f"{at}: {count} x {each:g} {name} per worker needs {need:g} {name} but "
                               f"{where} {have:g}; lower num_devices or worker_resources.{name}, or {fix}")
     if not any(all(node.get(name, 0.0) + 1e-9 >= each for name, each in resources.items())
                for node in cluster.node_resources):

@@ -170,12 +170,20 @@ def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def check_fixed_workers(config: TrainConfig) -> None:
+    if config.min_devices is not None:
+        raise ConfigError(f"{config.source_of('num_devices')}: a num_devices range (elastic workers) applies to "
+                          f"`tuneforge train`; a search's trials each run a fixed number of workers, so write "
+                          f"num_devices: {config.num_devices}")
+
+
 def validate_search(config: TrainConfig) -> dict[str, SpaceSpec]:
     """Refuse a bad search space before any trial starts: unknown keys (with the nearest valid key), malformed
     specs, and values a trial's config would reject. Returns the specs by dotted key."""
     if not config.search_space:
         raise ConfigError(f"{config.source_of()}: no search_space; tuneforge tune needs one (e.g. "
                           "search_space: {learning_rate: {loguniform: [1.0e-5, 1.0e-3]}})")
+    check_fixed_workers(config)
     try:
         raw_space = flatten_space(config.search_space)
     except ValueError as exc:

@@ -19,6 +19,7 @@ from tuneforge.tune.resources import TRIAL_CPU, ResourcePlan, plan_resources
 from tuneforge.tune.results import SearchResult, summarize
 from tuneforge.tune.space import (
     SpaceSpec,
+    check_fixed_workers,
     check_space_key,
     expected_trials,
     flatten_space,
@@ -47,6 +48,7 @@ def search(config: TrainConfig, *, address: str | None = None, resume_dir: Path 
 
     started = time.monotonic()
     check_trackers(config)
+    check_fixed_workers(config)  # before --auto's probe trains anything
     deadline = None
     auto_plan = None
     if auto:

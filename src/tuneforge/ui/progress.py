@@ -86,8 +86,10 @@ class RichReporter:
             f"{counts.get('trainable', 0):,} trainable parameters ({share:.2f}%)[/dim]"
         )
         if event.get("restart"):
-            console.print(f"[yellow]· workers restarted (attempt {event['restart'] + 1}) after a failure: "
-                          f"continuing from the checkpoint of step {event.get('step', 0)}[/yellow]")
+            console.print(f"[yellow]· workers restarted (attempt {event['restart'] + 1}): continuing from the "
+                          f"checkpoint of step {event.get('step', 0)}[/yellow]")
+            if event.get("resized"):
+                console.print(f"[yellow]· {event['resized']}[/yellow]")
         elif event.get("step"):
             console.print(f"[dim]· resuming at step {event['step']}[/dim]")
         if self.debug and event.get("startup_seconds"):
