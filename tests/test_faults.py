@@ -163,7 +163,7 @@ def test_sigterm_checkpoints_the_step_reached_and_resume_trains_no_step_twice(tm
     assert state["status"] == "interrupted" and state["stopped_by"] == "SIGTERM" and 24 < stopped < 96, output
     assert f"stopped at step {stopped} of 96 on SIGTERM" in output and "--resume" in output
     assert int(read_snapshot(run / "checkpoints")[1].rsplit("-", 1)[1]) == stopped  # the step reached, whole
-    assert max(steps_of(run)) == stopped and not (run / "stop_requested").exists()
+    assert max(steps_of(run)) == stopped
 
     resumed = tuneforge_cli("train", "--resume", str(run))
     output, _ = resumed.communicate(timeout=KILL_DEADLINE_S)
@@ -392,6 +392,37 @@ def test_a_full_disk_stops_the_run_in_one_line_and_resume_continues_once_there_i
     for step, loss in expected.items():
         assert got[step] == pytest.approx(loss, abs=1e-5), step
     assert final_eval_loss(run) == pytest.approx(final_eval_loss(uninterrupted), abs=1e-4)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_the_stop_request_reaches_a_worker_through_ray_without_a_shared_file_or_a_blocking_step():
+    """The driver's request travels in an actor on its node, so workers on nodes that do not share the run folder see
+    it; a worker's check never waits on the actor, and a gone actor (its driver dead) is not a stop."""
+    from tuneforge.train.driver import on_this_node
+    from tuneforge.train.stopping import StopWatch, stop_request_actor
+
+    actor = stop_request_actor(on_this_node())
+    watch = StopWatch(actor)
+    started = time.monotonic()
+    checks = 0
+    while time.monotonic() - started < 1.0:
+        checks += 1
+        assert not watch.stop_asked()
+    assert checks > 1000  # one call in flight at a time: the checks themselves do not wait
+    actor.ask.remote("SIGTERM")
+    deadline = time.monotonic() + 10
+    while not watch.stop_asked():
+        assert time.monotonic() < deadline, "the stop request did not arrive"
+    assert watch.stop_asked()  # and it stays asked
+
+    import ray
+
+    gone = StopWatch(stop_request_actor(on_this_node()))
+    ray.kill(gone.actor)
+    deadline = time.monotonic() + 10
+    while gone.actor is not None and time.monotonic() < deadline:
+        assert not gone.stop_asked()
+    assert gone.actor is None and not gone.stop_asked()
 
 
 @pytest.mark.parametrize(("step", "checkpointed"), [(27, True), (48, False), (24, False)])

@@ -97,7 +97,6 @@ class RunDir(Folder):
     plan_file = Entry("plan.json")
     lr_plot = Entry("lr_schedule.png")
     state_file = Entry("run.json")
-    stop_file = Entry("stop_requested")  # written by the driver on SIGTERM; the workers checkpoint and stop
     samples_file = Entry("validation_samples.jsonl")
     metrics_file = Entry("metrics.jsonl")
     # Each validation event's generated answers (eval_generate), one JSON row per answer.

@@ -43,6 +43,7 @@ from tuneforge.train.preflight import (
 )
 from tuneforge.train.run_files import RunResult, choose_run_dir, finalize, start_run_dir
 from tuneforge.train.startup import StartupClock
+from tuneforge.train.stopping import stop_on_sigterm, stop_request_actor
 
 # ----------------------------------------------------------------------------------------------------------------
 # Running
@@ -203,7 +204,7 @@ def execute(
         metric_tags=run_tags(run.path),
         init_adapter=str(prepared.start.init_dir) if prepared.start.init_dir else None,
         reference_adapter=str(prepared.start.reference_dir) if prepared.start.reference_dir else None,
-        stop_file=str(run.stop_file),
+        stop_request=stop_request_actor(on_this_node()),
     )
     started = time.time()
     tracker = Tracker(run, resume_step, prepared.config, reporter.note)
@@ -244,13 +245,11 @@ def execute(
     keeper = reference.ReferenceKeeper(run)
     pump = EventPump(events, [record_start, record_stop, keeper.record, tracker.record, reporter.event])
     reporter.phase("training")
-    run.stop_file.unlink(missing_ok=True)  # a request left by a run stopped before: not this one's
     try:
-        with stop_on_sigterm(run.stop_file, reporter.note, prepared.config.stop_grace_s):
+        with stop_on_sigterm(inputs.stop_request, reporter.note, prepared.config.stop_grace_s):
             result = fit(inputs, placement.scaling, prepared.config, callbacks,
                          has_validation=bool(prepared.data.valid), local=placement.local, stream=prepared.data.stream)
     except BaseException as exc:
-        run.stop_file.unlink(missing_ok=True)
         interrupted = isinstance(exc, KeyboardInterrupt)
         full = out_of_space(exc) or out_of_space(pump.failure)
         stop_events(pump, tracker, events)
@@ -263,7 +262,6 @@ def execute(
     stop_events(pump, tracker, events)
     if out_of_space(pump.failure):  # metrics.jsonl or the display could not keep up: the run's record is not whole
         raise disk_full_error(run, f"the run's metrics ({pump.failure})")
-    run.stop_file.unlink(missing_ok=True)
     if stops:  # the workers checkpointed and stopped before the last step (a stop asked after it changes nothing)
         stopped_gracefully(run, tracker, stops[-1], prepared.plan.total_steps)
     try:
@@ -288,39 +286,6 @@ def worker_count_change(before: dict[str, Any], after: dict[str, Any], global_ba
     return (f"{why}: {before['workers']} → {after['workers']} workers, gradient accumulation "
             f"{before.get('gradient_accumulation')} → {after.get('gradient_accumulation')}: the global batch stays "
             f"{global_batch} rows")
-
-
-@contextlib.contextmanager
-def stop_on_sigterm(stop_file: Path, note: Any, grace_s: float) -> Iterator[None]:
-    """SIGTERM (a scheduler's preemption, Kubernetes' stop) asks the workers to stop gracefully: they finish their
-    step, write a checkpoint and end (the stop file they watch). After `grace_s` the run is interrupted as it is,
-    as Ctrl-C does. Only where signals can be caught (the main thread)."""
-    import _thread
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    timers: list[threading.Timer] = []
-
-    def request_stop(_signum: int, _frame: Any) -> None:
-        if timers:  # asked again: already stopping
-            return
-        write_text(stop_file, f"SIGTERM at {now()}\n")
-        note(f"SIGTERM: the workers finish their step, write a checkpoint and stop (within {grace_s:g} s, "
-             "stop_grace_s)")
-        timers.append(threading.Timer(grace_s, _thread.interrupt_main))
-        timers[0].daemon = True
-        timers[0].start()
-
-    previous = signal.signal(signal.SIGTERM, request_stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        for timer in timers:
-            timer.cancel()
 
 
 def stopped_gracefully(run: RunDir, tracker: Any, step: int, total_steps: int) -> None:

@@ -36,6 +36,7 @@ from tuneforge.train import checkpoints
 from tuneforge.train.batching import accumulation_for, epoch_batches, eval_batches
 from tuneforge.train.liveness import Process
 from tuneforge.train.reference import prepare_reference
+from tuneforge.train.stopping import StopWatch
 from tuneforge.train.worker import (
     all_reduce_sum,
     capture_rng,
@@ -67,7 +68,7 @@ class WorkerInputs:
     metric_tags: tuple[str, str] = ("", "")  # (run, trial) on this run's Ray metrics
     init_adapter: str | None = None  # init_from: a trained LoRA adapter the run continues
     reference_adapter: str | None = None  # reference: a LoRA adapter loaded for the one reference pass
-    stop_file: str | None = None  # appears when the driver is asked to stop (SIGTERM): checkpoint, then stop
+    stop_request: Any = None  # the driver's StopRequest actor: set on SIGTERM (checkpoint, then stop)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -92,7 +93,7 @@ class TrainingLoop:
         self.events = inputs.events
         self.import_paths = inputs.import_paths or []
         self.driver = inputs.driver
-        self.stop_file = inputs.stop_file
+        self.stop_watch = StopWatch(inputs.stop_request)
         self.init_adapter, self.reference_adapter = inputs.init_adapter, inputs.reference_adapter
         payload = ray.get(inputs.payload)
         self.data, self.tokenizer = payload["data"], payload["tokenizer"]
@@ -234,9 +235,7 @@ class TrainingLoop:
 
     def stop_requested(self) -> bool:
         """Whether the driver asked to stop (preemption), agreed by every worker so that all stop at the same step."""
-        if self.stop_file is None:
-            return False
-        asked = float(os.path.exists(self.stop_file))
+        asked = float(self.rank == 0 and self.stop_watch.stop_asked())  # one poller: the all-reduce tells the rest
         return (all_reduce_sum([asked], self.device)[0] if self.world_size > 1 else asked) > 0
 
     def stop_at(self, step: int, window: Window) -> None:
