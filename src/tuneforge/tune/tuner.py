@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 from tuneforge.atomic import write_json, write_text
 from tuneforge.config import TrainConfig, TuneSettings, tracking_keys, validation_metrics
-from tuneforge.errors import ConfigError
+from tuneforge.errors import ConfigError, Stopped, TuneforgeError
 from tuneforge.metrics import default_objective_mode, metric_mode
 from tuneforge.rundir import ExperimentDir, locate
 from tuneforge.tune.resources import TRIAL_CPU, ResourcePlan, plan_resources
@@ -98,13 +98,18 @@ def search(config: TrainConfig, *, address: str | None = None, resume_dir: Path 
             tuner = new_tuner(experiment_dir, trainable, config, settings, space, metric, mode, plan, display,
                               local=cluster.local,
                               deadline=(deadline, auto_plan.speed.first_event_seconds()) if auto_plan else None)
-        with search_run(ExperimentDir(experiment_dir), config) as tracking, sigterm_as_tune_stop():
+        with search_run(ExperimentDir(experiment_dir), config) as tracking, sigterm_as_tune_stop() as signalled:
             grid = tuner.fit()
             # Tune stops every trial when the time budget runs out, as it does when the search is interrupted; only
             # the clock tells the two apart (trial_status).
             budget = budget_s if auto else settings.time_budget_s
             budget_spent = budget is not None and time.monotonic() - started >= budget
-            result = summarize(experiment_dir, grid, metric, mode, budget_spent=budget_spent)
+            try:
+                result = summarize(experiment_dir, grid, metric, mode, budget_spent=budget_spent)
+            except TuneforgeError as exc:
+                if signalled:  # honoured, as a run's SIGTERM is: exit 143, not an error
+                    raise Stopped(f"{exc} (stopped on SIGTERM)") from None
+                raise
             if tracking:
                 tracking.best = result.best
     complete_best_run(result)
@@ -262,19 +267,25 @@ def tune_config(config: TrainConfig, settings: TuneSettings, metric: str, mode: 
 
 
 @contextlib.contextmanager
-def sigterm_as_tune_stop() -> Iterator[None]:
+def sigterm_as_tune_stop() -> Iterator[list[int]]:
     """SIGTERM (a scheduler's preemption) stops the search the way Ctrl-C does: Tune saves the experiment's state
     one last time and stops the trials, and `tune --resume` continues them from their last checkpoints. Tune itself
     answers SIGINT and SIGUSR1 so; SIGTERM would end the process without it."""
     import signal
     import threading
 
+    signalled: list[int] = []  # true once SIGTERM came
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
-        yield
+        yield signalled
         return
-    previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
+
+    def forward(signum: int, _frame: Any) -> None:
+        signalled.append(signum)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGTERM, forward)
     try:
-        yield
+        yield signalled
     finally:
         signal.signal(signal.SIGTERM, previous)
 
