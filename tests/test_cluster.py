@@ -59,7 +59,8 @@ def test_a_request_the_cluster_can_hold_is_planned(joined_cluster):
 def test_a_num_devices_range_is_an_elastic_worker_group_that_needs_only_its_minimum_to_fit(joined_cluster, written):
     elastic = config(num_devices=written, worker_resources={"CPU": 4, "GPU": 0})
     assert (elastic.min_devices, elastic.num_devices) == (2, 6)
-    assert scaling_config(elastic, joined_cluster, None).num_workers == (2, 6)  # 6 x 4 CPU > 8: 2 fit
+    scaling = scaling_config(elastic, joined_cluster, None)
+    assert scaling.num_workers == (2, 6) and scaling.elastic_resize_monitor_interval_s == 60  # 6 x 4 CPU > 8: 2 fit
     with pytest.raises(ConfigError, match=r"min_devices 3 x 4 CPU per worker needs 12 CPU but the Ray cluster has 8"):
         scaling_config(config(num_devices="3..6", worker_resources={"CPU": 4, "GPU": 0}), joined_cluster, None)
     fixed = config(num_devices="2..2", worker_resources={"CPU": 1, "GPU": 0})  # no range: a fixed size
@@ -199,10 +200,12 @@ def test_two_nodes_train_one_worker_each_like_two_workers_on_one_node(tmp_path, 
 
 
 @pytest.mark.slow
-def test_losing_a_node_mid_run_goes_on_with_fewer_workers_and_the_same_global_batch(tmp_path, tiny_llama_dir):
+def test_losing_a_node_mid_run_goes_on_with_fewer_workers_and_grows_back_with_the_same_global_batch(
+        tmp_path, tiny_llama_dir):
     """num_devices 1..2 on a two-node cluster: the worker node is removed after the first registered checkpoint;
-    Ray Train restarts the run from it on the one worker left, with twice the gradient accumulation, so the run
-    trains the same steps on the same rows and ends where two workers end."""
+    Ray Train restarts the run from it on the one worker left, with twice the gradient accumulation; a node joins
+    again and the run grows back to two workers. It trains the same steps on the same rows and ends where two
+    workers end."""
     from ray.cluster_utils import Cluster
 
     from tests.helpers import save_config, tuneforge_cli
@@ -210,37 +213,56 @@ def test_losing_a_node_mid_run_goes_on_with_fewer_workers_and_the_same_global_ba
     from tests.test_train import tiny_config
     from tuneforge.rundir import RunDir
 
-    def run_config(name, num_devices):  # 16 epochs of 6 steps of 8 rows; checkpoints at 24, 48, 72, 96
+    def run_config(name, num_devices):  # 40 epochs of 6 steps of 8 rows; a checkpoint every 40 steps
         return tiny_config(tmp_path, tiny_llama_dir, num_devices=num_devices, train_batch_size_per_device=4,
-                           worker_resources={"CPU": 1}, num_epochs=16, run_name=name)
+                           worker_resources={"CPU": 1}, num_epochs=40, max_num_checkpoints=6, run_name=name,
+                           elastic_resize_interval_s=2)
 
     steady = tuneforge_cli("train", str(save_config(run_config("steady", 2), tmp_path / "steady.yaml")))
     output, _ = steady.communicate(timeout=600)
     assert steady.returncode == 0, output
+    run = tmp_path / "runs" / "elastic"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         worker_node = cluster.add_node(num_cpus=1)
         elastic = tuneforge_cli("train", str(save_config(run_config("elastic", "1..2"), tmp_path / "elastic.yaml")),
                                 "--address", cluster.address)
-        lost_after = wait_for_checkpoint_then_steps(tmp_path / "runs" / "elastic")
+        lost_after = wait_for_checkpoint_then_steps(run)
         cluster.remove_node(worker_node)
+        wait_for_attempt(run, workers=1)
+        cluster.add_node(num_cpus=1)
         output, _ = elastic.communicate(timeout=600)
         assert elastic.returncode == 0, output
     finally:
         elastic.kill()
         cluster.shutdown()
 
-    run = tmp_path / "runs" / "elastic"
     attempts = json.loads((run / "run.json").read_text())["attempts"]
-    assert (attempts[0]["workers"], attempts[0]["gradient_accumulation"]) == (2, 1)
-    assert (attempts[-1]["workers"], attempts[-1]["gradient_accumulation"]) == (1, 2)
-    assert attempts[-1]["step"] >= lost_after  # continued from a registered checkpoint
-    assert "2 → 1 workers, gradient accumulation 1 → 2: the global batch stays 8 rows" in " ".join(output.split())
-    assert sorted(steps_of(run)) == list(range(1, 97))  # every planned step, logged once
+    sizes = [(attempt["workers"], attempt["gradient_accumulation"]) for attempt in attempts]
+    assert sizes[0] == (2, 1) and (1, 2) in sizes and sizes[-1] == (2, 1), sizes
+    shrunk = sizes.index((1, 2))
+    assert attempts[shrunk]["step"] >= lost_after  # continued from a registered checkpoint
+    said = " ".join(output.split())
+    assert "fewer fit now: 2 → 1 workers, gradient accumulation 1 → 2: the global batch stays 8 rows" in said
+    assert "the cluster has room again: 1 → 2 workers" in said
+    assert sorted(steps_of(run)) == list(range(1, 241))  # every planned step, logged once
     evals = {name: [row for row in RunDir(tmp_path / "runs" / name).metrics() if row["type"] == "eval"]
              for name in ("steady", "elastic")}
-    assert [row["step"] for row in evals["elastic"]] == [24, 48, 72, 96]
+    assert [row["step"] for row in evals["elastic"]] == [row["step"] for row in evals["steady"]]
     assert evals["elastic"][-1]["eval_loss"] == pytest.approx(evals["steady"][-1]["eval_loss"], abs=1e-3)
+
+
+def wait_for_attempt(run, workers: int, timeout: float = 240) -> None:
+    """Until run.json records a worker group of `workers` workers started after the first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        attempts = json.loads((run / "run.json").read_text()).get("attempts", [])
+        if len(attempts) > 1 and attempts[-1].get("workers") == workers:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{run}: no restart on {workers} worker(s) within {timeout:.0f} s")
 
 
 # --- checkpoint storage every node reaches (storage_path) --------------------------------------------------------

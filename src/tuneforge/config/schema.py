@@ -124,6 +124,9 @@ class TrainConfig(BaseModel):
                              "down to min (elastic): the global batch stays that of max workers")
     min_devices: int | None = Field(None, ge=1, description="elastic runs: the fewest workers the run goes on with "
                                     "(set by a num_devices range; default: num_devices, a fixed size)")
+    elastic_resize_interval_s: float = Field(
+        60.0, gt=0, description="elastic runs: how often Ray Train looks for room for more workers while training; "
+        "growing restarts the workers from the last checkpoint")
     worker_resources: dict[str, float] | None = Field(None, description="Ray resources per worker, e.g. {CPU: 4}")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="how Ray places the workers on nodes: PACK fills a node first (fastest gradient "

@@ -403,9 +403,12 @@ def scaling_config(config: TrainConfig, cluster: ClusterInfo, cpus_per_worker: f
 
     resources, use_gpu = worker_resources(config, cluster, cpus_per_worker)
     check_fits(config, resources, cluster)
-    workers = (config.min_devices, config.num_devices) if config.min_devices is not None else config.num_devices
-    return ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources,
-                         placement_strategy=config.placement_strategy)
+    if config.min_devices is None:
+        return ScalingConfig(num_workers=config.num_devices, use_gpu=use_gpu, resources_per_worker=resources,
+                             placement_strategy=config.placement_strategy)
+    return ScalingConfig(num_workers=(config.min_devices, config.num_devices), use_gpu=use_gpu,
+                         resources_per_worker=resources, placement_strategy=config.placement_strategy,
+                         elastic_resize_monitor_interval_s=config.elastic_resize_interval_s)
 
 
 START_TIMEOUT_VARIABLE, ELASTIC_START_TIMEOUT_S = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "30"
