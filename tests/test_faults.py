@@ -396,33 +396,36 @@ def test_a_full_disk_stops_the_run_in_one_line_and_resume_continues_once_there_i
 
 @pytest.mark.usefixtures("ray_session")
 def test_the_stop_request_reaches_a_worker_through_ray_without_a_shared_file_or_a_blocking_step():
-    """The driver's request travels in an actor on its node, so workers on nodes that do not share the run folder see
-    it; a worker's check never waits on the actor, and a gone actor (its driver dead) is not a stop."""
-    from tuneforge.train.driver import on_this_node
-    from tuneforge.train.stopping import StopWatch, stop_request_actor
+    """The driver's request is a named actor on its node, so workers on nodes that do not share the run folder see
+    it; a worker's check never waits, and nothing runs for it until a stop is asked."""
+    import ray
 
-    actor = stop_request_actor(on_this_node())
-    watch = StopWatch(actor)
-    started = time.monotonic()
-    checks = 0
+    from tuneforge.train.driver import on_this_node
+    from tuneforge.train.stopping import StopWatch, ask_to_stop, end_stop_request, new_stop_name
+
+    name = new_stop_name()
+    watch, elsewhere = StopWatch(name), StopWatch(None)  # rank 0 watches; the others learn it from the all-reduce
+    started, checks = time.monotonic(), 0
     while time.monotonic() - started < 1.0:
         checks += 1
         assert not watch.stop_asked()
-    assert checks > 1000  # one call in flight at a time: the checks themselves do not wait
-    actor.ask.remote("SIGTERM")
+    assert checks > 1000  # the checks themselves do not wait on Ray
+    ask_to_stop(name, "SIGTERM", on_this_node())
     deadline = time.monotonic() + 10
     while not watch.stop_asked():
         assert time.monotonic() < deadline, "the stop request did not arrive"
-    assert watch.stop_asked()  # and it stays asked
-
-    import ray
-
-    gone = StopWatch(stop_request_actor(on_this_node()))
-    ray.kill(gone.actor)
+    assert watch.stop_asked() and not elsewhere.stop_asked()
+    assert ray.get(ray.get_actor(name).reason_given.remote()) == "SIGTERM"
+    end_stop_request(name)
+    end_stop_request(new_stop_name())  # a run never asked to stop has nothing to end
     deadline = time.monotonic() + 10
-    while gone.actor is not None and time.monotonic() < deadline:
-        assert not gone.stop_asked()
-    assert gone.actor is None and not gone.stop_asked()
+    while True:
+        try:
+            ray.get_actor(name)
+        except ValueError:
+            break
+        assert time.monotonic() < deadline, "the stop request outlived its run"
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize(("step", "checkpointed"), [(27, True), (48, False), (24, False)])

@@ -63,6 +63,24 @@ def test_lora_run_learns_and_leaves_a_complete_run_directory(tmp_path, tiny_llam
     saved = (run / "config.yaml").read_text()
     assert "context_length:" in saved and "num_epochs: 8" in saved
     assert "padding_free: true" in saved  # resolved and saved: the tiny Llama trains on rows laid end to end
+    assert_run_helpers_ended()
+
+
+def assert_run_helpers_ended(timeout: float = 10.0) -> None:
+    """The run's own actors (the event queue) end with it: each holds a Ray worker process that a library user's later
+    runs in the same session would otherwise pile up."""
+    import time
+
+    import ray._private.state
+
+    def alive() -> list[str]:
+        return [actor["ActorClassName"] for actor in ray._private.state.actors().values()
+                if actor["ActorClassName"] in ("StopRequest", "_QueueActor") and actor["State"] != "DEAD"]
+
+    deadline = time.monotonic() + timeout
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive()
 
 
 @pytest.mark.slow  # make test covers full FT through conftest's tiny_full_run (test_stages, test_export)

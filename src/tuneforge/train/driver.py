@@ -43,7 +43,7 @@ from tuneforge.train.preflight import (
 )
 from tuneforge.train.run_files import RunResult, choose_run_dir, finalize, start_run_dir
 from tuneforge.train.startup import StartupClock
-from tuneforge.train.stopping import stop_on_sigterm, stop_request_actor
+from tuneforge.train.stopping import end_stop_request, new_stop_name, stop_on_sigterm
 
 # ----------------------------------------------------------------------------------------------------------------
 # Running
@@ -204,7 +204,7 @@ def execute(
         metric_tags=run_tags(run.path),
         init_adapter=str(prepared.start.init_dir) if prepared.start.init_dir else None,
         reference_adapter=str(prepared.start.reference_dir) if prepared.start.reference_dir else None,
-        stop_request=stop_request_actor(on_this_node()),
+        stop_request=new_stop_name(),
     )
     started = time.time()
     tracker = Tracker(run, resume_step, prepared.config, reporter.note)
@@ -246,20 +246,20 @@ def execute(
     pump = EventPump(events, [record_start, record_stop, keeper.record, tracker.record, reporter.event])
     reporter.phase("training")
     try:
-        with stop_on_sigterm(inputs.stop_request, reporter.note, prepared.config.stop_grace_s):
+        with stop_on_sigterm(inputs.stop_request, on_this_node(), reporter.note, prepared.config.stop_grace_s):
             result = fit(inputs, placement.scaling, prepared.config, callbacks,
                          has_validation=bool(prepared.data.valid), local=placement.local, stream=prepared.data.stream)
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
         full = out_of_space(exc) or out_of_space(pump.failure)
-        stop_events(pump, tracker, events)
+        stop_events(pump, tracker, events, inputs.stop_request)
         with contextlib.suppress(OSError):  # run.json itself may not fit on a full disk
             run.update_state(status="interrupted" if interrupted else "failed", error=str(exc)[:2000], ended=now())
         tracker.finish("KILLED" if interrupted else "FAILED")
         if full:
             raise disk_full_error(run, "the next checkpoint") from None
         raise
-    stop_events(pump, tracker, events)
+    stop_events(pump, tracker, events, inputs.stop_request)
     if out_of_space(pump.failure):  # metrics.jsonl or the display could not keep up: the run's record is not whole
         raise disk_full_error(run, f"the run's metrics ({pump.failure})")
     if stops:  # the workers checkpointed and stopped before the last step (a stop asked after it changes nothing)
@@ -306,14 +306,14 @@ def on_this_node() -> dict[str, Any]:
     return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)}
 
 
-def stop_events(pump: EventPump, tracker: Any, events: Any) -> None:
-    """Deliver the workers' last events, then close the run's metrics and the queue."""
+def stop_events(pump: EventPump, tracker: Any, events: Any, stop_request: str) -> None:
+    """Deliver the workers' last events, then close the run's metrics, and end the run's helper actors (each holds a
+    Ray worker process, which a library user's next runs in the same session would otherwise keep)."""
     pump.stop()
     tracker.close()
-    try:
+    with contextlib.suppress(Exception):  # the actors may already be gone with a failed run
         events.shutdown()
-    except Exception:  # noqa: BLE001 - the queue actor may already be gone with a failed run
-        pass
+    end_stop_request(stop_request)
 
 
 def fit(inputs: Any, scaling: Any, config: TrainConfig, callbacks: list[Any] | None,

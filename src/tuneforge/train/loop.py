@@ -68,7 +68,7 @@ class WorkerInputs:
     metric_tags: tuple[str, str] = ("", "")  # (run, trial) on this run's Ray metrics
     init_adapter: str | None = None  # init_from: a trained LoRA adapter the run continues
     reference_adapter: str | None = None  # reference: a LoRA adapter loaded for the one reference pass
-    stop_request: Any = None  # the driver's StopRequest actor: set on SIGTERM (checkpoint, then stop)
+    stop_request: str | None = None  # the name of the Ray actor the driver creates on SIGTERM (checkpoint, then stop)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -93,7 +93,6 @@ class TrainingLoop:
         self.events = inputs.events
         self.import_paths = inputs.import_paths or []
         self.driver = inputs.driver
-        self.stop_watch = StopWatch(inputs.stop_request)
         self.init_adapter, self.reference_adapter = inputs.init_adapter, inputs.reference_adapter
         payload = ray.get(inputs.payload)
         self.data, self.tokenizer = payload["data"], payload["tokenizer"]
@@ -106,6 +105,7 @@ class TrainingLoop:
         self.accumulation = accumulation_for(self.plan.global_batch_size, self.config.train_batch_size_per_device,
                                              self.world_size)
         self.metrics = TrainingMetrics(*inputs.metric_tags, rank=self.rank)
+        self.stop_watch = StopWatch(inputs.stop_request if self.rank == 0 else None)  # the all-reduce tells the rest
         # A Tune trial keeps 0.01 CPU for itself, so its workers get e.g. 1.99: that is still two threads.
         torch.set_num_threads(max(1, int(float(inputs.threads or 1) + 0.05)))
 
@@ -235,7 +235,7 @@ class TrainingLoop:
 
     def stop_requested(self) -> bool:
         """Whether the driver asked to stop (preemption), agreed by every worker so that all stop at the same step."""
-        asked = float(self.rank == 0 and self.stop_watch.stop_asked())  # one poller: the all-reduce tells the rest
+        asked = float(self.stop_watch.stop_asked())
         return (all_reduce_sum([asked], self.device)[0] if self.world_size > 1 else asked) > 0
 
     def stop_at(self, step: int, window: Window) -> None:
