@@ -32,23 +32,22 @@ def disk_full_error(run: RunDir, what: str) -> TuneforgeError:
     """One line: what could not be written, the room it needs (a checkpoint as large as the last) against the
     room left, the last whole checkpoint, and how to continue."""
     latest = run.latest_checkpoint()
-    free = shutil.disk_usage(existing(run.path)).free
-    needs = f"it needs about {megabytes(folder_size(latest))}, " if latest else ""
+    meta = CheckpointMeta.read(latest) if latest else None
+    free = shutil.disk_usage(nearest_existing(run.path)).free
+    needs = f"it needs about {megabytes(sum((meta.files or {}).values()))}, " if meta else ""
     room = f"{needs}{megabytes(free)} free on the disk of {run.path}"
     if latest is None:
         return TuneforgeError(f"no space left: {what} could not be written ({room}); the run has no whole checkpoint "
                               f"yet: free space and start it again")
-    step = CheckpointMeta.read(latest).step
+    step = meta.step
     return TuneforgeError(f"no space left: {what} could not be written ({room}); the last whole checkpoint, "
                           f"{latest.name} (step {step}), is kept as it was: free space and `tuneforge train --resume "
                           f"{run.path}`")
 
 
-def folder_size(folder: Path) -> int:
-    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
-
-
-def existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its closest ancestor that exists (where a folder not yet made would go)."""
+    path = path.absolute()
     while not path.exists() and path.parent != path:
         path = path.parent
     return path

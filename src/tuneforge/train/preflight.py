@@ -201,9 +201,9 @@ def check_storage(config: TrainConfig) -> None:
 
 
 def check_writable(run_dir: Path, at: str) -> None:
-    existing = run_dir.absolute()
-    while not existing.exists():
-        existing = existing.parent
+    from tuneforge.train.disk import nearest_existing
+
+    existing = nearest_existing(run_dir)
     if not existing.is_dir():
         raise ConfigError(f"{at}: cannot create {run_dir}: {existing} is a file, not a directory; "
                           "choose another output_dir")
